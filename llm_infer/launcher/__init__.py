@@ -1,0 +1,1 @@
+"""Entry points: the Python API (`LLM`), the CLI, executors that start workers, job submission."""

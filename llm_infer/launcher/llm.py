@@ -1,0 +1,136 @@
+"""The Python API: `LLM(config).generate(prompts, params)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from llm_infer.config import EngineConfig, load_config
+from llm_infer.errors import UserError
+from llm_infer.launcher.executors import make_executor
+from llm_infer.runtime.engine import LLMEngine
+from llm_infer.runtime.models.model_config import ModelConfig
+from llm_infer.runtime.models.resolve import resolve_model_dir
+from llm_infer.runtime.outputs import RequestOutput
+from llm_infer.runtime.sampling_params import SamplingParams
+from llm_infer.runtime.tokenizer import Tokenizer
+
+Prompt = str | list[int]
+Message = dict[str, Any]
+
+
+class LLM:
+    """An inference engine over one model.
+
+    `config` is a YAML path, a dict or an `EngineConfig`; keyword overrides use
+    the same keys, with sections as dicts (`LLM("c.yaml", dtype="float32",
+    scheduler={"max_num_seqs": 4})`) or dotted strings in `overrides`.
+    """
+
+    def __init__(self, config: str | Path | Mapping[str, Any] | EngineConfig | None = None,
+                 overrides: Mapping[str, Any] | list[str] | None = None, progress: bool = True, **kwargs: Any):
+        flat = dict(_flatten(kwargs))
+        if isinstance(overrides, Mapping):
+            flat.update(overrides)
+            overrides = None
+        self.config = load_config(config, overrides)
+        if flat:
+            self.config = load_config(self.config, flat)
+        model_dir = resolve_model_dir(self.config.model)
+        self.model_config = ModelConfig.from_dir(model_dir)
+        self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer) if self.config.tokenizer else model_dir)
+        self._executor = make_executor(self.config, self.model_config, progress=progress)
+        try:
+            self.engine = LLMEngine(self.config, self._executor, self.tokenizer, self.model_config)
+        except BaseException:
+            self._executor.shutdown()
+            raise
+
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        """One finished output per prompt, in order. Prompts are strings or token-id lists."""
+        batch = _as_prompt_list(prompts)
+        param_list = _as_param_list(params, len(batch))
+        return self._run([(p, sp, False) for p, sp in zip(batch, param_list)])
+
+    def chat(self, messages: list[Message] | list[list[Message]],
+             params: SamplingParams | Sequence[SamplingParams] | None = None) -> RequestOutput | list[RequestOutput]:
+        """Render the conversation(s) with the model's chat template and generate the reply."""
+        single = bool(messages) and isinstance(messages[0], dict)
+        conversations = [messages] if single else messages
+        prompts = [self.tokenizer.encode_chat(c) for c in conversations]
+        outputs = self.generate(prompts, params)
+        return outputs[0] if single else outputs
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        """Yield an update (with `new_text`) every step until the request finishes."""
+        request_id = self.engine.add_request(prompt, params)
+        try:
+            while True:
+                for out in self.engine.step():
+                    if out.request_id == request_id:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            self.engine.abort(request_id)
+
+    def logits(self, token_ids: list[int]) -> torch.Tensor:
+        """float32 logits `[len(token_ids), vocab]` of every position, computed through the paged cache."""
+        (out,) = self._run([(list(token_ids), SamplingParams(max_tokens=1, temperature=0), True)])
+        return out.logits[: len(token_ids)]
+
+    def _run(self, requests: list[tuple[Prompt, SamplingParams, bool]]) -> list[RequestOutput]:
+        ids = []
+        try:
+            for prompt, sp, want_logits in requests:
+                ids.append(self.engine.add_request(prompt, sp, return_logits=want_logits))
+            done: dict[str, RequestOutput] = {}
+            while len(done) < len(ids):
+                for out in self.engine.step():
+                    if out.finished:
+                        done[out.request_id] = out
+            return [done[i] for i in ids]
+        finally:
+            for i in ids:
+                self.engine.abort(i)
+
+    def close(self) -> None:
+        self._executor.shutdown()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and all(isinstance(t, int) for t in prompts):
+        return [prompts]
+    for p in prompts:
+        if not isinstance(p, str) and not (isinstance(p, list) and all(isinstance(t, int) for t in p)):
+            raise UserError("each prompt must be a string or a list of token ids")
+    return prompts
+
+
+def _as_param_list(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
+    if params is None or isinstance(params, SamplingParams):
+        return [params or SamplingParams()] * n
+    params = list(params)
+    if len(params) != n:
+        raise UserError(f"got {len(params)} sampling parameter sets for {n} prompts")
+    return params

@@ -1,0 +1,1 @@
+"""Tensor- and pipeline-parallel building blocks: process groups, sharded layers, collectives."""

@@ -1,0 +1,236 @@
+"""Megatron-style linear layers. Sharding is decided here, and only here.
+
+ColumnParallelLinear splits output features across tensor-parallel ranks;
+RowParallelLinear splits input features and all-reduces its output (the bias is
+added once, after the reduction). Merged variants pack several checkpoint
+tensors (q/k/v, gate/up) into one parameter; each parameter's `weight_loader`
+narrows a checkpoint tensor to this rank's slice and copies it into place.
+
+How weights are stored and multiplied is delegated to a `LinearMethod`
+(dense here; AWQ int4 adds another), so quantized parameters shard the same way:
+a parameter whose output dimension is packed (8 int4 per int32) is narrowed in
+proportion (`_out_ratio`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm_infer.parallel.communication import tp_all_reduce
+from llm_infer.parallel.state import get_parallel_state
+from llm_infer.parallel.weight_utils import (
+    WeightShapeError,
+    copy_checked,
+    divide,
+    narrow,
+    set_weight_attrs,
+    shape_of,
+)
+
+
+class LinearMethod(Protocol):
+    def create_weights(
+        self, layer: nn.Module, input_size_per_partition: int, output_size_per_partition: int,
+        dtype: torch.dtype,
+    ) -> None: ...
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None: ...
+
+
+class DenseLinearMethod:
+    """A plain `[out, in]` weight multiplied with torch (the reference path)."""
+
+    def create_weights(self, layer, input_size_per_partition, output_size_per_partition, dtype):
+        weight = nn.Parameter(torch.empty(output_size_per_partition, input_size_per_partition, dtype=dtype),
+                              requires_grad=False)
+        set_weight_attrs(weight, {"input_dim": 1, "output_dim": 0, "weight_loader": layer.weight_loader})
+        layer.register_parameter("weight", weight)
+
+    def apply(self, layer, x, bias):
+        return F.linear(x, layer.weight, bias)
+
+    def process_weights_after_loading(self, layer):
+        pass
+
+
+class LinearBase(nn.Module):
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        input_size_per_partition: int,
+        output_size_per_partition: int,
+        bias: bool,
+        dtype: torch.dtype,
+        linear_method: LinearMethod | None,
+    ):
+        super().__init__()
+        self.input_size = input_size
+        self.output_size = output_size
+        self.input_size_per_partition = input_size_per_partition
+        self.output_size_per_partition = output_size_per_partition
+        self.linear_method = linear_method or DenseLinearMethod()
+        self.linear_method.create_weights(self, input_size_per_partition, output_size_per_partition, dtype)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self._bias_size(), dtype=dtype), requires_grad=False)
+            set_weight_attrs(self.bias, {"output_dim": 0, "weight_loader": self.weight_loader})
+        else:
+            self.register_parameter("bias", None)
+
+    def _bias_size(self) -> int:
+        return self.output_size_per_partition
+
+    def _out_ratio(self, param: torch.Tensor) -> float:
+        """Parameter elements per logical output feature along its output dim (1/8 for packed int4)."""
+        return param.shape[param.output_dim] / self.output_size_per_partition
+
+    def process_weights_after_loading(self) -> None:
+        self.linear_method.process_weights_after_loading(self)
+
+    def weight_loader(self, param: nn.Parameter, loaded: Any, shard_id: Any = None) -> None:
+        raise NotImplementedError
+
+
+def _shard(loaded: Any, dim: int, index: int, size: int, parts: int) -> Any:
+    """Shard `index` of `parts` equal shards of `size` along `dim`; the tensor must hold exactly that many."""
+    full = shape_of(loaded)[dim]
+    if full != size * parts:
+        raise WeightShapeError(f"dim {dim} has {full} rows, expected {size * parts} ({parts} shards of {size})")
+    return narrow(loaded, dim, index * size, size)
+
+
+def _scaled(size: float, what: str) -> int:
+    if size != int(size):
+        raise WeightShapeError(f"{what}: shard of {size} packed units does not fall on a pack boundary")
+    return int(size)
+
+
+class ReplicatedLinear(LinearBase):
+    """Every rank holds the whole weight."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False,
+                 dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None):
+        super().__init__(input_size, output_size, input_size, output_size, bias, dtype, linear_method)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        copy_checked(param.data, loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_method.apply(self, x, self.bias)
+
+
+class ColumnParallelLinear(LinearBase):
+    """Output features split across TP ranks; output stays sharded."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False,
+                 dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None):
+        tp = get_parallel_state().tp_size
+        super().__init__(input_size, output_size, input_size, divide(output_size, tp, "output features"),
+                         bias, dtype, linear_method)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        dim = getattr(param, "output_dim", None)
+        if dim is None:
+            copy_checked(param.data, loaded)
+            return
+        tp = get_parallel_state()
+        size = param.shape[dim]
+        copy_checked(param.data, _shard(loaded, dim, tp.tp_rank, size, tp.tp_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_method.apply(self, x, self.bias)
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel projections of the same input in one parameter (gate/up)."""
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False,
+                 dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None):
+        self.output_sizes = output_sizes
+        super().__init__(input_size, sum(output_sizes), bias, dtype, linear_method)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        dim = getattr(param, "output_dim", None)
+        if dim is None or shard_id is None:
+            return super().weight_loader(param, loaded, shard_id)
+        tp = get_parallel_state()
+        ratio = self._out_ratio(param)
+        local = [s // tp.tp_size for s in self.output_sizes]
+        offset = _scaled(sum(local[:shard_id]) * ratio, "merged offset")
+        size = _scaled(local[shard_id] * ratio, "merged shard")
+        part = _shard(loaded, dim, tp.tp_rank, size, tp.tp_size)
+        copy_checked(param.data.narrow(dim, offset, size), part)
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """Fused q/k/v projection. Query heads are split across ranks; KV heads are split
+    when tp <= num_kv_heads and replicated (tp / num_kv_heads copies) otherwise."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
+                 bias: bool = False, dtype: torch.dtype = torch.float32,
+                 linear_method: LinearMethod | None = None):
+        tp = get_parallel_state().tp_size
+        self.head_dim = head_dim
+        self.num_heads = divide(num_heads, tp, "query heads")
+        if tp >= num_kv_heads:
+            self.kv_replicas = divide(tp, num_kv_heads, "tensor-parallel size over KV heads")
+            self.num_kv_heads = 1
+        else:
+            self.kv_replicas = 1
+            self.num_kv_heads = divide(num_kv_heads, tp, "KV heads")
+        self.q_size = self.num_heads * head_dim
+        self.kv_size = self.num_kv_heads * head_dim
+        local_out = self.q_size + 2 * self.kv_size
+        LinearBase.__init__(self, hidden_size, (num_heads + 2 * num_kv_heads) * head_dim,
+                            hidden_size, local_out, bias, dtype, linear_method)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        dim = getattr(param, "output_dim", None)
+        if dim is None or shard_id is None:
+            return super().weight_loader(param, loaded, shard_id)
+        tp = get_parallel_state()
+        ratio = self._out_ratio(param)
+        kv_parts = tp.tp_size // self.kv_replicas
+        if shard_id == "q":
+            offset, size, index, parts = 0, self.q_size, tp.tp_rank, tp.tp_size
+        elif shard_id == "k":
+            offset, size, index, parts = self.q_size, self.kv_size, tp.tp_rank // self.kv_replicas, kv_parts
+        elif shard_id == "v":
+            offset, size = self.q_size + self.kv_size, self.kv_size
+            index, parts = tp.tp_rank // self.kv_replicas, kv_parts
+        else:
+            raise ValueError(f"unknown qkv shard {shard_id!r}")
+        offset, size = _scaled(offset * ratio, "qkv offset"), _scaled(size * ratio, "qkv shard")
+        copy_checked(param.data.narrow(dim, offset, size), _shard(loaded, dim, index, size, parts))
+
+
+class RowParallelLinear(LinearBase):
+    """Input features split across TP ranks; partial outputs are all-reduced."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False,
+                 dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None):
+        tp = get_parallel_state().tp_size
+        super().__init__(input_size, output_size, divide(input_size, tp, "input features"), output_size,
+                         bias, dtype, linear_method)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        dim = getattr(param, "input_dim", None)
+        if dim is None:
+            copy_checked(param.data, loaded)
+            return
+        tp = get_parallel_state()
+        size = param.shape[dim]
+        copy_checked(param.data, _shard(loaded, dim, tp.tp_rank, size, tp.tp_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear_method.apply(self, x, None)
+        out = tp_all_reduce(out)
+        if self.bias is not None:
+            out = out + self.bias
+        return out

@@ -1,0 +1,60 @@
+"""Reading the shard of a checkpoint tensor a parameter needs, without reading the rest.
+
+A "loaded weight" is either a torch.Tensor or a safetensors slice
+(`safe_open(...).get_slice(name)`): narrowing a slice reads only those bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class WeightShapeError(ValueError):
+    """A checkpoint tensor does not have the shape the parameter expects."""
+
+
+def shape_of(loaded: Any) -> tuple[int, ...]:
+    if isinstance(loaded, torch.Tensor):
+        return tuple(loaded.shape)
+    return tuple(loaded.get_shape())
+
+
+def narrow(loaded: Any, dim: int, start: int, size: int) -> Any:
+    full = shape_of(loaded)
+    if start + size > full[dim]:
+        raise WeightShapeError(f"needs rows {start}..{start + size} of dim {dim}, tensor has shape {list(full)}")
+    if isinstance(loaded, torch.Tensor):
+        return loaded.narrow(dim, start, size)
+    index = [slice(None)] * len(full)
+    index[dim] = slice(start, start + size)
+    return loaded[tuple(index)]
+
+
+def materialize(loaded: Any) -> torch.Tensor:
+    if isinstance(loaded, torch.Tensor):
+        return loaded
+    return loaded[tuple(slice(None) for _ in loaded.get_shape())]
+
+
+def copy_checked(dst: torch.Tensor, loaded: Any) -> None:
+    src = materialize(loaded)
+    if tuple(src.shape) != tuple(dst.shape):
+        raise WeightShapeError(f"expected shape {list(dst.shape)}, checkpoint has {list(src.shape)}")
+    dst.copy_(src)
+
+
+def set_weight_attrs(param: torch.Tensor, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        setattr(param, key, value)
+
+
+def default_weight_loader(param: torch.Tensor, loaded: Any, shard_id: Any = None) -> None:
+    copy_checked(param.data, loaded)
+
+
+def divide(numerator: int, denominator: int, what: str) -> int:
+    if numerator % denominator:
+        raise ValueError(f"{what}: {numerator} is not divisible by {denominator}")
+    return numerator // denominator

@@ -1,0 +1,26 @@
+"""Attention over the paged KV cache; the kernel behind it comes from `kernels.dispatch`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llm_infer.kernels.attention_metadata import AttentionMetadata
+
+
+class Attention(nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        # Bound by the model runner once the cache is allocated: [blocks, block_size, kv_heads, head_dim].
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """q: `[tokens, heads, head_dim]`, k/v: `[tokens, kv_heads, head_dim]` -> `[tokens, heads * head_dim]`."""
+        meta.backend.write_kv(k, v, self.k_cache, self.v_cache, meta)
+        out = meta.backend.attend(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        return out.reshape(out.shape[0], -1)

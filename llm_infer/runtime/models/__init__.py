@@ -1,0 +1,1 @@
+"""Model definitions, configuration parsing and weight loading."""

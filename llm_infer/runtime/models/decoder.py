@@ -1,0 +1,181 @@
+"""One decoder for Llama, Qwen2 (q/k/v bias) and Qwen3 (per-head q/k RMSNorm).
+
+Module names follow the Hugging Face checkpoints, except that q/k/v and gate/up
+are merged (`qkv_proj`, `gate_up_proj`); `checkpoint_names` maps each parameter
+back to the checkpoint tensors it is loaded from. Under pipeline parallelism a
+stage builds only its own layers (the others are empty placeholders, so names
+keep their layer index), the embedding on the first stage and the norm and
+head on the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from llm_infer.kernels.attention_metadata import AttentionMetadata
+from llm_infer.parallel.embedding import ParallelLMHead, VocabParallelEmbedding
+from llm_infer.parallel.linear import LinearMethod, MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from llm_infer.parallel.pipeline import stage_layer_range
+from llm_infer.parallel.state import get_parallel_state
+from llm_infer.runtime.layers.activation import SiluAndMul
+from llm_infer.runtime.layers.attention import Attention
+from llm_infer.runtime.layers.rms_norm import RMSNorm
+from llm_infer.runtime.layers.rotary import RotaryEmbedding, apply_rotary
+from llm_infer.runtime.models.model_config import ModelConfig
+
+# Merged parameter -> the checkpoint projections packed into it, with their shard ids.
+PACKED_MODULES: dict[str, list[tuple[str, str | int]]] = {
+    "qkv_proj": [("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")],
+    "gate_up_proj": [("gate_proj", 0), ("up_proj", 1)],
+}
+
+LinearMethodFor = Callable[[str], LinearMethod | None]
+
+
+@dataclass
+class IntermediateTensors:
+    """What one pipeline stage hands to the next."""
+
+    hidden: torch.Tensor
+    residual: torch.Tensor
+
+
+def _dense(prefix: str) -> None:
+    return None
+
+
+class DecoderAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor, prefix: str):
+        super().__init__()
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads,
+                                          bias=cfg.qkv_bias, dtype=dtype,
+                                          linear_method=method_for(f"{prefix}.qkv_proj"))
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_proj_bias,
+                                        dtype=dtype,
+                                        linear_method=method_for(f"{prefix}.o_proj"))
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
+        self.head_dim = cfg.head_dim
+        self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype)
+        self.qk_norm = cfg.qk_norm
+        self.attn = Attention(self.num_heads, self.num_kv_heads, cfg.head_dim, cfg.head_dim**-0.5)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return self.o_proj(self.attn(q, k, v, meta))
+
+
+class DecoderMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor, prefix: str):
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=False,
+                                                       dtype=dtype, linear_method=method_for(f"{prefix}.gate_up_proj"))
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=False, dtype=dtype,
+                                           linear_method=method_for(f"{prefix}.down_proj"))
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor, prefix: str):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.self_attn = DecoderAttention(cfg, dtype, method_for, f"{prefix}.self_attn")
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.mlp = DecoderMLP(cfg, dtype, method_for, f"{prefix}.mlp")
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, cos, sin, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class MissingLayer(nn.Module):
+    """Placeholder for a layer that lives on another pipeline stage."""
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor,
+                 pipeline_layers: list[int] | None = None):
+        super().__init__()
+        state = get_parallel_state()
+        self.layer_range = stage_layer_range(cfg.num_layers, state.pp_size, state.pp_rank, pipeline_layers)
+        self.dtype = dtype
+        if state.is_first_stage:
+            self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, dtype)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, dtype, method_for, f"model.layers.{i}") if i in self.layer_range else MissingLayer()
+            for i in range(cfg.num_layers)
+        )
+        if state.is_last_stage:
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        state = get_parallel_state()
+        if state.is_first_stage:
+            x, residual = self.embed_tokens(input_ids), None
+        else:
+            x, residual = intermediate.hidden, intermediate.residual
+        cos, sin = self.rotary.cos_sin(positions, self.dtype)
+        for i in self.layer_range:
+            x, residual = self.layers[i](x, residual, cos, sin, meta)
+        if not state.is_last_stage:
+            return IntermediateTensors(x, residual)
+        x, _ = self.norm(x, residual)
+        return x
+
+
+class CausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor | None = None,
+                 pipeline_layers: list[int] | None = None):
+        super().__init__()
+        state = get_parallel_state()
+        self.config = cfg
+        self.model = DecoderModel(cfg, dtype, method_for or _dense, pipeline_layers)
+        if state.is_last_stage:
+            self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, dtype)
+            if cfg.tie_word_embeddings and state.is_first_stage:
+                self.lm_head.tie_to(self.model.embed_tokens)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, meta, intermediate)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """float32 logits `[rows, vocab]` on the sampling rank, None elsewhere."""
+        logits = self.lm_head(hidden)
+        return None if logits is None else logits.float()
+
+    def attention_layers(self) -> list[Attention]:
+        return [self.model.layers[i].self_attn.attn for i in self.model.layer_range]
+
+    def checkpoint_names(self, param_name: str) -> list[tuple[str, str | int | None]]:
+        """The checkpoint tensors (and shard ids) that fill one parameter of this stage."""
+        if param_name == "lm_head.weight" and self.config.tie_word_embeddings:
+            return [("model.embed_tokens.weight", None)]
+        module, _, leaf = param_name.rpartition(".")
+        parent, _, name = module.rpartition(".")
+        if name in PACKED_MODULES:
+            return [(f"{parent}.{part}.{leaf}", shard) for part, shard in PACKED_MODULES[name]]
+        return [(param_name, None)]

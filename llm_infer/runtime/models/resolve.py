@@ -1,0 +1,22 @@
+"""Where a configured model name points on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llm_infer.errors import UserError
+
+
+def resolve_model_dir(name: str) -> Path:
+    """`default` is the embedded SmolLM2 (converted once into the user cache); anything
+    else must be a Hugging Face-format folder with config.json and safetensors."""
+    if name == "default":
+        from llm_infer.runtime.models.gguf_convert import ensure_default_model
+
+        return ensure_default_model()
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise UserError(f"model folder not found: {name}")
+    if not (path / "config.json").is_file():
+        raise UserError(f"model folder {name} has no config.json")
+    return path

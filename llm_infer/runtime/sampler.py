@@ -1,0 +1,82 @@
+"""Logits -> tokens, with per-row temperature, top-k, top-p, min-p and seed.
+
+Each random draw comes from a generator seeded by (request seed, output
+index), so a seeded request samples the same tokens whether it runs alone,
+in a batch, or is preempted and recomputed. Sampling uses the exponential
+race (argmax of p / E with E ~ Exp(1)), which draws exactly from p.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_infer.runtime.step_plan import SamplingBatch
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def draw_seed(seed: int, output_index: int) -> int:
+    return (seed * _MIX + output_index) % (1 << 63)
+
+
+def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Keep the `k` largest logits of each row (k == 0 keeps all); ties at the k-th value are kept."""
+    k = torch.where(top_k > 0, top_k, logits.shape[-1]).clamp(max=logits.shape[-1])
+    kth = logits.sort(dim=-1, descending=True).values.gather(-1, (k - 1).unsqueeze(-1))
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches `top_p`."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
+    drop_sorted = before >= top_p.unsqueeze(-1)
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Drop tokens whose probability is below `min_p` times the most likely token's."""
+    probs = logits.softmax(dim=-1)
+    threshold = min_p.unsqueeze(-1) * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+class Sampler:
+    def probs(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """The distribution each (non-greedy) row samples from, after all filters."""
+        device = logits.device
+        temperature = torch.tensor(batch.temperature, device=device, dtype=torch.float32)
+        logits = logits / temperature.clamp(min=1e-6).unsqueeze(-1)
+        if any(k > 0 for k in batch.top_k):
+            logits = apply_top_k(logits, torch.tensor(batch.top_k, device=device))
+        if any(p < 1.0 for p in batch.top_p):
+            logits = apply_top_p(logits, torch.tensor(batch.top_p, device=device, dtype=torch.float32))
+        if any(p > 0.0 for p in batch.min_p):
+            logits = apply_min_p(logits, torch.tensor(batch.min_p, device=device, dtype=torch.float32))
+        return logits.softmax(dim=-1)
+
+    def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> list[int]:
+        """logits: float32 `[rows, vocab]`, one row per entry of `batch`."""
+        greedy = logits.argmax(dim=-1)
+        if batch.all_greedy:
+            return greedy.tolist()
+        rows = [i for i, t in enumerate(batch.temperature) if t > 0]
+        sub = _select(batch, rows)
+        probs = self.probs(logits[rows], sub)
+        noise = torch.empty_like(probs)
+        for j, (seed, index) in enumerate(zip(sub.seeds, sub.output_index)):
+            gen = torch.Generator(device=probs.device).manual_seed(draw_seed(seed, index))
+            noise[j].exponential_(generator=gen)
+        sampled = (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
+        out = greedy.tolist()
+        for j, i in enumerate(rows):
+            out[i] = int(sampled[j])
+        return out
+
+
+def _select(batch: SamplingBatch, rows: list[int]) -> SamplingBatch:
+    return SamplingBatch(*([getattr(batch, f)[i] for i in rows] for f in
+                           ("temperature", "top_k", "top_p", "min_p", "seeds", "output_index")))

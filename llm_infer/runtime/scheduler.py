@@ -1,0 +1,96 @@
+"""Continuous batching: which sequences run this step, and how many tokens each.
+
+Every step has a token budget (`max_num_batched_tokens`). Running sequences
+go first: decodes (one pending token) before partial prefills, so a long
+prompt never stalls the streams already producing tokens. Waiting sequences
+are then admitted in arrival order while the budget, `max_num_seqs` and free
+KV blocks allow; a prompt larger than the remaining budget is prefilled in
+chunks over several steps. When a running sequence needs a block and none is
+free, the most recently admitted sequence is preempted: its blocks are freed
+and it goes back to the front of the queue to be recomputed later (its
+output so far is kept, so the result is unchanged).
+
+The scheduler sees sequences and block counts only, never tensors.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from llm_infer.config import SchedulerConfig
+from llm_infer.runtime.block_manager import BlockManager
+from llm_infer.runtime.sequence import Sequence, SequenceStatus
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
+        self.config = config
+        self.blocks = block_manager
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> list[tuple[Sequence, int]]:
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[tuple[Sequence, int]] = []
+        preemptions_before = self.num_preemptions
+        decodes = [s for s in self.running if s.num_pending_tokens == 1]
+        prefills = [s for s in self.running if s.num_pending_tokens > 1]
+        for seq in decodes + prefills:
+            if budget == 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            n = min(seq.num_pending_tokens, budget)
+            if not self._make_room(seq, n, {id(s) for s, _ in scheduled}):
+                continue
+            self.blocks.allocate(seq, n)
+            scheduled.append((seq, n))
+            budget -= n
+        preempted = self.num_preemptions != preemptions_before
+        while self.waiting and budget > 0 and not preempted and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            n = min(seq.num_pending_tokens, budget)
+            if not self.blocks.can_allocate(seq, n):
+                break
+            self.waiting.popleft()
+            self.blocks.allocate(seq, n)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            scheduled.append((seq, n))
+            budget -= n
+        return scheduled
+
+    def _make_room(self, seq: Sequence, n: int, scheduled: set[int]) -> bool:
+        """Preempt the newest running sequences not yet scheduled this step until
+        `seq` can grow by `n` tokens. False when `seq` itself had to be preempted."""
+        while not self.blocks.can_allocate(seq, n):
+            victim = next(s for s in reversed(self.running) if id(s) not in scheduled)
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Release a sequence that is done (or aborted), wherever it is."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free(seq)
+        seq.status = SequenceStatus.FINISHED

@@ -1,0 +1,88 @@
+"""The compact message the controller sends to every worker each step.
+
+Plain Python data (no tensors), cheap to pickle: the new tokens of each
+scheduled sequence, how much context each has, its block table, and the
+sampling parameters of the sequences that produce a token this step.
+Workers derive positions and cache slots from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llm_infer.runtime.sequence import Sequence
+
+
+@dataclass
+class SamplingBatch:
+    """Sampling parameters of the rows that sample, in plan order."""
+
+    temperature: list[float] = field(default_factory=list)
+    top_k: list[int] = field(default_factory=list)
+    top_p: list[float] = field(default_factory=list)
+    min_p: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    # Index of the token being sampled within its sequence's output: with the
+    # seed it fixes the random draw, so results do not depend on batching.
+    output_index: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.temperature)
+
+    @property
+    def all_greedy(self) -> bool:
+        return all(t == 0 for t in self.temperature)
+
+
+@dataclass
+class StepPlan:
+    seq_ids: list[int]
+    input_ids: list[int]  # new tokens of all sequences, concatenated
+    query_lens: list[int]  # new tokens per sequence
+    seq_lens: list[int]  # context length per sequence once this step is done
+    block_tables: list[list[int]]
+    sample: list[bool]  # whether each sequence produces a token this step
+    sampling: SamplingBatch
+    return_logits: list[bool]  # whether to return the logits of every new position
+    step_id: int = 0
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class StepOutput:
+    step_id: int
+    sampled: list[int]  # one token per sequence with sample=True, in plan order
+    logits: dict[int, "object"] = field(default_factory=dict)  # seq_id -> float32 [query_len, vocab]
+
+
+def build_step_plan(scheduled: list[tuple["Sequence", int]], step_id: int) -> StepPlan:
+    """Turn the scheduler's (sequence, new token count) decisions into a plan."""
+    plan = StepPlan([], [], [], [], [], [], SamplingBatch(), [], step_id)
+    for seq, n in scheduled:
+        start = seq.num_computed_tokens
+        samples = start + n == seq.num_tokens
+        plan.seq_ids.append(seq.seq_id)
+        plan.input_ids.extend(seq.tokens_between(start, start + n))
+        plan.query_lens.append(n)
+        plan.seq_lens.append(start + n)
+        plan.block_tables.append(list(seq.block_table))
+        plan.sample.append(samples)
+        plan.return_logits.append(seq.return_logits)
+        if samples:
+            p, s = seq.params, plan.sampling
+            s.temperature.append(float(p.temperature))
+            s.top_k.append(p.top_k)
+            s.top_p.append(float(p.top_p))
+            s.min_p.append(float(p.min_p))
+            s.seeds.append(seq.seed)
+            s.output_index.append(len(seq.output_token_ids))
+    return plan

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.checkpoints import make_checkpoint
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random fp32 checkpoints: qwen2 (q/k/v bias), qwen3 (q/k norm), llama (tied embeddings)."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "qwen2": make_checkpoint(root / "qwen2", "qwen2"),
+        "qwen3": make_checkpoint(root / "qwen3", "qwen3", head_dim=32),
+        "llama": make_checkpoint(root / "llama", "llama", tie_word_embeddings=True),
+    }
+
+
+def tiny_engine_config(model: Path, **extra) -> dict:
+    cfg = {"model": str(model), "dtype": "float32", "device": "cpu",
+           "cache": {"block_size": 4, "num_blocks": 256}}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
