@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -24,10 +26,14 @@ def hf_greedy(hf, prompt: list[int], steps: int) -> tuple[list[int], torch.Tenso
     return ids[len(prompt):], full
 
 
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="module", params=[(a, k) for a in ARCHS for k in ("torch", "auto")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def pair(request, tiny_models):
-    path = tiny_models[request.param]
-    llm = LLM(tiny_engine_config(path), progress=False)
+    arch, kernels = request.param
+    path = tiny_models[arch]
+    llm = LLM(tiny_engine_config(path, kernels=kernels), progress=False)
+    if kernels == "auto" and shutil.which("c++"):
+        assert llm._executor.worker.runner.kernels.name == "cpu", "the C++ CPU kernels should be in use"
     yield llm, reference_model(path)
     llm.close()
 

@@ -1,27 +1,31 @@
-"""Paged attention in plain torch: the reference path, and the CPU path.
+"""Paged attention in plain torch: the reference path.
 
 Index tensors are built once per step (`prepare`) and reused by every layer.
 Sequences with short queries (decode, speculative verification) run as one
 padded SDPA call whose query heads are grouped per KV head, so no KV head is
 copied. Sequences with long queries (prefill) run one SDPA call each; a
 prefill with no cached prefix attends to its fresh K/V directly.
+
+Tensors: q `[tokens, heads * head_dim]`, k/v `[tokens, kv_heads * head_dim]`
+(row-strided views are fine), caches `[blocks, block_size, kv_heads, head_dim]`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from llm_infer.kernels.attention_metadata import AttentionMetadata
 
-# Queries up to this length are batched with padding; longer ones run per sequence.
+# Queries up to this length are batched; longer ones run per sequence.
 SHORT_QUERY = 16
 
 
 @dataclass
-class _ShortBatch:
+class ShortBatch:
     token_index: torch.Tensor  # [B, Q] flat index of each padded query row (clamped)
     valid: torch.Tensor  # [B, Q] row holds a real token
     slots: torch.Tensor  # [B, L] cache slot of each key position (0 for padding)
@@ -30,21 +34,20 @@ class _ShortBatch:
 
 
 @dataclass
-class _LongSeq:
+class LongSeq:
     start: int
     query_len: int
-    seq_len: int
     slots: torch.Tensor | None  # None: no cached prefix, attend to the fresh K/V
     mask: torch.Tensor | None  # [Q, L] bottom-right causal mask when the prefix is cached
 
 
 @dataclass
-class _Prepared:
-    short: _ShortBatch | None
-    long: list[_LongSeq]
+class Prepared:
+    short: Any  # the backend's batch of short-query sequences, or None
+    long: list[LongSeq]
 
 
-def _slots(block_tables: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+def slots_of(block_tables: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
     pos = torch.arange(length, device=block_tables.device)
     return block_tables[:, pos // block_size] * block_size + pos % block_size
 
@@ -56,15 +59,15 @@ class TorchAttentionBackend:
         starts = [0]
         for n in meta.query_lens:
             starts.append(starts[-1] + n)
-        device = meta.slot_mapping.device
         short = [i for i, q in enumerate(meta.query_lens) if q <= SHORT_QUERY]
         long = [i for i, q in enumerate(meta.query_lens) if q > SHORT_QUERY]
-        meta.prepared = _Prepared(
-            short=self._prepare_short(meta, short, starts, device) if short else None,
-            long=[self._prepare_long(meta, i, starts[i], device) for i in long],
+        meta.prepared = Prepared(
+            short=self.prepare_short(meta, short, starts) if short else None,
+            long=[self._prepare_long(meta, i, starts[i]) for i in long],
         )
 
-    def _prepare_short(self, meta, rows, starts, device) -> _ShortBatch:
+    def prepare_short(self, meta: AttentionMetadata, rows: list[int], starts: list[int]) -> ShortBatch:
+        device = meta.slot_mapping.device
         q_lens = torch.tensor([meta.query_lens[i] for i in rows], device=device)
         s_lens = torch.tensor([meta.seq_lens[i] for i in rows], device=device)
         q_max, s_max = int(q_lens.max()), int(s_lens.max())
@@ -72,82 +75,81 @@ class TorchAttentionBackend:
         base = torch.tensor([starts[i] for i in rows], device=device)
         valid = q_pos[None, :] < q_lens[:, None]
         token_index = base[:, None] + torch.minimum(q_pos[None, :], q_lens[:, None] - 1)
-        slots = _slots(meta.block_tables[rows], s_max, meta.block_size)
         k_pos = torch.arange(s_max, device=device)
-        # Query row j of sequence b sits at absolute position seq_len - query_len + j.
+        slots = slots_of(meta.block_tables[rows], s_max, meta.block_size)
+        slots = slots.masked_fill(~(k_pos[None, :] < s_lens[:, None]), 0)
+        # Query row j of a sequence sits at absolute position seq_len - query_len + j.
         q_abs = (s_lens - q_lens)[:, None] + q_pos[None, :]
         allowed = k_pos[None, None, :] <= q_abs[:, :, None]
         allowed |= ~valid[:, :, None] & (k_pos == 0)[None, None, :]  # keep padded rows finite
         uniform = bool((q_lens == 1).all() and (s_lens == s_max).all())
-        return _ShortBatch(token_index, valid, slots.masked_fill(~(k_pos[None, :] < s_lens[:, None]), 0),
-                           None if uniform else allowed.unsqueeze(1))
+        return ShortBatch(token_index, valid, slots, None if uniform else allowed.unsqueeze(1))
 
-    def _prepare_long(self, meta, i, start, device) -> _LongSeq:
+    def _prepare_long(self, meta: AttentionMetadata, i: int, start: int) -> LongSeq:
         q_len, s_len = meta.query_lens[i], meta.seq_lens[i]
         if q_len == s_len:
-            return _LongSeq(start, q_len, s_len, None, None)
-        slots = _slots(meta.block_tables[i : i + 1], s_len, meta.block_size)[0]
+            return LongSeq(start, q_len, None, None)
+        device = meta.slot_mapping.device
+        slots = slots_of(meta.block_tables[i : i + 1], s_len, meta.block_size)[0]
         q_abs = s_len - q_len + torch.arange(q_len, device=device)
         mask = torch.arange(s_len, device=device)[None, :] <= q_abs[:, None]
-        return _LongSeq(start, q_len, s_len, slots, mask)
+        return LongSeq(start, q_len, slots, mask)
 
     def write_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  meta: AttentionMetadata) -> None:
-        """k, v: `[tokens, kv_heads, head_dim]` into caches `[blocks, block_size, kv_heads, head_dim]`."""
-        k_cache.view(-1, *k.shape[1:]).index_copy_(0, meta.slot_mapping, k)
-        v_cache.view(-1, *v.shape[1:]).index_copy_(0, meta.slot_mapping, v)
+        kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+        k_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k.view(-1, kv_heads, head_dim))
+        v_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v.view(-1, kv_heads, head_dim))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-               v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        """q: `[tokens, heads, head_dim]` -> `[tokens, heads, head_dim]`."""
-        prep: _Prepared = meta.prepared
-        kc = k_cache.view(-1, *k_cache.shape[2:])
-        vc = v_cache.view(-1, *v_cache.shape[2:])
-        if prep.short is not None and not prep.long:
-            return self._attend_short(q, kc, vc, prep.short, scale)
-        out = torch.empty_like(q)
+               v_cache: torch.Tensor, meta: AttentionMetadata, scale: float, num_heads: int) -> torch.Tensor:
+        """-> `[tokens, heads * head_dim]`."""
+        prep: Prepared = meta.prepared
+        head_dim = k_cache.shape[3]
+        out = torch.empty(q.shape[0], num_heads, head_dim, dtype=q.dtype, device=q.device)
         if prep.short is not None:
-            b = prep.short
-            out[b.token_index[b.valid]] = self._attend_short(q, kc, vc, b, scale)
+            self.attend_short(out, q, k_cache, v_cache, prep.short, scale)
+        q3 = q.view(q.shape[0], num_heads, head_dim)
         for s in prep.long:
-            out[s.start : s.start + s.query_len] = self._attend_long(q, k, v, kc, vc, s, scale)
-        return out
+            out[s.start : s.start + s.query_len] = self._attend_long(q3, k, v, k_cache, v_cache, s, scale)
+        return out.view(q.shape[0], num_heads * head_dim)
 
-    def _attend_short(self, q, kc, vc, b: _ShortBatch, scale) -> torch.Tensor:
+    def attend_short(self, out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     b: ShortBatch, scale: float) -> None:
         bsz, q_len = b.token_index.shape
-        heads, dim = q.shape[1], q.shape[2]
-        kv_heads = kc.shape[1]
+        heads, dim = out.shape[1], out.shape[2]
+        kv_heads = k_cache.shape[2]
         group = heads // kv_heads
-        keys = kc[b.slots].transpose(1, 2)  # [B, kvh, L, D]
-        values = vc[b.slots].transpose(1, 2)
+        keys = k_cache.view(-1, kv_heads, dim)[b.slots].transpose(1, 2)  # [B, kvh, L, D]
+        values = v_cache.view(-1, kv_heads, dim)[b.slots].transpose(1, 2)
         # [B, Q, kvh, g, D] -> [B, kvh, g*Q, D]: each KV head serves its g query heads at once.
-        qb = q[b.token_index].view(bsz, q_len, kv_heads, group, dim).permute(0, 2, 3, 1, 4)
-        qb = qb.reshape(bsz, kv_heads, group * q_len, dim)
-        out = F.scaled_dot_product_attention(qb, keys, values, attn_mask=self._group_mask(b, group), scale=scale)
-        out = out.view(bsz, kv_heads, group, q_len, dim).permute(0, 3, 1, 2, 4).reshape(bsz, q_len, heads, dim)
-        if q_len == 1:
-            return out.view(bsz, heads, dim)
-        return out[b.valid]
+        qb = q.view(q.shape[0], heads, dim)[b.token_index].view(bsz, q_len, kv_heads, group, dim)
+        qb = qb.permute(0, 2, 3, 1, 4).reshape(bsz, kv_heads, group * q_len, dim)
+        res = F.scaled_dot_product_attention(qb, keys, values, attn_mask=self._group_mask(b, group), scale=scale)
+        res = res.view(bsz, kv_heads, group, q_len, dim).permute(0, 3, 1, 2, 4).reshape(bsz, q_len, heads, dim)
+        out[b.token_index[b.valid]] = res[b.valid]
 
     @staticmethod
-    def _group_mask(b: _ShortBatch, group: int) -> torch.Tensor | None:
+    def _group_mask(b: ShortBatch, group: int) -> torch.Tensor | None:
         if b.mask is None or b.mask.shape[2] == 1:
             return b.mask
         if group not in b.masks_by_group:
             b.masks_by_group[group] = b.mask.repeat(1, 1, group, 1)
         return b.masks_by_group[group]
 
-    def _attend_long(self, q, k, v, kc, vc, s: _LongSeq, scale) -> torch.Tensor:
-        qs = q[s.start : s.start + s.query_len].transpose(0, 1).unsqueeze(0)
+    def _attend_long(self, q3, k, v, k_cache, v_cache, s: LongSeq, scale) -> torch.Tensor:
+        kv_heads, dim = k_cache.shape[2], k_cache.shape[3]
+        qs = q3[s.start : s.start + s.query_len].transpose(0, 1).unsqueeze(0)
         if s.slots is None:
-            keys = k[s.start : s.start + s.query_len]
-            values = v[s.start : s.start + s.query_len]
+            keys = k[s.start : s.start + s.query_len].view(-1, kv_heads, dim)
+            values = v[s.start : s.start + s.query_len].view(-1, kv_heads, dim)
         else:
-            keys, values = kc[s.slots], vc[s.slots]
+            keys = k_cache.view(-1, kv_heads, dim)[s.slots]
+            values = v_cache.view(-1, kv_heads, dim)[s.slots]
         keys = keys.transpose(0, 1).unsqueeze(0)
         values = values.transpose(0, 1).unsqueeze(0)
-        out = F.scaled_dot_product_attention(
+        res = F.scaled_dot_product_attention(
             qs, keys, values, attn_mask=s.mask, is_causal=s.mask is None, scale=scale,
             enable_gqa=keys.shape[1] != qs.shape[1],
         )
-        return out[0].transpose(0, 1)
+        return res[0].transpose(0, 1)

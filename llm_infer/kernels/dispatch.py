@@ -1,15 +1,54 @@
 """The one place that decides which implementation runs each kernel.
 
-`kernels: torch` always uses the torch reference; `auto` uses our compiled
-kernels where they exist for the device, and the torch path otherwise.
+`kernels: torch` always runs the torch reference (`torch_ref`, `attention_torch`).
+`auto` runs our compiled kernels where they are built for the device (C++ on
+CPU for bf16/fp32) and the torch reference otherwise. A model receives one
+`Kernels` set and its layers call through it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import torch
 
+from llm_infer.kernels import torch_ref
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 
 
-def attention_backend(kernels: str, device: torch.device) -> TorchAttentionBackend:
-    return TorchAttentionBackend()
+@dataclass(frozen=True)
+class Kernels:
+    name: str
+    linear: Callable[..., torch.Tensor]  # (x, weight, bias) -> x @ weight.T + bias
+    rms_norm: Callable[..., torch.Tensor]  # (x, weight, eps) -> normed
+    add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (x, residual, weight, eps) -> (normed, sum)
+    rotary_: Callable[..., None]  # (x, positions, cos_cache, sin_cache, rot_heads, head_dim), in place
+    silu_and_mul: Callable[..., torch.Tensor]
+    attention: Any  # backend with prepare / write_kv / attend
+
+
+TORCH = Kernels("torch", torch_ref.linear, torch_ref.rms_norm, torch_ref.add_rms_norm, torch_ref.rotary_,
+                torch_ref.silu_and_mul, TorchAttentionBackend())
+
+
+def select_kernels(setting: str, device: torch.device, dtype: torch.dtype) -> Kernels:
+    if setting == "torch":
+        return TORCH
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
+        from llm_infer.kernels.cpu_extension import load_cpu_extension
+
+        ext = load_cpu_extension()
+        if ext is not None:
+            return _cpu_kernels(ext)
+    return TORCH
+
+
+def _cpu_kernels(ext: Any) -> Kernels:
+    from llm_infer.kernels.attention_cpu import CpuAttentionBackend
+
+    def add_rms_norm(x, residual, weight, eps):
+        return ext.add_rms_norm_(x, residual, weight, eps), residual
+
+    return Kernels("cpu", ext.linear, ext.rms_norm, add_rms_norm, ext.rotary_, ext.silu_and_mul,
+                   CpuAttentionBackend(ext))

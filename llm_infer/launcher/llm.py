@@ -11,6 +11,7 @@ from llm_infer.config import EngineConfig, load_config
 from llm_infer.errors import UserError
 from llm_infer.launcher.executors import make_executor
 from llm_infer.runtime.engine import LLMEngine
+from llm_infer.runtime.model_runner import resolve_device, resolve_dtype
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.models.resolve import resolve_model_dir
 from llm_infer.runtime.outputs import RequestOutput
@@ -40,6 +41,7 @@ class LLM:
             self.config = load_config(self.config, flat)
         model_dir = resolve_model_dir(self.config.model)
         self.model_config = ModelConfig.from_dir(model_dir)
+        self.dtype = resolve_dtype(self.config.dtype, self.model_config, resolve_device(self.config.device))
         self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer) if self.config.tokenizer else model_dir)
         self._executor = make_executor(self.config, self.model_config, progress=progress)
         try:

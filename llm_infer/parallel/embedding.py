@@ -8,7 +8,7 @@ rank 0 (the rank that samples), which trims the padding.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +55,17 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(VocabParallelEmbedding):
     """Logits projection; shares the embedding's weight when the model ties them."""
 
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.float32,
+                 linear: Callable[..., torch.Tensor] = F.linear):
+        super().__init__(num_embeddings, embedding_dim, dtype)
+        self.linear = linear
+
     def tie_to(self, embedding: VocabParallelEmbedding) -> None:
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Full-vocabulary logits on TP rank 0; None on the other ranks."""
-        logits = F.linear(hidden, self.weight)
+        logits = self.linear(hidden, self.weight, None)
         logits = tp_gather_to_first(logits, dim=-1)
         if logits is None:
             return None

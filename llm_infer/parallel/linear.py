@@ -14,7 +14,7 @@ proportion (`_out_ratio`).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,11 @@ class LinearMethod(Protocol):
 
 
 class DenseLinearMethod:
-    """A plain `[out, in]` weight multiplied with torch (the reference path)."""
+    """A plain `[out, in]` weight, multiplied by the selected kernel (`torch.nn.functional.linear`
+    in the reference path)."""
+
+    def __init__(self, linear: Callable[..., torch.Tensor] = F.linear):
+        self.linear = linear
 
     def create_weights(self, layer, input_size_per_partition, output_size_per_partition, dtype):
         weight = nn.Parameter(torch.empty(output_size_per_partition, input_size_per_partition, dtype=dtype),
@@ -53,7 +57,7 @@ class DenseLinearMethod:
         layer.register_parameter("weight", weight)
 
     def apply(self, layer, x, bias):
-        return F.linear(x, layer.weight, bias)
+        return self.linear(x, layer.weight, bias)
 
     def process_weights_after_loading(self, layer):
         pass

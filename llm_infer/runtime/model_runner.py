@@ -24,10 +24,14 @@ from llm_infer.runtime.step_plan import StepOutput, StepPlan
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(name: str, model_config: ModelConfig) -> torch.dtype:
-    if name == "auto":
-        return _DTYPES.get(model_config.torch_dtype or "float32", torch.float32)
-    return _DTYPES[name]
+def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) -> torch.dtype:
+    """`auto` follows vLLM: half precision for full-precision checkpoints (bf16, or fp16 when the
+    checkpoint is fp16 and the device is CUDA; CPU fp16 matmuls are slow)."""
+    if name != "auto":
+        return _DTYPES[name]
+    if model_config.torch_dtype == "float16" and device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -43,13 +47,15 @@ class ModelRunner:
         self.config = config
         self.model_config = ModelConfig.from_dir(model_dir)
         self.device = device
-        self.dtype = resolve_dtype(config.dtype, self.model_config)
+        self.dtype = resolve_dtype(config.dtype, self.model_config, device)
         self.block_size = config.cache.block_size
+        self.kernels = dispatch.select_kernels(config.kernels, device, self.dtype)
         with torch.device(device):
-            self.model = CausalLM(self.model_config, self.dtype, pipeline_layers=config.parallel.pipeline_layers)
+            self.model = CausalLM(self.model_config, self.dtype, self.kernels,
+                                  pipeline_layers=config.parallel.pipeline_layers)
         load_weights(self.model, model_dir, progress=progress)
         self.model.eval()
-        self.backend = dispatch.attention_backend(config.kernels, device)
+        self.backend = self.kernels.attention
         self.sampler = Sampler()
         self.kv_cache: KVCache | None = None
 

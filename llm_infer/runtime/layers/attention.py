@@ -20,7 +20,6 @@ class Attention(nn.Module):
         self.v_cache: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """q: `[tokens, heads, head_dim]`, k/v: `[tokens, kv_heads, head_dim]` -> `[tokens, heads * head_dim]`."""
+        """q `[tokens, heads * head_dim]`, k/v `[tokens, kv_heads * head_dim]` -> `[tokens, heads * head_dim]`."""
         meta.backend.write_kv(k, v, self.k_cache, self.v_cache, meta)
-        out = meta.backend.attend(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
-        return out.reshape(out.shape[0], -1)
+        return meta.backend.attend(q, k, v, self.k_cache, self.v_cache, meta, self.scale, self.num_heads)

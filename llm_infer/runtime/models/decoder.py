@@ -18,13 +18,20 @@ from torch import nn
 
 from llm_infer.kernels.attention_metadata import AttentionMetadata
 from llm_infer.parallel.embedding import ParallelLMHead, VocabParallelEmbedding
-from llm_infer.parallel.linear import LinearMethod, MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from llm_infer.kernels.dispatch import TORCH, Kernels
+from llm_infer.parallel.linear import (
+    DenseLinearMethod,
+    LinearMethod,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from llm_infer.parallel.pipeline import stage_layer_range
 from llm_infer.parallel.state import get_parallel_state
 from llm_infer.runtime.layers.activation import SiluAndMul
 from llm_infer.runtime.layers.attention import Attention
 from llm_infer.runtime.layers.rms_norm import RMSNorm
-from llm_infer.runtime.layers.rotary import RotaryEmbedding, apply_rotary
+from llm_infer.runtime.layers.rotary import RotaryEmbedding
 from llm_infer.runtime.models.model_config import ModelConfig
 
 # Merged parameter -> the checkpoint projections packed into it, with their shard ids.
@@ -33,7 +40,7 @@ PACKED_MODULES: dict[str, list[tuple[str, str | int]]] = {
     "gate_up_proj": [("gate_proj", 0), ("up_proj", 1)],
 }
 
-LinearMethodFor = Callable[[str], LinearMethod | None]
+LinearMethodFor = Callable[[str], LinearMethod]
 
 
 @dataclass
@@ -44,67 +51,70 @@ class IntermediateTensors:
     residual: torch.Tensor
 
 
-def _dense(prefix: str) -> None:
-    return None
-
-
 class DecoderAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor, prefix: str):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
+                 prefix: str):
         super().__init__()
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads,
                                           bias=cfg.qkv_bias, dtype=dtype,
                                           linear_method=method_for(f"{prefix}.qkv_proj"))
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_proj_bias,
-                                        dtype=dtype,
-                                        linear_method=method_for(f"{prefix}.o_proj"))
+                                        dtype=dtype, linear_method=method_for(f"{prefix}.o_proj"))
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = cfg.head_dim
         self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
-        if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype)
+        self.kernels = kernels
         self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, kernels)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, kernels)
         self.attn = Attention(self.num_heads, self.num_kv_heads, cfg.head_dim, cfg.head_dim**-0.5)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding,
+                meta: AttentionMetadata) -> torch.Tensor:
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        rope = (positions, rotary.cos_cache, rotary.sin_cache)
+        if self.qk_norm:  # per-head norms before the rotation (Qwen3)
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.kv_size)
+            self.kernels.rotary_(q, *rope, self.num_heads, self.head_dim)
+            self.kernels.rotary_(k, *rope, self.num_kv_heads, self.head_dim)
+        else:  # q and k are the first heads of the fused projection: rotate them in one pass
+            self.kernels.rotary_(qkv, *rope, self.num_heads + self.num_kv_heads, self.head_dim)
         return self.o_proj(self.attn(q, k, v, meta))
 
 
 class DecoderMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor, prefix: str):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
+                 prefix: str):
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=False,
                                                        dtype=dtype, linear_method=method_for(f"{prefix}.gate_up_proj"))
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=False, dtype=dtype,
                                            linear_method=method_for(f"{prefix}.down_proj"))
-        self.act = SiluAndMul()
+        self.act = SiluAndMul(kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor, prefix: str):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
+                 prefix: str):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.self_attn = DecoderAttention(cfg, dtype, method_for, f"{prefix}.self_attn")
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = DecoderMLP(cfg, dtype, method_for, f"{prefix}.mlp")
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, kernels)
+        self.self_attn = DecoderAttention(cfg, dtype, kernels, method_for, f"{prefix}.self_attn")
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, kernels)
+        self.mlp = DecoderMLP(cfg, dtype, kernels, method_for, f"{prefix}.mlp")
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
-                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+                rotary: RotaryEmbedding, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             residual, x = x, self.input_layernorm(x)
         else:
             x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(x, cos, sin, meta)
+        x = self.self_attn(x, positions, rotary, meta)
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
@@ -114,7 +124,7 @@ class MissingLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor,
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
                  pipeline_layers: list[int] | None = None):
         super().__init__()
         state = get_parallel_state()
@@ -123,11 +133,12 @@ class DecoderModel(nn.Module):
         if state.is_first_stage:
             self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, dtype)
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, dtype, method_for, f"model.layers.{i}") if i in self.layer_range else MissingLayer()
+            DecoderLayer(cfg, dtype, kernels, method_for, f"model.layers.{i}") if i in self.layer_range
+            else MissingLayer()
             for i in range(cfg.num_layers)
         )
         if state.is_last_stage:
-            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, kernels)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
@@ -137,9 +148,8 @@ class DecoderModel(nn.Module):
             x, residual = self.embed_tokens(input_ids), None
         else:
             x, residual = intermediate.hidden, intermediate.residual
-        cos, sin = self.rotary.cos_sin(positions, self.dtype)
         for i in self.layer_range:
-            x, residual = self.layers[i](x, residual, cos, sin, meta)
+            x, residual = self.layers[i](x, residual, positions, self.rotary, meta)
         if not state.is_last_stage:
             return IntermediateTensors(x, residual)
         x, _ = self.norm(x, residual)
@@ -147,14 +157,15 @@ class DecoderModel(nn.Module):
 
 
 class CausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, method_for: LinearMethodFor | None = None,
-                 pipeline_layers: list[int] | None = None):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels = TORCH,
+                 method_for: LinearMethodFor | None = None, pipeline_layers: list[int] | None = None):
         super().__init__()
         state = get_parallel_state()
         self.config = cfg
-        self.model = DecoderModel(cfg, dtype, method_for or _dense, pipeline_layers)
+        dense = DenseLinearMethod(kernels.linear)
+        self.model = DecoderModel(cfg, dtype, kernels, method_for or (lambda prefix: dense), pipeline_layers)
         if state.is_last_stage:
-            self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, dtype)
+            self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, dtype, kernels.linear)
             if cfg.tie_word_embeddings and state.is_first_stage:
                 self.lm_head.tie_to(self.model.embed_tokens)
 

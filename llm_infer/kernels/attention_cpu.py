@@ -1,0 +1,40 @@
+"""CPU attention: the C++ kernel reads short queries' keys and values in place
+through the block table; long queries (prefill) use torch SDPA as the reference does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llm_infer.kernels.attention_metadata import AttentionMetadata
+from llm_infer.kernels.attention_torch import TorchAttentionBackend
+
+
+@dataclass
+class CpuShortBatch:
+    block_tables: torch.Tensor  # [B, max_blocks] int64
+    q_start: torch.Tensor  # [B] first token row of each sequence
+    q_lens: torch.Tensor  # [B]
+    seq_lens: torch.Tensor  # [B]
+
+
+class CpuAttentionBackend(TorchAttentionBackend):
+    name = "cpu"
+
+    def __init__(self, ext: Any):
+        self.ext = ext
+
+    def prepare_short(self, meta: AttentionMetadata, rows: list[int], starts: list[int]) -> CpuShortBatch:
+        tables = meta.block_tables if len(rows) == len(meta.query_lens) else meta.block_tables[rows]
+        return CpuShortBatch(
+            tables.contiguous(),
+            torch.tensor([starts[i] for i in rows], dtype=torch.int64),
+            torch.tensor([meta.query_lens[i] for i in rows], dtype=torch.int64),
+            torch.tensor([meta.seq_lens[i] for i in rows], dtype=torch.int64),
+        )
+
+    def attend_short(self, out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     b: CpuShortBatch, scale: float) -> None:
+        self.ext.paged_attention(out, q, k_cache, v_cache, b.block_tables, b.q_start, b.q_lens, b.seq_lens, scale)

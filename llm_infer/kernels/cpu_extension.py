@@ -1,0 +1,79 @@
+"""Build (once, cached) and load the C++ CPU kernels.
+
+Compiled for the host CPU (`-march=native`) with OpenMP, into
+`$LLM_INFER_HOME/build/`, keyed by the sources, the CPU's flags and the torch
+version. Without a C++ compiler (or on any build failure) a one-line warning is
+printed and the torch reference path is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+CSRC = Path(__file__).parent / "csrc" / "cpu"
+SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "elementwise.cpp", "attention.cpp"]
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("LLM_INFER_HOME", Path.home() / ".cache" / "llm_infer"))
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return ""
+
+
+def _build_key() -> str:
+    h = hashlib.sha256()
+    for name in SOURCES + ["cpu_kernels.h"]:
+        h.update((CSRC / name).read_bytes())
+    h.update(_cpu_flags().encode())
+    h.update(torch.__version__.encode())
+    h.update(sys.version.encode())
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def load_cpu_extension() -> ModuleType | None:
+    """The compiled module, or None (after a warning) when it cannot be built."""
+    if os.environ.get("LLM_INFER_NO_CPU_EXT"):
+        return None
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        warnings.warn("llm-infer: no C++ compiler found; CPU kernels fall back to torch (slower decode)")
+        return None
+    key = _build_key()
+    build_dir = cache_home() / "build" / f"cpu-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        from torch.utils.cpp_extension import load
+
+        if not any(build_dir.glob("*.so")):
+            print("llm-infer: compiling CPU kernels once (about a minute)...", file=sys.stderr, flush=True)
+        return load(
+            name=f"llm_infer_cpu_{key}",
+            sources=[str(CSRC / s) for s in SOURCES],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    except Exception as e:  # a broken toolchain must not stop inference
+        lines = str(e).splitlines()
+        first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else type(e).__name__)
+        warnings.warn(f"llm-infer: CPU kernels failed to build ({first.strip()[:300]}); using the torch path")
+        return None

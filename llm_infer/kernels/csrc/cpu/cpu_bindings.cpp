@@ -1,0 +1,139 @@
+// Torch bindings of the CPU kernels: checks shapes and dtypes, hands raw pointers over.
+#include <torch/extension.h>
+
+#include "cpu_kernels.h"
+
+namespace {
+
+using namespace llm_infer_cpu;
+
+constexpr int64_t kMaxGemvRows = 8;  // above this the product is compute-bound: leave it to oneDNN
+
+bool is_bf16(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
+
+void check_float(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat32, name,
+              " must be bfloat16 or float32");
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+}
+
+uint16_t* bits(const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); }
+
+torch::Tensor linear_op(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
+  const bool small = x.dim() == 2 && x.size(0) <= kMaxGemvRows && x.is_contiguous() && w.is_contiguous() &&
+                     x.scalar_type() == w.scalar_type() && (is_bf16(x) || x.scalar_type() == torch::kFloat32) &&
+                     (!bias.has_value() || (bias->is_contiguous() && bias->scalar_type() == x.scalar_type()));
+  if (!small) return at::linear(x, w, bias);
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(w.size(1) == K, "linear: x has ", K, " features, weight expects ", w.size(1));
+  auto y = torch::empty({M, N}, x.options());
+  if (is_bf16(x)) {
+    gemv_bf16(bits(x), bits(w), bias ? bits(*bias) : nullptr, bits(y), M, N, K);
+  } else {
+    gemv_f32(x.data_ptr<float>(), w.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr,
+             y.data_ptr<float>(), M, N, K);
+  }
+  return y;
+}
+
+template <typename F>
+void by_dtype(const torch::Tensor& t, F&& f) {
+  if (is_bf16(t)) f(static_cast<uint16_t*>(nullptr));
+  else f(static_cast<float*>(nullptr));
+}
+
+template <typename T>
+T* ptr(const torch::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
+
+// Rows of x (last dim contiguous, any row stride) -> new contiguous tensor.
+torch::Tensor rms_norm_op(torch::Tensor x, torch::Tensor weight, double eps) {
+  check_float(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && weight.scalar_type() == x.scalar_type(), "rms_norm: bad input");
+  auto out = torch::empty(x.sizes(), x.options());
+  by_dtype(x, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    rms_norm<T>(ptr<T>(out), ptr<T>(x), nullptr, ptr<T>(weight), static_cast<float>(eps), x.size(0), x.size(1),
+                x.stride(0), out.stride(0));
+  });
+  return out;
+}
+
+// residual += x; x = rms_norm(residual) (both in place); returns x.
+torch::Tensor add_rms_norm_op(torch::Tensor x, torch::Tensor residual, torch::Tensor weight, double eps) {
+  check_float(x, "x");
+  TORCH_CHECK(x.is_contiguous() && residual.is_contiguous() && x.sizes() == residual.sizes() &&
+                  residual.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type(),
+              "add_rms_norm_: bad input");
+  by_dtype(x, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    rms_norm<T>(ptr<T>(x), ptr<T>(x), ptr<T>(residual), ptr<T>(weight), static_cast<float>(eps), x.size(0),
+                x.size(1), x.stride(0), x.stride(0));
+  });
+  return x;
+}
+
+// In place on the first rot_heads heads of each row of x [tokens, row].
+void rotary_op(torch::Tensor x, torch::Tensor positions, torch::Tensor cos_cache, torch::Tensor sin_cache,
+             int64_t rot_heads, int64_t head_dim) {
+  check_float(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && positions.scalar_type() == torch::kInt64 &&
+                  cos_cache.scalar_type() == torch::kFloat32 && cos_cache.is_contiguous() &&
+                  sin_cache.is_contiguous() && cos_cache.size(1) == head_dim && rot_heads * head_dim <= x.size(1),
+              "rotary_: bad input");
+  auto pos = positions.contiguous();
+  by_dtype(x, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    rotary<T>(ptr<T>(x), pos.data_ptr<int64_t>(), cos_cache.data_ptr<float>(), sin_cache.data_ptr<float>(),
+              x.size(0), rot_heads, head_dim, x.stride(0));
+  });
+}
+
+torch::Tensor silu_and_mul_op(torch::Tensor x) {
+  check_float(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) % 2 == 0, "silu_and_mul: bad input");
+  const int64_t inter = x.size(1) / 2;
+  auto out = torch::empty({x.size(0), inter}, x.options());
+  by_dtype(x, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    silu_and_mul<T>(ptr<T>(out), ptr<T>(x), x.size(0), inter);
+  });
+  return out;
+}
+
+// Writes the rows of the listed sequences into out [tokens, heads, head_dim].
+// q [tokens, >= heads*head_dim] (row stride allowed), caches [blocks, block_size, kv_heads, head_dim].
+void paged_attention_op(torch::Tensor out, torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                        torch::Tensor block_tables, torch::Tensor q_start, torch::Tensor q_lens,
+                        torch::Tensor seq_lens, double scale) {
+  check_float(q, "q");
+  TORCH_CHECK(q.dim() == 2 && q.stride(1) == 1 && out.is_contiguous() && out.dim() == 3 &&
+                  out.scalar_type() == q.scalar_type() && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type() &&
+                  block_tables.scalar_type() == torch::kInt64 && block_tables.is_contiguous() &&
+                  q_start.scalar_type() == torch::kInt64 && q_start.is_contiguous() &&
+                  q_lens.scalar_type() == torch::kInt64 && q_lens.is_contiguous() &&
+                  seq_lens.scalar_type() == torch::kInt64 && seq_lens.is_contiguous(),
+              "paged_attention: bad input");
+  const int64_t num_heads = out.size(1), block_size = k_cache.size(1), kv_heads = k_cache.size(2),
+                head_dim = k_cache.size(3);
+  TORCH_CHECK(num_heads % kv_heads == 0 && out.size(2) == head_dim && q.size(1) >= num_heads * head_dim,
+              "paged_attention: head counts do not match");
+  by_dtype(q, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    paged_attention<T>(ptr<T>(out), ptr<T>(q), ptr<T>(k_cache), ptr<T>(v_cache), block_tables.data_ptr<int64_t>(),
+                       q_start.data_ptr<int64_t>(), q_lens.data_ptr<int64_t>(), seq_lens.data_ptr<int64_t>(),
+                       seq_lens.size(0), block_tables.size(1), num_heads, kv_heads, head_dim, block_size,
+                       static_cast<float>(scale), q.stride(0));
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("linear", &linear_op, "y = x @ w.T + b; streamed GEMV for <= 8 rows, oneDNN otherwise");
+  m.def("rms_norm", &rms_norm_op);
+  m.def("add_rms_norm_", &add_rms_norm_op);
+  m.def("rotary_", &rotary_op);
+  m.def("silu_and_mul", &silu_and_mul_op);
+  m.def("paged_attention", &paged_attention_op);
+}

@@ -1,0 +1,65 @@
+// CPU kernels of llm-infer. Plain C++ on raw pointers (no torch headers), so each
+// kernel file compiles in about a second; cpu_bindings.cpp connects them to torch.
+// Threads come from OpenMP, which resolves to the runtime torch already loaded.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace llm_infer_cpu {
+
+inline float bf16_to_f32(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even; NaN stays NaN
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// Element access for the two activation types: float (fp32) and uint16_t (bf16 bits).
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const uint16_t* p, int64_t i) { return bf16_to_f32(p[i]); }
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(uint16_t* p, int64_t i, float v) { p[i] = f32_to_bf16(v); }
+// Rounds v to the storage precision of T (what a torch op in that dtype would keep).
+inline float round_to(const float*, float v) { return v; }
+inline float round_to(const uint16_t*, float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+// y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]); w row-major [N, K]. Meant for small M.
+void gemv_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M, int64_t N,
+               int64_t K);
+void gemv_f32(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K);
+
+// RMSNorm of `rows` rows of `dim`: normalise in fp32, round to T, scale by weight, round to T.
+// With `residual`: residual = x + residual first (rounded to T), and that sum is normalised.
+template <typename T>
+void rms_norm(T* out, const T* x, T* residual, const T* weight, float eps, int64_t rows, int64_t dim,
+              int64_t x_stride, int64_t out_stride);
+
+// In place: rotate the first `rot_heads` heads of each token row of `x` (half-split layout).
+template <typename T>
+void rotary(T* x, const int64_t* positions, const float* cos_cache, const float* sin_cache, int64_t tokens,
+            int64_t rot_heads, int64_t head_dim, int64_t row_stride);
+
+// out[t, i] = silu(x[t, i]) * x[t, inter + i]
+template <typename T>
+void silu_and_mul(T* out, const T* x, int64_t tokens, int64_t inter);
+
+// Attention of short queries over the paged cache. Sequence b owns query rows
+// [q_start[b], q_start[b] + q_lens[b]) and attends causally to its first seq_lens[b]
+// positions; only those rows of `out` ([tokens, heads, head_dim]) are written.
+template <typename T>
+void paged_attention(T* out, const T* q, const T* k_cache, const T* v_cache, const int64_t* block_tables,
+                     const int64_t* q_start, const int64_t* q_lens, const int64_t* seq_lens, int64_t num_seqs,
+                     int64_t max_blocks,
+                     int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t block_size, float scale,
+                     int64_t q_row_stride);
+
+}  // namespace llm_infer_cpu

@@ -1,0 +1,147 @@
+// Small-M matrix-vector products for decode: the weight matrix is streamed from
+// memory once per call (once per 4 rows of x), which is what bounds decode speed.
+// Each thread streams one contiguous range of weight rows and prefetches the next
+// tile's rows while it works on the current one (measured: ~22 -> ~29 GB/s on 2 cores).
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+
+#include "cpu_kernels.h"
+
+namespace llm_infer_cpu {
+namespace {
+
+#if defined(__AVX512F__)
+inline __mmask16 tail_mask16(int64_t n) { return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1); }
+inline __mmask32 tail_mask32(int64_t n) { return n >= 32 ? 0xffffffffu : static_cast<__mmask32>((1u << n) - 1); }
+inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+#endif
+
+// Rows [n0, n0 + nr) of w (nr <= R) against rows [m0, m0 + mb) of x (mb <= MB); returns fp32 sums.
+template <int R, int MB>
+void tile_bf16(const uint16_t* x, const uint16_t* w, float (&acc)[MB][R], int64_t m0, int mb, int64_t n0, int nr,
+               int64_t N, int64_t K) {
+#if defined(__AVX512BF16__)
+  __m512 a[MB][R];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) a[m][r] = _mm512_setzero_ps();
+  const bool ahead = n0 + nr + R <= N;
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 mask = tail_mask32(K - k);
+    __m512bh wv[R];
+    for (int r = 0; r < nr; ++r) {
+      const uint16_t* row = w + (n0 + r) * K + k;
+      if (ahead) prefetch(row + R * K);
+      wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, row);
+    }
+    for (int m = 0; m < mb; ++m) {
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + (m0 + m) * K + k);
+      for (int r = 0; r < nr; ++r) a[m][r] = _mm512_dpbf16_ps(a[m][r], wv[r], xv);
+    }
+  }
+  for (int m = 0; m < mb; ++m)
+    for (int r = 0; r < nr; ++r) acc[m][r] = _mm512_reduce_add_ps(a[m][r]);
+#elif defined(__AVX512F__)
+  __m512 a[MB][R];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) a[m][r] = _mm512_setzero_ps();
+  const bool ahead = n0 + nr + R <= N;
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 mask = tail_mask16(K - k);
+    __m512 wv[R];
+    for (int r = 0; r < nr; ++r) {
+      const uint16_t* row = w + (n0 + r) * K + k;
+      if (ahead) prefetch(row + R * K);
+      wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row)), 16));
+    }
+    for (int m = 0; m < mb; ++m) {
+      __m256i raw = _mm256_maskz_loadu_epi16(mask, x + (m0 + m) * K + k);
+      const __m512 xv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+      for (int r = 0; r < nr; ++r) a[m][r] = _mm512_fmadd_ps(wv[r], xv, a[m][r]);
+    }
+  }
+  for (int m = 0; m < mb; ++m)
+    for (int r = 0; r < nr; ++r) acc[m][r] = _mm512_reduce_add_ps(a[m][r]);
+#else
+  for (int m = 0; m < mb; ++m)
+    for (int r = 0; r < nr; ++r) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += bf16_to_f32(w[(n0 + r) * K + k]) * bf16_to_f32(x[(m0 + m) * K + k]);
+      acc[m][r] = s;
+    }
+#endif
+}
+
+template <int R, int MB>
+void tile_f32(const float* x, const float* w, float (&acc)[MB][R], int64_t m0, int mb, int64_t n0, int nr,
+              int64_t N, int64_t K) {
+#if defined(__AVX512F__)
+  __m512 a[MB][R];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) a[m][r] = _mm512_setzero_ps();
+  const bool ahead = n0 + nr + R <= N;
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 mask = tail_mask16(K - k);
+    __m512 wv[R];
+    for (int r = 0; r < nr; ++r) {
+      const float* row = w + (n0 + r) * K + k;
+      if (ahead) prefetch(row + R * K);
+      wv[r] = _mm512_maskz_loadu_ps(mask, row);
+    }
+    for (int m = 0; m < mb; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + (m0 + m) * K + k);
+      for (int r = 0; r < nr; ++r) a[m][r] = _mm512_fmadd_ps(wv[r], xv, a[m][r]);
+    }
+  }
+  for (int m = 0; m < mb; ++m)
+    for (int r = 0; r < nr; ++r) acc[m][r] = _mm512_reduce_add_ps(a[m][r]);
+#else
+  for (int m = 0; m < mb; ++m)
+    for (int r = 0; r < nr; ++r) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += w[(n0 + r) * K + k] * x[(m0 + m) * K + k];
+      acc[m][r] = s;
+    }
+#endif
+}
+
+// One x row: 8 weight rows per tile. Several x rows: 4 x 4 tiles (16 accumulators).
+template <typename T, int R, int MB, typename Tile>
+void gemv(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, Tile tile) {
+  const int64_t groups = (N + R - 1) / R;
+  const bool parallel = N * K > 16384;
+#pragma omp parallel if (parallel)
+  {
+    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t per = (groups + threads - 1) / threads;
+    const int64_t g_end = std::min(groups, (t + 1) * per);
+    for (int64_t g = t * per; g < g_end; ++g) {
+      const int64_t n0 = g * R;
+      const int nr = static_cast<int>(std::min<int64_t>(R, N - n0));
+      for (int64_t m0 = 0; m0 < M; m0 += MB) {
+        const int mb = static_cast<int>(std::min<int64_t>(MB, M - m0));
+        float acc[MB][R];
+        tile(x, w, acc, m0, mb, n0, nr, N, K);
+        for (int m = 0; m < mb; ++m)
+          for (int r = 0; r < nr; ++r)
+            store(y, (m0 + m) * N + n0 + r, acc[m][r] + (bias ? load(bias, n0 + r) : 0.f));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void gemv_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M, int64_t N,
+               int64_t K) {
+  if (M == 1) gemv<uint16_t, 8, 1>(x, w, bias, y, M, N, K, tile_bf16<8, 1>);
+  else gemv<uint16_t, 4, 4>(x, w, bias, y, M, N, K, tile_bf16<4, 4>);
+}
+
+void gemv_f32(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
+  if (M == 1) gemv<float, 8, 1>(x, w, bias, y, M, N, K, tile_f32<8, 1>);
+  else gemv<float, 4, 4>(x, w, bias, y, M, N, K, tile_f32<4, 4>);
+}
+
+}  // namespace llm_infer_cpu

@@ -1,0 +1,84 @@
+"""`llm-infer bench`: TTFT, prefill and decode speed at batch 1 and batched, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from llm_infer.errors import UserError
+from llm_infer.runtime.sampling_params import SamplingParams
+
+PASSAGE = (
+    "The history of computing is a story of abstraction. Early machines were programmed by rewiring "
+    "panels; stored-program computers let instructions live in memory beside data. Compilers turned "
+    "formulas into machine code, operating systems shared one machine among many users, and networks "
+    "joined machines into systems larger than any one of them. Each layer hid the details of the one "
+    "below, so that people could think about problems instead of circuits. "
+)
+
+
+def bench_prompts(tokenizer, prompt_len: int, count: int) -> list[list[int]]:
+    """`count` distinct prompts of exactly `prompt_len` tokens drawn from a fixed passage."""
+    ids = tokenizer.encode(PASSAGE, add_special_tokens=False)
+    while len(ids) < prompt_len + count:
+        ids = ids + ids
+    return [ids[i : i + prompt_len] for i in range(count)]
+
+
+def measure(llm, prompts: list[list[int]], gen_len: int) -> dict[str, float]:
+    params = SamplingParams(max_tokens=gen_len, temperature=0, ignore_eos=True)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params)
+    end = time.perf_counter()
+    first = max(o.metrics.first_token_time for o in outputs)
+    prefill_tokens = sum(len(p) for p in prompts)
+    decode_tokens = sum(len(o.token_ids) - 1 for o in outputs)
+    return {
+        "ttft_s": statistics.median(o.metrics.ttft for o in outputs),
+        "prefill_tok_s": prefill_tokens / (first - start),
+        "decode_tok_s": decode_tokens / (end - first),
+        "total_s": end - start,
+    }
+
+
+def run_bench(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
+    if args.prompt_len < 1 or args.gen_len < 2 or args.batch < 1 or args.repeat < 1:
+        raise UserError("--prompt-len, --batch and --repeat must be >= 1 and --gen-len >= 2")
+    llm = make_llm(args)
+    try:
+        prompts = bench_prompts(llm.tokenizer, args.prompt_len, args.batch)
+        measure(llm, prompts[:1], 4)  # warm-up
+        runs: dict[str, list[dict[str, float]]] = {"batch_1": [], f"batch_{args.batch}": []}
+        for _ in tqdm(range(args.repeat), desc="bench", unit="round"):
+            runs["batch_1"].append(measure(llm, prompts[:1], args.gen_len))
+            runs[f"batch_{args.batch}"].append(measure(llm, prompts, args.gen_len))
+        result = {
+            "model": llm.config.model,
+            "dtype": str(llm.dtype).removeprefix("torch."),
+            "device": llm.config.device,
+            "threads": torch.get_num_threads(),
+            "prompt_len": args.prompt_len,
+            "gen_len": args.gen_len,
+            "repeat": args.repeat,
+            "machine": platform.processor() or platform.machine(),
+            "results": {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()},
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    finally:
+        llm.close()
+    for name, r in result["results"].items():
+        print(f"{name:>9}: TTFT {r['ttft_s'] * 1e3:7.1f} ms | prefill {r['prefill_tok_s']:8.1f} tok/s | "
+              f"decode {r['decode_tok_s']:7.1f} tok/s")
+    print(f"peak RSS {result['peak_rss_mb']:.0f} MB, {result['threads']} threads")
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0

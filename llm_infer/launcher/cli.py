@@ -1,0 +1,153 @@
+"""`llm-infer`: generate, chat, bench (and the commands later issues add).
+
+Every command takes `--config FILE` (default: configs/local.yaml) and repeated
+`--set dotted.key=value`. A user mistake prints one `error:` line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from llm_infer.errors import UserError
+
+
+def default_config_path() -> Path | None:
+    """configs/local.yaml in the working directory, else the one next to this package's checkout."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        candidate = root / "configs" / "local.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (default: configs/local.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set scheduler.max_num_seqs=8 (repeatable)")
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (the default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true")
+
+
+def sampling_params(args: argparse.Namespace):
+    from llm_infer.runtime.sampling_params import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, min_p=args.min_p, seed=args.seed, stop=args.stop,
+                          ignore_eos=args.ignore_eos)
+
+
+def make_llm(args: argparse.Namespace, **kwargs: Any):
+    from llm_infer.launcher.llm import LLM
+
+    config = args.config or default_config_path()
+    return LLM(config, overrides=args.overrides, **kwargs)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    params = sampling_params(args)
+    llm = make_llm(args)
+    try:
+        if args.raw or not llm.tokenizer.has_chat_template:
+            prompts = list(args.prompt)
+        else:
+            prompts = [llm.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in args.prompt]
+        outputs = llm.generate(prompts, params)
+    finally:
+        llm.close()
+    for i, out in enumerate(outputs):
+        if len(outputs) > 1:
+            print(f"--- prompt {i + 1} ({out.finish_reason}) ---")
+        print(out.text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    params = sampling_params(args)
+    llm = make_llm(args)
+    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    try:
+        while True:
+            if interactive:
+                print("> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line or line.strip() in ("/exit", "/quit"):
+                break
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line.rstrip("\n")})
+            reply = ""
+            for update in llm.stream(llm.tokenizer.encode_chat(messages), params):
+                reply += update.new_text
+                print(update.new_text, end="", flush=True)
+            print(flush=True)
+            messages.append({"role": "assistant", "content": reply})
+    except KeyboardInterrupt:
+        print()
+    finally:
+        llm.close()
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from llm_infer.launcher.bench import run_bench
+
+    return run_bench(args, make_llm)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-infer", description="Distributed inference for Qwen-family models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="generate text for one or more prompts")
+    _engine_args(p)
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable: one batch)")
+    p.add_argument("--raw", action="store_true",
+                   help="send the prompt as plain text instead of wrapping it in the chat template")
+    _sampling_args(p, max_tokens=256)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat on stdin, streaming the replies")
+    _engine_args(p)
+    p.add_argument("--system", default=None, help="system message")
+    _sampling_args(p, max_tokens=512)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("bench", help="measure TTFT, prefill and decode speed; write JSON")
+    _engine_args(p)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gen-len", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8, help="requests in the batched run")
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
+    p.add_argument("--out", default="llm-infer-bench.json", help="where to write the JSON results")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
