@@ -35,6 +35,10 @@ class CpuAttentionBackend(TorchAttentionBackend):
             torch.tensor([meta.seq_lens[i] for i in rows], dtype=torch.int64),
         )
 
+    def write_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 meta: AttentionMetadata) -> None:
+        self.ext.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+
     def attend_short(self, out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      b: CpuShortBatch, scale: float) -> None:
         self.ext.paged_attention(out, q, k_cache, v_cache, b.block_tables, b.q_start, b.q_lens, b.seq_lens, scale)

@@ -73,7 +73,7 @@ class DecoderAttention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding,
                 meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = qkv.split_with_sizes([self.q_size, self.kv_size, self.kv_size], dim=-1)
         rope = (positions, rotary.cos_cache, rotary.sin_cache)
         if self.qk_norm:  # per-head norms before the rotation (Qwen3)
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)

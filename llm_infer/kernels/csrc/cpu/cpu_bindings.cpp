@@ -100,6 +100,24 @@ torch::Tensor silu_and_mul_op(torch::Tensor x) {
   return out;
 }
 
+// k, v [tokens, kv_heads * head_dim] (row strides allowed) into caches [blocks, block_size, kv_heads, head_dim].
+void write_kv_op(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, torch::Tensor v_cache,
+                 torch::Tensor slot_mapping) {
+  check_float(k, "k");
+  const int64_t row = k_cache.size(2) * k_cache.size(3);
+  TORCH_CHECK(k.dim() == 2 && v.dim() == 2 && k.stride(1) == 1 && v.stride(1) == 1 && k.size(1) == row &&
+                  v.size(1) == row && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  k_cache.scalar_type() == k.scalar_type() && v.scalar_type() == k.scalar_type() &&
+                  v_cache.scalar_type() == k.scalar_type() && slot_mapping.scalar_type() == torch::kInt64 &&
+                  slot_mapping.is_contiguous() && slot_mapping.size(0) == k.size(0),
+              "write_kv: bad input");
+  by_dtype(k, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    write_kv<T>(ptr<T>(k), ptr<T>(v), ptr<T>(k_cache), ptr<T>(v_cache), slot_mapping.data_ptr<int64_t>(),
+                k.size(0), row, k.stride(0), v.stride(0));
+  });
+}
+
 // Writes the rows of the listed sequences into out [tokens, heads, head_dim].
 // q [tokens, >= heads*head_dim] (row stride allowed), caches [blocks, block_size, kv_heads, head_dim].
 void paged_attention_op(torch::Tensor out, torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
@@ -136,4 +154,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rotary_", &rotary_op);
   m.def("silu_and_mul", &silu_and_mul_op);
   m.def("paged_attention", &paged_attention_op);
+  m.def("write_kv", &write_kv_op);
 }

@@ -23,6 +23,26 @@ inline uint16_t f32_to_bf16(float f) {  // round to nearest even; NaN stays NaN
   return static_cast<uint16_t>(bits >> 16);
 }
 
+// e^x from 2^n * 2^f with a degree-6 polynomial for 2^f, f in [-0.5, 0.5]: pure arithmetic,
+// so loops using it vectorise (libm's expf does not). Relative error < 4e-6 over [-87, 88].
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float t = x * 1.4426950408889634f;
+  const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest via 1.5 * 2^23
+  const float f = t - n;
+  float p = 1.5353362e-4f;
+  p = p * f + 1.3398874e-3f;
+  p = p * f + 9.6184374e-3f;
+  p = p * f + 5.5503324e-2f;
+  p = p * f + 2.4022648e-1f;
+  p = p * f + 6.9314720e-1f;
+  p = p * f + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
 // Element access for the two activation types: float (fp32) and uint16_t (bf16 bits).
 inline float load(const float* p, int64_t i) { return p[i]; }
 inline float load(const uint16_t* p, int64_t i) { return bf16_to_f32(p[i]); }
@@ -51,6 +71,12 @@ void rotary(T* x, const int64_t* positions, const float* cos_cache, const float*
 // out[t, i] = silu(x[t, i]) * x[t, inter + i]
 template <typename T>
 void silu_and_mul(T* out, const T* x, int64_t tokens, int64_t inter);
+
+// Scatter each token's K and V rows ([tokens, kv_heads * head_dim], row strides allowed)
+// into cache slot slot_mapping[t] of caches [slots, kv_heads * head_dim].
+template <typename T>
+void write_kv(const T* k, const T* v, T* k_cache, T* v_cache, const int64_t* slot_mapping, int64_t tokens,
+              int64_t row, int64_t k_stride, int64_t v_stride);
 
 // Attention of short queries over the paged cache. Sequence b owns query rows
 // [q_start[b], q_start[b] + q_lens[b]) and attends causally to its first seq_lens[b]

@@ -56,10 +56,11 @@ void silu_and_mul(T* out, const T* x, int64_t tokens, int64_t inter) {
     const T* gate = x + t * 2 * inter;
     const T* up = gate + inter;
     T* o = out + t * inter;
+#pragma omp simd
     for (int64_t i = 0; i < inter; ++i) {
       const float g = load(gate, i);
       // Round the activation as a separate torch op would before the multiply.
-      store(o, i, round_to(o, g / (1.0f + std::exp(-g))) * load(up, i));
+      store(o, i, round_to(o, g / (1.0f + exp_approx(-g))) * load(up, i));
     }
   }
 }
