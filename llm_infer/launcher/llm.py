@@ -60,7 +60,9 @@ class LLM:
     def chat(self, messages: list[Message] | list[list[Message]],
              params: SamplingParams | Sequence[SamplingParams] | None = None) -> RequestOutput | list[RequestOutput]:
         """Render the conversation(s) with the model's chat template and generate the reply."""
-        single = bool(messages) and isinstance(messages[0], dict)
+        if not isinstance(messages, list) or not messages:
+            raise UserError("messages must be a non-empty list of {role, content} objects")
+        single = isinstance(messages[0], dict)
         conversations = [messages] if single else messages
         prompts = [self.tokenizer.encode_chat(c) for c in conversations]
         outputs = self.generate(prompts, params)

@@ -1,0 +1,71 @@
+"""The `llm-infer` command line: happy paths on a tiny model, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_engine_config
+
+CLI = [sys.executable, "-m", "llm_infer.launcher.cli"]
+
+
+def run(*args: str, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def config(tiny_models, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_engine_config(tiny_models["qwen2"])))
+    return str(path)
+
+
+def test_generate_prints_one_text_per_prompt(config):
+    r = run("generate", "--config", config, "--prompt", "Hello", "--prompt", "World", "--max-tokens", "5",
+            "--ignore-eos")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("--- prompt") == 2
+
+
+def test_chat_streams_replies_for_each_line(config):
+    r = run("chat", "--config", config, "--max-tokens", "4", "--ignore-eos", stdin="hi\nagain\n")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) >= 2
+
+
+def test_bench_writes_json(config, tmp_path):
+    out = tmp_path / "bench.json"
+    r = run("bench", "--config", config, "--prompt-len", "16", "--gen-len", "4", "--batch", "3", "--repeat", "1",
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    for run_name in ("batch_1", "batch_3"):
+        assert set(data["results"][run_name]) >= {"ttft_s", "prefill_tok_s", "decode_tok_s"}
+        assert data["results"][run_name]["decode_tok_s"] > 0
+    assert data["prompt_len"] == 16 and data["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "cache.blok_size=3"], "error: unknown config key 'cache.blok_size' (did you mean 'cache.block_size'?)"),
+    (["--set", "model=/no/such/dir"], "error: model folder not found: /no/such/dir"),
+    (["--temperature", "-1"], "error: invalid sampling parameters: temperature must be >= 0"),
+    (["--set", "scheduler.max_model_len=4"], "error: the prompt has"),
+])
+def test_user_mistakes_exit_2_with_one_line(config, args, message):
+    r = run("generate", "--config", config, "--prompt", "Hello there", *args)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "it/s" not in ln and "param/s" not in ln]
+    assert lines == [message] or (len(lines) == 1 and lines[0].startswith(message)), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file_and_bad_arguments():
+    r = run("generate", "--config", "/no/such.yaml", "--prompt", "x")
+    assert r.returncode == 2 and r.stderr.strip() == "error: config file not found: /no/such.yaml"
+    r = run("generate")
+    assert r.returncode == 2 and "--prompt" in r.stderr

@@ -1,0 +1,124 @@
+"""Each C++ CPU kernel against its torch reference, on random data across shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_infer.kernels import torch_ref
+from llm_infer.kernels.attention_metadata import AttentionMetadata
+from llm_infer.kernels.attention_torch import TorchAttentionBackend
+from llm_infer.kernels.cpu_extension import load_cpu_extension
+
+ext = load_cpu_extension()
+pytestmark = pytest.mark.skipif(ext is None, reason="the C++ CPU kernels could not be built here")
+DTYPES = [torch.float32, torch.bfloat16]
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 12])
+@pytest.mark.parametrize("n,k", [(96, 64), (37, 50), (1000, 576)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_matches_torch(dtype, m, n, k, bias):
+    g = torch.Generator().manual_seed(m * 1000 + n + k)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    w = torch.randn(n, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    expected = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
+    torch.testing.assert_close(ext.linear(x, w, b).float(), expected, atol=k * 2e-3 if dtype == torch.bfloat16 else 1e-3,
+                               rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,dim", [(1, 64), (7, 576), (33, 100)])
+def test_rms_norm_and_fused_residual(dtype, rows, dim):
+    x = torch.randn(rows, dim).to(dtype)
+    res = torch.randn(rows, dim).to(dtype)
+    w = (torch.rand(dim) + 0.5).to(dtype)
+    torch.testing.assert_close(ext.rms_norm(x, w, 1e-6), torch_ref.rms_norm(x, w, 1e-6), **TOL[dtype])
+    want_out, want_res = torch_ref.add_rms_norm(x, res, w, 1e-6)
+    x2, res2 = x.clone(), res.clone()
+    out = ext.add_rms_norm_(x2, res2, w, 1e-6)
+    torch.testing.assert_close(res2, want_res, **TOL[dtype])
+    torch.testing.assert_close(out, want_out, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_rotary_in_place(dtype, head_dim):
+    tokens, heads, extra = 5, 3, 2
+    x = torch.randn(tokens, (heads + extra) * head_dim).to(dtype)
+    positions = torch.tensor([0, 3, 7, 100, 2])
+    inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    emb = torch.cat([torch.arange(128).float()[:, None] * inv] * 2, dim=-1)
+    cos, sin = emb.cos().contiguous(), emb.sin().contiguous()
+    want = x.clone()
+    torch_ref.rotary_(want, positions, cos, sin, heads, head_dim)
+    got = x.clone()
+    ext.rotary_(got, positions, cos, sin, heads, head_dim)
+    torch.testing.assert_close(got, want, **TOL[dtype])
+    assert torch.equal(got[:, heads * head_dim :], x[:, heads * head_dim :]), "heads past rot_heads must not move"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul(dtype):
+    x = (torch.randn(9, 2 * 300) * 4).to(dtype)
+    torch.testing.assert_close(ext.silu_and_mul(x), torch_ref.silu_and_mul(x), **TOL[dtype])
+
+
+def _paged_case(q_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    blocks_needed = sum(-(-s // block_size) for s in seq_lens)
+    num_blocks = blocks_needed + 3
+    perm = torch.randperm(num_blocks, generator=g).tolist()
+    tables, offset = [], 0
+    for s in seq_lens:
+        n = -(-s // block_size)
+        tables.append(perm[offset : offset + n])
+        offset += n
+    width = max(len(t) for t in tables)
+    bt = torch.zeros(len(tables), width, dtype=torch.int64)
+    for i, t in enumerate(tables):
+        bt[i, : len(t)] = torch.tensor(t)
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g).to(dtype)
+    v_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g).to(dtype)
+    tokens = sum(q_lens)
+    q = torch.randn(tokens, heads * head_dim, generator=g).to(dtype)
+    positions = torch.cat([torch.arange(s - n, s) for n, s in zip(q_lens, seq_lens)])
+    seq_of = torch.repeat_interleave(torch.arange(len(q_lens)), torch.tensor(q_lens))
+    slots = bt[seq_of, positions // block_size] * block_size + positions % block_size
+    meta = AttentionMetadata(list(q_lens), list(seq_lens), slots, bt, block_size, None)
+    return q, k_cache, v_cache, meta
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (14, 2), (8, 1)])
+@pytest.mark.parametrize("head_dim,block_size", [(64, 16), (128, 32), (64, 4)])
+def test_paged_attention_matches_reference(dtype, heads, kv_heads, head_dim, block_size):
+    q_lens, seq_lens = [1, 1, 5, 16, 1], [1, 37, 9, 40, 300]
+    q, kc, vc, meta = _paged_case(q_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype)
+    ref = TorchAttentionBackend()
+    meta.backend = ref
+    ref.prepare(meta)
+    k = v = torch.empty(0)  # short queries read only the cache
+    want = ref.attend(q, k, v, kc, vc, meta, head_dim**-0.5, heads)
+    starts = torch.tensor([0, 1, 2, 7, 23])
+    got = torch.full((q.shape[0], heads, head_dim), float("nan"), dtype=dtype)
+    ext.paged_attention(got, q, kc, vc, meta.block_tables, starts, torch.tensor(q_lens), torch.tensor(seq_lens),
+                        head_dim**-0.5)
+    torch.testing.assert_close(got.view_as(want), want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_write_kv_scatters_rows(dtype):
+    kv_heads, head_dim, block_size = 2, 8, 4
+    k_cache = torch.zeros(6, block_size, kv_heads, head_dim, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    qkv = torch.randn(3, 4 * kv_heads * head_dim).to(dtype)
+    k, v = qkv[:, : kv_heads * head_dim], qkv[:, 2 * kv_heads * head_dim : 3 * kv_heads * head_dim]
+    slots = torch.tensor([5, 17, 0])
+    ext.write_kv(k, v, k_cache, v_cache, slots)
+    flat_k, flat_v = k_cache.view(-1, kv_heads * head_dim), v_cache.view(-1, kv_heads * head_dim)
+    assert torch.equal(flat_k[slots], k) and torch.equal(flat_v[slots], v)
+    assert flat_k.abs().sum(-1).nonzero().flatten().tolist() == [0, 5, 17]
