@@ -123,6 +123,14 @@ def test_tokenizer_equals_llama_cpp(text: str, tokenizer: Tokenizer, llama_vocab
     assert tokenizer.decode(ids, skip_special_tokens=False) == text
 
 
+def test_tokenizer_equals_llama_cpp_on_fuzzed_strings(tokenizer: Tokenizer, llama_vocab: llama_cpp.Llama) -> None:
+    rng = np.random.default_rng(0)
+    pieces = [p for text in TEXTS for p in text.split(" ")] + [" ", "  ", "\n", "\t", "9", " 42", "x"]
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces, size=int(rng.integers(1, 8))))
+        assert tokenizer.encode(text).ids == llama_vocab.tokenize(text.encode(), add_bos=False, special=True), text
+
+
 def test_special_tokens(converted: Path, tokenizer: Tokenizer) -> None:
     assert tokenizer.encode("<|im_start|><|im_end|>").ids == [1, 2]
     config = json.loads((converted / "tokenizer_config.json").read_text())

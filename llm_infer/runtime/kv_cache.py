@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from llm_infer.errors import UserError
@@ -24,6 +25,19 @@ def available_memory(device: torch.device) -> int:
     raise UserError("cannot read MemAvailable from /proc/meminfo; set cache.num_blocks")
 
 
+def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeroed memory. On CPU it comes from calloc (through numpy), so the OS supplies zero pages
+    as they are first touched: a large cache costs resident memory only as it fills."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = 1
+    for n in shape:
+        numel *= n
+    raw = torch.from_numpy(np.zeros(numel * itemsize, dtype=np.uint8))
+    return raw.view(dtype).view(shape)
+
+
 class KVCache:
     """One `[2, blocks, block_size, kv_heads, head_dim]` tensor per attention layer."""
 
@@ -32,7 +46,5 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         # Zeroed: padded key positions are masked, but a NaN there would still poison SDPA.
-        self.layers = [
-            torch.zeros(2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
-            for _ in range(num_layers)
-        ]
+        self.layers = [zeros((2, num_blocks, block_size, num_kv_heads, head_dim), dtype, device)
+                       for _ in range(num_layers)]
