@@ -1,16 +1,20 @@
-"""Pick the executor for a configuration."""
+"""Pick the executor for a configuration: the one place that maps `parallel.launcher` to workers."""
 
 from __future__ import annotations
 
 from llm_infer.config import EngineConfig
-from llm_infer.errors import ConfigError
 from llm_infer.runtime.executor import Executor
-from llm_infer.runtime.models.model_config import ModelConfig
 
 
-def make_executor(config: EngineConfig, model_config: ModelConfig, progress: bool = True) -> Executor:
-    if config.world_size == 1 and config.parallel.launcher == "local":
+def make_executor(config: EngineConfig, progress: bool = True) -> Executor:
+    if config.parallel.launcher == "ray":
+        from llm_infer.launcher.ray_executor import RayExecutor
+
+        return RayExecutor(config)
+    if config.world_size == 1:
         from llm_infer.launcher.inprocess_executor import InProcessExecutor
 
         return InProcessExecutor(config, progress=progress)
-    raise ConfigError("parallel: only tensor=1, pipeline=1, launcher=local is supported so far")
+    from llm_infer.launcher.process_executor import ProcessExecutor
+
+    return ProcessExecutor(config)

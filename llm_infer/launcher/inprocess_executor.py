@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from llm_infer.config import EngineConfig
 from llm_infer.runtime.step_plan import StepOutput, StepPlan
 from llm_infer.runtime.worker import Worker
 
 
 class InProcessExecutor:
+    max_inflight = 1
+
     def __init__(self, config: EngineConfig, progress: bool = True):
         self.worker = Worker(config, rank=0, progress=progress)
+        self._done: deque[StepOutput] = deque()
 
     def available_blocks(self) -> int:
         return self.worker.available_blocks()
@@ -17,8 +22,11 @@ class InProcessExecutor:
     def init_cache(self, num_blocks: int) -> None:
         self.worker.init_cache(num_blocks)
 
-    def execute(self, plan: StepPlan) -> StepOutput:
-        return self.worker.execute(plan)
+    def submit(self, plan: StepPlan) -> None:
+        self._done.append(self.worker.execute(plan))
+
+    def collect(self) -> StepOutput:
+        return self._done.popleft()
 
     def shutdown(self) -> None:
         pass

@@ -10,6 +10,7 @@ import torch
 from llm_infer.config import EngineConfig, load_config
 from llm_infer.errors import UserError
 from llm_infer.launcher.executors import make_executor
+from llm_infer.parallel.layout import check_layout
 from llm_infer.runtime.engine import LLMEngine
 from llm_infer.runtime.model_runner import resolve_device, resolve_dtype
 from llm_infer.runtime.models.model_config import ModelConfig
@@ -43,7 +44,9 @@ class LLM:
         self.model_config = ModelConfig.from_dir(model_dir)
         self.dtype = resolve_dtype(self.config.dtype, self.model_config, resolve_device(self.config.device))
         self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer) if self.config.tokenizer else model_dir)
-        self._executor = make_executor(self.config, self.model_config, progress=progress)
+        mc = self.model_config
+        check_layout(mc.num_heads, mc.num_kv_heads, mc.intermediate_size, mc.num_layers, self.config.parallel)
+        self._executor = make_executor(self.config, progress=progress)
         try:
             self.engine = LLMEngine(self.config, self._executor, self.tokenizer, self.model_config)
         except BaseException:

@@ -1,6 +1,10 @@
-"""Collectives over the tensor-parallel group; each is a no-op in a one-rank group."""
+"""Collectives over the tensor-parallel group (no-ops in a one-rank group) and the
+point-to-point transfers between pipeline stages. Time spent in them is counted
+per step so benchmarks can report the share of step time in communication."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.distributed as dist
@@ -8,11 +12,22 @@ import torch.distributed as dist
 from llm_infer.parallel.state import get_parallel_state
 
 
+class CommTimer:
+    seconds = 0.0
+
+    @classmethod
+    def take(cls) -> float:
+        spent, cls.seconds = cls.seconds, 0.0
+        return spent
+
+
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     state = get_parallel_state()
     if state.tp_size == 1:
         return x
+    start = time.perf_counter()
     dist.all_reduce(x, group=state.tp_group)
+    CommTimer.seconds += time.perf_counter() - start
     return x
 
 
@@ -21,8 +36,26 @@ def tp_gather_to_first(x: torch.Tensor, dim: int = -1) -> torch.Tensor | None:
     state = get_parallel_state()
     if state.tp_size == 1:
         return x
+    start = time.perf_counter()
     x = x.contiguous()
     parts = [torch.empty_like(x) for _ in range(state.tp_size)] if state.tp_rank == 0 else None
-    dst = dist.get_global_rank(state.tp_group, 0)
-    dist.gather(x, parts, dst=dst, group=state.tp_group)
+    dist.gather(x, parts, dst=dist.get_global_rank(state.tp_group, 0), group=state.tp_group)
+    CommTimer.seconds += time.perf_counter() - start
     return torch.cat(parts, dim=dim) if parts is not None else None
+
+
+def pp_send(tensors: list[torch.Tensor], dst: int) -> list:
+    """Start sending to global rank `dst`; returns handles to wait on before reusing the tensors."""
+    start = time.perf_counter()
+    works = [dist.isend(t.contiguous(), dst) for t in tensors]
+    CommTimer.seconds += time.perf_counter() - start
+    return works
+
+
+def pp_recv(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device, src: int) -> list[torch.Tensor]:
+    start = time.perf_counter()
+    out = [torch.empty(s, dtype=dtype, device=device) for s in shapes]
+    for t in out:
+        dist.recv(t, src)
+    CommTimer.seconds += time.perf_counter() - start
+    return out

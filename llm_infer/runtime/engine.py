@@ -1,7 +1,10 @@
 """The controller loop: admit requests, schedule a step, execute it, post-process.
 
 The engine owns scheduling, tokenization and per-request state; it hands one
-`StepPlan` per step to the executor and gets sampled tokens back.
+`StepPlan` per step to the executor and gets sampled tokens back. With
+pipeline stages it keeps up to `executor.max_inflight` steps (micro-batches of
+disjoint sequences) in flight, so every stage has work: each `step()` tops the
+pipeline up, then finishes the oldest step.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +27,7 @@ from llm_infer.runtime.outputs import RequestMetrics, RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.scheduler import Scheduler
 from llm_infer.runtime.sequence import Sequence
-from llm_infer.runtime.step_plan import build_step_plan
+from llm_infer.runtime.step_plan import StepPlan, build_step_plan
 from llm_infer.runtime.stop_checker import find_stop_string, partial_stop_suffix, token_stop_reason
 from llm_infer.runtime.tokenizer import Tokenizer
 
@@ -44,6 +48,8 @@ class EngineStats:
     steps: int = 0
     prefill_tokens: int = 0  # tokens computed by prefill (including recomputation)
     decode_tokens: int = 0
+    last_worker_time_s: float = 0.0  # sampling rank's time for the last finished step
+    last_comm_time_s: float = 0.0
 
 
 class LLMEngine:
@@ -69,6 +75,8 @@ class LLMEngine:
         self._rng = random.Random(config.seed)
         self._ids = itertools.count()
         self._requests: dict[str, _Request] = {}
+        self._inflight: deque[tuple[list[tuple[Sequence, int]], StepPlan]] = deque()
+        self._busy: set[int] = set()
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, return_logits: bool = False) -> str:
@@ -110,19 +118,42 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Run one step; return an update for every request that produced a token or finished."""
-        scheduled = self.scheduler.schedule()
-        if not scheduled:
+        self._fill_pipeline()
+        if not self._inflight:
             if self.scheduler.has_unfinished():
                 raise RuntimeError("scheduler made no progress although requests are waiting")
             return []
-        plan = build_step_plan(scheduled, self.stats.steps)
-        result = self.executor.execute(plan)
+        scheduled, plan = self._inflight.popleft()
+        result = self.executor.collect()
+        self._busy.difference_update(seq.seq_id for seq, _ in scheduled)
+        return self._process(scheduled, plan, result)
+
+    def _fill_pipeline(self) -> None:
+        depth = self.executor.max_inflight
+        while len(self._inflight) < depth:
+            # Split the work into `depth` micro-batches so every stage gets a share.
+            active = len(self.scheduler.running) + len(self.scheduler.waiting)
+            cap = -(-active // depth) if depth > 1 else None
+            scheduled = self.scheduler.schedule(busy=self._busy, max_seqs=cap)
+            if not scheduled:
+                return
+            plan = build_step_plan(scheduled, self.stats.steps)
+            self.stats.steps += 1
+            self.executor.submit(plan)
+            self._inflight.append((scheduled, plan))
+            self._busy.update(seq.seq_id for seq, _ in scheduled)
+
+    def _process(self, scheduled: list[tuple[Sequence, int]], plan: StepPlan, result) -> list[RequestOutput]:
         now = time.perf_counter()
-        self.stats.steps += 1
+        self.stats.last_worker_time_s = result.worker_time_s
+        self.stats.last_comm_time_s = result.comm_time_s
         sampled = iter(result.sampled)
         outputs = []
         for (seq, n), samples in zip(scheduled, plan.sample):
-            req = self._requests[seq.request_id]
+            token = next(sampled) if samples else None
+            req = self._requests.get(seq.request_id)
+            if req is None or req.seq is not seq:  # aborted while its step was in flight
+                continue
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
             if seq.num_pending_tokens == 1 and n == 1:
@@ -133,7 +164,7 @@ class LLMEngine:
                 self._keep_logits(req, seq.num_computed_tokens, result.logits[seq.seq_id])
             seq.num_computed_tokens += n
             if samples:
-                outputs.append(self._append_token(req, next(sampled), now))
+                outputs.append(self._append_token(req, token, now))
         return outputs
 
     def _keep_logits(self, req: _Request, start: int, rows: torch.Tensor) -> None:

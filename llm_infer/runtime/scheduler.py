@@ -10,6 +10,10 @@ free, the most recently admitted sequence is preempted: its blocks are freed
 and it goes back to the front of the queue to be recomputed later (its
 output so far is kept, so the result is unchanged).
 
+Under pipeline parallelism several steps (micro-batches of disjoint sequences)
+are in flight at once: sequences in flight are `busy` and are neither
+scheduled nor preempted until their step returns.
+
 The scheduler sees sequences and block counts only, never tensors.
 """
 
@@ -36,25 +40,33 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> list[tuple[Sequence, int]]:
+    def schedule(self, busy: set[int] | frozenset[int] = frozenset(),
+                 max_seqs: int | None = None) -> list[tuple[Sequence, int]]:
+        """Pick (sequence, new tokens) pairs for one step, skipping sequences whose ids are
+        `busy`, and taking at most `max_seqs` sequences."""
         budget = self.config.max_num_batched_tokens
+        limit = max_seqs or self.config.max_num_seqs
         scheduled: list[tuple[Sequence, int]] = []
+        taken: set[int] = set()
         preemptions_before = self.num_preemptions
-        decodes = [s for s in self.running if s.num_pending_tokens == 1]
-        prefills = [s for s in self.running if s.num_pending_tokens > 1]
+        free = [s for s in self.running if s.seq_id not in busy]
+        decodes = [s for s in free if s.num_pending_tokens == 1]
+        prefills = [s for s in free if s.num_pending_tokens > 1]
         for seq in decodes + prefills:
-            if budget == 0:
+            if budget == 0 or len(scheduled) == limit:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
                 continue
             n = min(seq.num_pending_tokens, budget)
-            if not self._make_room(seq, n, {id(s) for s, _ in scheduled}):
+            if not self._make_room(seq, n, taken, busy):
                 continue
             self.blocks.allocate(seq, n)
             scheduled.append((seq, n))
+            taken.add(seq.seq_id)
             budget -= n
         preempted = self.num_preemptions != preemptions_before
-        while self.waiting and budget > 0 and not preempted and len(self.running) < self.config.max_num_seqs:
+        while (self.waiting and budget > 0 and not preempted and len(scheduled) < limit
+               and len(self.running) < self.config.max_num_seqs):
             seq = self.waiting[0]
             n = min(seq.num_pending_tokens, budget)
             if not self.blocks.can_allocate(seq, n):
@@ -67,13 +79,19 @@ class Scheduler:
             budget -= n
         return scheduled
 
-    def _make_room(self, seq: Sequence, n: int, scheduled: set[int]) -> bool:
-        """Preempt the newest running sequences not yet scheduled this step until
-        `seq` can grow by `n` tokens. False when `seq` itself had to be preempted."""
+    def _make_room(self, seq: Sequence, n: int, taken: set[int], busy: set[int] | frozenset[int]) -> bool:
+        """Preempt the newest running sequences (neither scheduled this step nor in flight)
+        until `seq` can grow by `n` tokens. False when `seq` cannot run this step: it was
+        preempted itself, or only sequences in flight could make room (then it waits)."""
         while not self.blocks.can_allocate(seq, n):
-            victim = next(s for s in reversed(self.running) if id(s) not in scheduled)
-            self._preempt(victim)
-            if victim is seq:
+            victims = [s for s in reversed(self.running)
+                       if s is not seq and s.seq_id not in taken and s.seq_id not in busy]
+            if victims:
+                self._preempt(victims[0])
+            elif busy:
+                return False
+            else:
+                self._preempt(seq)
                 return False
         return True
 

@@ -62,6 +62,8 @@ class StepOutput:
     step_id: int
     sampled: list[int]  # one token per sequence with sample=True, in plan order
     logits: dict[int, "object"] = field(default_factory=dict)  # seq_id -> float32 [query_len, vocab]
+    worker_time_s: float = 0.0  # on the sampling rank, from receiving the plan to having the tokens
+    comm_time_s: float = 0.0  # of which in collectives and stage-to-stage transfers
 
 
 def build_step_plan(scheduled: list[tuple["Sequence", int]], step_id: int) -> StepPlan:

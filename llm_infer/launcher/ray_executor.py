@@ -1,0 +1,130 @@
+"""Workers as Ray actors (`parallel.launcher: ray`).
+
+One placement group per pipeline stage (one bundle per rank: 1 GPU on CUDA,
+`threads` CPUs on CPU) with the PACK strategy, so a stage's tensor-parallel
+ranks share a node when one has room. Ray places and starts the actors; the
+per-step traffic then goes over the controller channel, not through Ray.
+
+`parallel.ray_address`: `auto` joins the running cluster, `host:port` (or
+`ray://...`) joins that one, null starts a private local instance bound to
+127.0.0.1 and stops it at shutdown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from llm_infer.config import EngineConfig
+from llm_infer.errors import UserError
+from llm_infer.launcher.channel import ControllerChannel
+from llm_infer.launcher.channel_executor import ChannelExecutor
+
+try:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+except ImportError:  # reported when a config asks for Ray
+    ray = None
+
+
+def _serve_in_actor(address, authkey: bytes, rank: int, threads: int | None) -> None:
+    from llm_infer.launcher.worker_process import serve
+
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    serve(tuple(address), authkey, rank, ray.util.get_node_ip_address(), local_rank=0)
+
+
+class RayExecutor(ChannelExecutor):
+    def __init__(self, config: EngineConfig):
+        if ray is None:
+            raise UserError("parallel.launcher: ray needs Ray: pip install 'llm-infer[ray]'")
+        p = config.parallel
+        world = config.world_size
+        self._owns_ray = False
+        self.actors: list = []
+        self.refs: list = []
+        self.groups: list = []
+        if not ray.is_initialized():
+            self._connect(config)
+        use_gpu = config.device == "cuda" or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
+        threads = config.threads or (1 if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // world))
+        super().__init__(config, ControllerChannel(ray.util.get_node_ip_address(), world, p.timeout_s))
+        bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": threads}
+        try:
+            self._place(bundle, p.tensor, p.pipeline)
+        except BaseException:
+            self.kill_workers()
+            self.channel.close()
+            raise
+        worker_config = dataclasses.replace(config, threads=threads, device="cuda" if use_gpu else "cpu")
+        self.start(worker_config, connect_timeout_s=300.0)
+
+    def _connect(self, config: EngineConfig) -> None:
+        address = config.parallel.ray_address
+        if address is None:
+            # A private instance: loopback only, with enough logical CPUs for one bundle per rank.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            cpus = max(os.cpu_count() or 1, config.world_size * (config.threads or 1))
+            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     logging_level=logging.WARNING, configure_logging=True)
+            self._owns_ray = True
+        else:
+            try:
+                ray.init(address=address, logging_level=logging.WARNING)
+            except ConnectionError as e:
+                raise UserError(f"cannot reach the Ray cluster at parallel.ray_address={address!r}: {e}") from None
+
+    def _place(self, bundle: dict, tp: int, pp: int) -> None:
+        self.groups = [placement_group([bundle] * tp, strategy="PACK") for _ in range(pp)]
+        ready, _ = ray.wait([g.ready() for g in self.groups], num_returns=pp, timeout=60)
+        if len(ready) < pp:
+            raise UserError(f"the Ray cluster cannot place {tp * pp} workers of {bundle} "
+                            f"(it has {ray.available_resources()})")
+        remote = ray.remote(num_cpus=0)(_ServeActor)
+        host, port = self.channel.address
+        for rank in range(tp * pp):
+            stage, index = divmod(rank, tp)
+            actor = remote.options(
+                num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.groups[stage], index),
+            ).remote()
+            self.actors.append(actor)
+            self.refs.append(actor.serve.remote((host, port), self.channel.authkey, rank, bundle.get("CPU")))
+
+    def describe_death(self, rank: int) -> str:
+        done, _ = ray.wait([self.refs[rank]], timeout=2)
+        if not done:
+            return "its connection closed"
+        try:
+            ray.get(done[0])
+        except Exception as e:  # the actor's own report
+            return str(e).strip().splitlines()[0][:300]
+        return "the actor returned early"
+
+    def kill_workers(self) -> None:
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+        for group in self.groups:
+            try:
+                remove_placement_group(group)
+            except Exception:
+                pass
+        self.actors, self.groups = [], []
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self._owns_ray = False
+
+    def stop_workers(self) -> None:
+        ray.wait(self.refs, num_returns=len(self.refs), timeout=10)
+        self.kill_workers()
+
+
+class _ServeActor:
+    def serve(self, address, authkey: bytes, rank: int, threads: int | None) -> None:
+        _serve_in_actor(address, authkey, rank, threads)
