@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Ray reads this on import: keep every Ray process on 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 from tests.checkpoints import make_checkpoint
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

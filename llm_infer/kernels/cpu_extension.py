@@ -42,6 +42,7 @@ def _build_key() -> str:
     h = hashlib.sha256()
     for name in SOURCES + ["cpu_kernels.h"]:
         h.update((CSRC / name).read_bytes())
+    h.update(str(CSRC).encode())  # torch's build files record source paths
     h.update(_cpu_flags().encode())
     h.update(torch.__version__.encode())
     h.update(sys.version.encode())

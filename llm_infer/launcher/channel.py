@@ -18,7 +18,7 @@ import time
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge, wait
 from typing import Any, Callable
 
-from llm_infer.errors import WorkerError
+from llm_infer.errors import UserError, WorkerError
 
 Address = tuple[str, int]
 
@@ -105,6 +105,8 @@ class ControllerChannel:
                 except (EOFError, OSError):
                     raise WorkerError(f"worker rank {r} died: {self.describe_death(r)}") from None
                 if isinstance(message, tuple) and message and message[0] == "error":
+                    if len(message) > 2 and message[2]:  # the user's mistake, found by a worker
+                        raise UserError(message[1])
                     raise WorkerError(f"worker rank {r} failed: {message[1]}")
                 if r in wanted:
                     return r, message

@@ -12,7 +12,7 @@ import dataclasses
 from collections import deque
 
 from llm_infer.config import EngineConfig
-from llm_infer.errors import WorkerError
+from llm_infer.errors import UserError, WorkerError
 from llm_infer.launcher.channel import ControllerChannel
 from llm_infer.runtime.step_plan import StepOutput, StepPlan
 
@@ -77,7 +77,7 @@ class ChannelExecutor:
             raise WorkerError("the workers were shut down after an earlier failure")
         try:
             return action()
-        except WorkerError:
+        except (WorkerError, UserError):
             self._abort()
             raise
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llm_infer.errors import UserError
+from llm_infer.errors import UserError, WorkerError
 
 
 def default_config_path() -> Path | None:
@@ -108,6 +108,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, make_llm)
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from llm_infer.launcher.submit import submit
+
+    return submit(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-infer", description="Distributed inference for Qwen-family models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--out", default="llm-infer-bench.json", help="where to write the JSON results")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("submit", help="run an llm-infer command on a Ray cluster as a Ray job",
+                       usage="llm-infer submit --address URL --config FILE [--wait] -- COMMAND [ARGS...]")
+    p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    p.add_argument("--config", required=True, help="YAML config for the job")
+    p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its status")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then an llm-infer command and its arguments")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 
@@ -145,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WorkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         os._exit(0)
 

@@ -29,12 +29,18 @@ except ImportError:  # reported when a config asks for Ray
     ray = None
 
 
+def node_ip() -> str:
+    """The address Ray knows this actor's node by (as registered by `ray start --node-ip-address`)."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
+
+
 def _serve_in_actor(address, authkey: bytes, rank: int, threads: int | None) -> None:
     from llm_infer.launcher.worker_process import serve
 
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    serve(tuple(address), authkey, rank, ray.util.get_node_ip_address(), local_rank=0)
+    serve(tuple(address), authkey, rank, node_ip(), local_rank=0)
 
 
 class RayExecutor(ChannelExecutor):
@@ -51,7 +57,7 @@ class RayExecutor(ChannelExecutor):
             self._connect(config)
         use_gpu = config.device == "cuda" or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
         threads = config.threads or (1 if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // world))
-        super().__init__(config, ControllerChannel(ray.util.get_node_ip_address(), world, p.timeout_s))
+        super().__init__(config, ControllerChannel(self._driver_ip(), world, p.timeout_s))
         bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": threads}
         try:
             self._place(bundle, p.tensor, p.pipeline)
@@ -76,6 +82,14 @@ class RayExecutor(ChannelExecutor):
                 ray.init(address=address, logging_level=logging.WARNING)
             except ConnectionError as e:
                 raise UserError(f"cannot reach the Ray cluster at parallel.ray_address={address!r}: {e}") from None
+
+    @staticmethod
+    def _driver_ip() -> str:
+        """The address workers reach the controller at: this node's address in the cluster."""
+        try:
+            return node_ip()
+        except StopIteration:
+            return ray.util.get_node_ip_address()
 
     def _place(self, bundle: dict, tp: int, pp: int) -> None:
         self.groups = [placement_group([bundle] * tp, strategy="PACK") for _ in range(pp)]

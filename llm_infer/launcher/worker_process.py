@@ -62,14 +62,18 @@ def serve(address: tuple[str, int], authkey: bytes, rank: int, node_ip: str, loc
     except (EOFError, ConnectionError):
         pass  # the controller went away: nothing left to do
     except BaseException as e:  # report, then exit: the controller turns this into one clear error
-        last = traceback.format_exception_only(type(e), e)[-1].strip()
+        from llm_infer.errors import UserError
+
+        user_error = isinstance(e, UserError)
+        last = str(e) if user_error else traceback.format_exception_only(type(e), e)[-1].strip()
         try:
-            conn.send(("error", last))
+            conn.send(("error", last, user_error))
         except OSError:
             pass
         if not isinstance(e, Exception):
             raise
-        traceback.print_exc()
+        if not user_error:
+            traceback.print_exc()
     finally:
         from llm_infer.parallel.groups import destroy_parallel_groups
 

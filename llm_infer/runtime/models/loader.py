@@ -40,7 +40,11 @@ class Checkpoint:
             path = model_dir / name
             if not path.is_file():
                 raise UserError(f"{index.name} lists {name}, which is missing from {model_dir}")
-            self._handles[name] = self._stack.enter_context(safe_open(str(path), framework="pt"))
+            try:
+                self._handles[name] = self._stack.enter_context(safe_open(str(path), framework="pt"))
+            except Exception as e:  # a truncated or foreign file
+                self._stack.close()
+                raise UserError(f"{path} is not a readable safetensors file ({e})") from None
         if not weight_map:
             weight_map = {key: name for name, h in self._handles.items() for key in h.keys()}
         self.weight_map = weight_map
