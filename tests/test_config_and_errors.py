@@ -123,3 +123,8 @@ def test_generation_stops_at_max_model_len(llm):
 def test_kv_cache_too_small_for_max_model_len(tiny_models):
     with pytest.raises(UserError, match="the KV cache holds 16 tokens, less than max_model_len=512"):
         LLM(tiny_engine_config(tiny_models["qwen2"], cache={"num_blocks": 4}), progress=False)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    load_config(path)

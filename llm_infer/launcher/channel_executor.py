@@ -23,7 +23,7 @@ class ChannelExecutor:
         self.channel = channel
         self.max_inflight = config.parallel.pipeline
         self.sampler_rank = (config.parallel.pipeline - 1) * config.parallel.tensor
-        self.worker_rss_mb: dict[int, float] = {}
+        self.worker_memory_mb: dict[int, dict[str, float]] = {}
         self._blocks = 0
         self._pending: deque[int] = deque()
         self._closed = False
@@ -46,7 +46,7 @@ class ChannelExecutor:
             # Loading (and a first build of the CPU kernels) can take a while.
             ready = self.channel.gather(timeout_s=max(600.0, self.config.parallel.timeout_s))
             self._blocks = min(msg[1] for msg in ready.values())
-            self.worker_rss_mb = {rank: msg[2] for rank, msg in ready.items()}
+            self.worker_memory_mb = {rank: msg[2] for rank, msg in ready.items()}
         except BaseException:
             self._abort()
             raise
@@ -57,7 +57,7 @@ class ChannelExecutor:
     def init_cache(self, num_blocks: int) -> None:
         self._guard(lambda: self.channel.send_all(("cache", num_blocks)))
         replies = self._guard(lambda: self.channel.gather())
-        self.worker_rss_mb = {rank: msg[1] for rank, msg in replies.items()}
+        self.worker_memory_mb = {rank: msg[1] for rank, msg in replies.items()}
 
     # Steps ------------------------------------------------------------------------------
     def submit(self, plan: StepPlan) -> None:
@@ -71,6 +71,11 @@ class ChannelExecutor:
             self._abort()
             raise WorkerError(f"worker rank {self.sampler_rank} answered step {out.step_id}, expected {step_id}")
         return out
+
+    def worker_stats(self) -> dict[int, dict[str, float]]:
+        """Per-rank busy and communication seconds since the last call (call with nothing in flight)."""
+        self._guard(lambda: self.channel.send_all(("stats", None)))
+        return {rank: msg[1] for rank, msg in self._guard(lambda: self.channel.gather()).items()}
 
     def _guard(self, action):
         if self._closed:

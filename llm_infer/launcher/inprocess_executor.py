@@ -28,5 +28,8 @@ class InProcessExecutor:
     def collect(self) -> StepOutput:
         return self._done.popleft()
 
+    def worker_stats(self) -> dict[int, dict[str, float]]:
+        return {0: self.worker.stats()}
+
     def shutdown(self) -> None:
         pass

@@ -27,8 +27,18 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def memory_mb() -> dict[str, float]:
+    """Peak resident set, and the private (anonymous) part resident now: the weights and the
+    cache. Checkpoint pages read through mmap count in the first but are reclaimable page cache."""
+    result = {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    result["anon"] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return result
 
 
 def serve(address: tuple[str, int], authkey: bytes, rank: int, node_ip: str, local_rank: int = 0) -> None:
@@ -48,14 +58,17 @@ def serve(address: tuple[str, int], authkey: bytes, rank: int, node_ip: str, loc
         config = load_config(init["config"])
         worker = Worker(config, rank=rank, local_rank=local_rank, master_addr=init["master_addr"],
                         master_port=init["master_port"], progress=False)
-        conn.send(("ready", worker.available_blocks(), peak_rss_mb()))
+        conn.send(("ready", worker.available_blocks(), memory_mb()))
         kind, num_blocks = pickle.loads(conn.recv_bytes())
         worker.init_cache(num_blocks)
-        conn.send(("cache_ready", peak_rss_mb()))
+        conn.send(("cache_ready", memory_mb()))
         while True:
             kind, payload = pickle.loads(conn.recv_bytes())
             if kind == "shutdown":
                 break
+            if kind == "stats":
+                conn.send(("stats", worker.stats()))
+                continue
             out = worker.execute(payload)
             if out is not None:
                 conn.send_bytes(pickle.dumps(("result", out), protocol=pickle.HIGHEST_PROTOCOL))

@@ -100,6 +100,16 @@ class LinearBase(nn.Module):
     def weight_loader(self, param: nn.Parameter, loaded: Any, shard_id: Any = None) -> None:
         raise NotImplementedError
 
+    def _load_split(self, param: nn.Parameter, loaded: Any, dim_attr: str) -> None:
+        """This rank's equal shard along the parameter's `dim_attr` dimension (whole if it has none)."""
+        dim = getattr(param, dim_attr, None)
+        if dim is None:
+            copy_checked(param.data, loaded)
+            return
+        tp = get_parallel_state()
+        size = param.shape[dim]
+        copy_checked(param.data, _shard(loaded, dim, tp.tp_rank, size, tp.tp_size))
+
 
 def _shard(loaded: Any, dim: int, index: int, size: int, parts: int) -> Any:
     """Shard `index` of `parts` equal shards of `size` along `dim`; the tensor must hold exactly that many."""
@@ -139,13 +149,7 @@ class ColumnParallelLinear(LinearBase):
                          bias, dtype, linear_method)
 
     def weight_loader(self, param, loaded, shard_id=None):
-        dim = getattr(param, "output_dim", None)
-        if dim is None:
-            copy_checked(param.data, loaded)
-            return
-        tp = get_parallel_state()
-        size = param.shape[dim]
-        copy_checked(param.data, _shard(loaded, dim, tp.tp_rank, size, tp.tp_size))
+        self._load_split(param, loaded, "output_dim")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_method.apply(self, x, self.bias)
@@ -224,13 +228,7 @@ class RowParallelLinear(LinearBase):
                          bias, dtype, linear_method)
 
     def weight_loader(self, param, loaded, shard_id=None):
-        dim = getattr(param, "input_dim", None)
-        if dim is None:
-            copy_checked(param.data, loaded)
-            return
-        tp = get_parallel_state()
-        size = param.shape[dim]
-        copy_checked(param.data, _shard(loaded, dim, tp.tp_rank, size, tp.tp_size))
+        self._load_split(param, loaded, "input_dim")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear_method.apply(self, x, None)

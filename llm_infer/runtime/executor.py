@@ -22,4 +22,7 @@ class Executor(Protocol):
     def collect(self) -> StepOutput:
         """The sampling rank's output for the oldest submitted step (blocks until it is there)."""
 
+    def worker_stats(self) -> dict[int, dict[str, float]]:
+        """Per-rank busy and communication seconds since the last call (nothing in flight)."""
+
     def shutdown(self) -> None: ...

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 
 from llm_infer.config import EngineConfig
+from llm_infer.errors import UserError
 from llm_infer.kernels import dispatch
 from llm_infer.kernels.attention_metadata import AttentionMetadata
-from llm_infer.errors import UserError
-from llm_infer.parallel.state import get_parallel_state
 from llm_infer.runtime.kv_cache import KVCache, available_memory, bytes_per_block
 from llm_infer.runtime.models.decoder import CausalLM, IntermediateTensors
 from llm_infer.runtime.models.loader import load_weights

@@ -33,6 +33,8 @@ class Worker:
                                              p.timeout_s, self.device)
         self.runner = ModelRunner(config, str(resolve_model_dir(config.model)), self.device, progress=progress)
         self._sending: list = []  # in-flight sends to the next stage (and the tensors they read)
+        self.busy_s = 0.0  # time spent computing steps, excluding waits for the previous stage
+        self.comm_s = 0.0  # time in collectives and transfers (including those waits)
 
     def available_blocks(self) -> int:
         return self.runner.available_blocks()
@@ -42,24 +44,35 @@ class Worker:
 
     def execute(self, plan: StepPlan) -> StepOutput | None:
         """Run this rank's part of one step; the sampling rank returns the output, others None."""
-        start = time.perf_counter()
-        CommTimer.take()
         state = self.parallel
         intermediate = None
+        CommTimer.take()
         if not state.is_first_stage:
             hidden_size = self.runner.model_config.hidden_size
             shape = (plan.num_tokens, hidden_size)
             hidden, residual = pp_recv([shape, shape], self.runner.dtype, self.device,
                                        state.stage_rank(state.pp_rank - 1))
             intermediate = IntermediateTensors(hidden, residual)
+        waited = CommTimer.take()
+        start = time.perf_counter()
         out = self.runner.execute(plan, intermediate)
         if isinstance(out, IntermediateTensors):
             for work in self._sending[:-1]:
                 work.wait()
             tensors = [out.hidden.contiguous(), out.residual.contiguous()]
             self._sending = pp_send(tensors, state.stage_rank(state.pp_rank + 1)) + [tensors]
-            return None
+            out = None
+        elapsed = time.perf_counter() - start
+        comm = CommTimer.take()
+        self.busy_s += elapsed
+        self.comm_s += comm + waited
         if out is not None:
-            out.worker_time_s = time.perf_counter() - start
-            out.comm_time_s = CommTimer.take()
+            out.worker_time_s = elapsed + waited
+            out.comm_time_s = comm + waited
         return out
+
+    def stats(self) -> dict[str, float]:
+        """Cumulative busy and communication seconds since the last call."""
+        result = {"busy_s": self.busy_s, "comm_s": self.comm_s}
+        self.busy_s = self.comm_s = 0.0
+        return result

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from llm_infer.kernels.attention_metadata import AttentionMetadata
-from llm_infer.parallel.embedding import ParallelLMHead, VocabParallelEmbedding
 from llm_infer.kernels.dispatch import TORCH, Kernels
+from llm_infer.parallel.embedding import ParallelLMHead, VocabParallelEmbedding
 from llm_infer.parallel.linear import (
     DenseLinearMethod,
     LinearMethod,
