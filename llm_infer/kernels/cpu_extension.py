@@ -20,7 +20,7 @@ from types import ModuleType
 import torch
 
 CSRC = Path(__file__).parent / "csrc" / "cpu"
-SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "elementwise.cpp", "attention.cpp"]
+SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "awq_gemv.cpp", "elementwise.cpp", "attention.cpp"]
 
 
 def cache_home() -> Path:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from llm_infer.kernels import torch_ref
+from llm_infer.kernels import awq_torch, torch_ref
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 
 
@@ -26,10 +26,12 @@ class Kernels:
     rotary_: Callable[..., None]  # (x, positions, cos_cache, sin_cache, rot_heads, head_dim), in place
     silu_and_mul: Callable[..., torch.Tensor]
     attention: Any  # backend with prepare / write_kv / attend
+    awq_prepare: Callable[..., awq_torch.AWQWeights]  # (qweight, qzeros, scales, group) -> kernel's form
+    awq_linear: Callable[..., torch.Tensor]  # (x, AWQWeights, bias) -> x @ W.T + bias
 
 
 TORCH = Kernels("torch", torch_ref.linear, torch_ref.rms_norm, torch_ref.add_rms_norm, torch_ref.rotary_,
-                torch_ref.silu_and_mul, TorchAttentionBackend())
+                torch_ref.silu_and_mul, TorchAttentionBackend(), awq_torch.prepare_ref, awq_torch.awq_linear_ref)
 
 
 def select_kernels(setting: str, device: torch.device, dtype: torch.dtype) -> Kernels:
@@ -50,5 +52,8 @@ def _cpu_kernels(ext: Any) -> Kernels:
     def add_rms_norm(x, residual, weight, eps):
         return ext.add_rms_norm_(x, residual, weight, eps), residual
 
+    def awq_linear(x, w, bias):
+        return ext.awq_linear(x, w.packed, w.scales_nk, w.zeros_nk, w.group, bias)
+
     return Kernels("cpu", ext.linear, ext.rms_norm, add_rms_norm, ext.rotary_, ext.silu_and_mul,
-                   CpuAttentionBackend(ext))
+                   CpuAttentionBackend(ext), awq_torch.repack_for_cpu, awq_linear)

@@ -17,6 +17,7 @@ from llm_infer.runtime.kv_cache import KVCache, available_memory, bytes_per_bloc
 from llm_infer.runtime.models.decoder import CausalLM, IntermediateTensors
 from llm_infer.runtime.models.loader import load_weights
 from llm_infer.runtime.models.model_config import ModelConfig
+from llm_infer.runtime.quant.awq import AWQConfig
 from llm_infer.runtime.sampler import Sampler
 from llm_infer.runtime.step_plan import StepOutput, StepPlan
 
@@ -49,8 +50,10 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.model_config, device)
         self.block_size = config.cache.block_size
         self.kernels = dispatch.select_kernels(config.kernels, device, self.dtype)
+        awq = AWQConfig.from_model_dir(model_dir, self.model_config.quantization)
+        method_for = (lambda prefix: awq.method_for(prefix, self.kernels)) if awq else None
         with torch.device(device):
-            self.model = CausalLM(self.model_config, self.dtype, self.kernels,
+            self.model = CausalLM(self.model_config, self.dtype, self.kernels, method_for,
                                   pipeline_layers=config.parallel.pipeline_layers)
         load_weights(self.model, model_dir, progress=progress)
         self.model.eval()

@@ -145,6 +145,50 @@ void paged_attention_op(torch::Tensor out, torch::Tensor q, torch::Tensor k_cach
   });
 }
 
+void check_awq(const torch::Tensor& packed, const torch::Tensor& scales, const torch::Tensor& zeros, int64_t group) {
+  TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.is_contiguous() && packed.dim() == 2 &&
+                  scales.scalar_type() == torch::kFloat16 && scales.is_contiguous() &&
+                  zeros.scalar_type() == torch::kUInt8 && zeros.is_contiguous() && group % 32 == 0 &&
+                  (packed.size(1) * 2) % group == 0 && scales.size(0) == packed.size(0) &&
+                  scales.size(1) == packed.size(1) * 2 / group && zeros.sizes() == scales.sizes(),
+              "awq: bad packed weight");
+}
+
+torch::Tensor awq_dequantize_op(torch::Tensor packed, torch::Tensor scales, torch::Tensor zeros, int64_t group,
+                                torch::ScalarType dtype) {
+  check_awq(packed, scales, zeros, group);
+  auto w = torch::empty({packed.size(0), packed.size(1) * 2}, packed.options().dtype(dtype));
+  TORCH_CHECK(dtype == torch::kBFloat16 || dtype == torch::kFloat32, "awq_dequantize: bf16 or fp32 only");
+  by_dtype(w, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    awq_dequantize<T>(packed.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(scales.data_ptr()),
+                      zeros.data_ptr<uint8_t>(), ptr<T>(w), w.size(0), w.size(1), group);
+  });
+  return w;
+}
+
+// y = x W^T + bias: streamed int4 GEMV for up to 8 rows, dequantise + oneDNN GEMM beyond.
+torch::Tensor awq_linear_op(torch::Tensor x, torch::Tensor packed, torch::Tensor scales, torch::Tensor zeros,
+                            int64_t group, c10::optional<torch::Tensor> bias) {
+  check_float(x, "x");
+  check_awq(packed, scales, zeros, group);
+  const int64_t N = packed.size(0), K = packed.size(1) * 2;
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "awq_linear: x has ", x.size(1), " features, weight expects ", K);
+  if (x.size(0) > kMaxGemvRows) {
+    return at::linear(x, awq_dequantize_op(packed, scales, zeros, group, x.scalar_type()), bias);
+  }
+  auto xc = x.contiguous();
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == x.scalar_type() && bias->is_contiguous()),
+              "awq_linear: bias dtype");
+  auto y = torch::empty({x.size(0), N}, x.options());
+  by_dtype(x, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    awq_gemv<T>(ptr<T>(xc), packed.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(scales.data_ptr()),
+                zeros.data_ptr<uint8_t>(), bias ? ptr<T>(*bias) : nullptr, ptr<T>(y), x.size(0), N, K, group);
+  });
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -155,4 +199,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_and_mul", &silu_and_mul_op);
   m.def("paged_attention", &paged_attention_op);
   m.def("write_kv", &write_kv_op);
+  m.def("awq_linear", &awq_linear_op);
+  m.def("awq_dequantize", &awq_dequantize_op);
 }

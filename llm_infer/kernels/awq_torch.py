@@ -1,0 +1,73 @@
+"""AutoAWQ int4 format in torch: unpacking, dequantisation (the reference), and the
+repacking for the C++ CPU kernel.
+
+AutoAWQ "GEMM" layout: `qweight` int32 `[in, out/8]`, `qzeros` int32 `[in/group, out/8]`,
+`scales` fp16 `[in/group, out]`; nibble i (bits 4i..4i+3) of each int32 holds output
+column 8j + AWQ_ORDER[i]; W[in, out] = (q - z) * s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
+_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
+
+
+def unpack_awq(packed: torch.Tensor) -> torch.Tensor:
+    """int32 `[rows, cols/8]` -> uint8 `[rows, cols]` of values 0..15, columns in natural order."""
+    nibbles = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 0xF  # [rows, cols/8, 8] in nibble order
+    out = torch.empty_like(nibbles)
+    out[..., AWQ_ORDER] = nibbles
+    return out.reshape(packed.shape[0], -1).to(torch.uint8)
+
+
+def pack_awq(q: torch.Tensor) -> torch.Tensor:
+    """uint8/int `[rows, cols]` of 0..15 -> int32 `[rows, cols/8]` (the inverse of `unpack_awq`)."""
+    q = q.to(torch.int32).reshape(q.shape[0], -1, 8)[..., AWQ_ORDER]
+    return (q << _SHIFTS.to(q.device)).sum(-1, dtype=torch.int32)
+
+
+def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
+    """float32 W `[out, in]` (torch's linear layout)."""
+    q = unpack_awq(qweight).float()
+    z = unpack_awq(qzeros).float().repeat_interleave(group, dim=0)
+    s = scales.float().repeat_interleave(group, dim=0)
+    return ((q - z) * s).t().contiguous()
+
+
+@dataclass
+class AWQWeights:
+    """One layer's int4 weight in the form the selected kernel consumes."""
+
+    group: int
+    qweight: torch.Tensor | None = None  # reference path: the AutoAWQ tensors as loaded
+    qzeros: torch.Tensor | None = None
+    scales: torch.Tensor | None = None
+    packed: torch.Tensor | None = None  # CPU kernel: uint8 [out, in/2]
+    scales_nk: torch.Tensor | None = None  # fp16 [out, in/group]
+    zeros_nk: torch.Tensor | None = None  # uint8 [out, in/group]
+
+
+def awq_linear_ref(x: torch.Tensor, w: AWQWeights, bias: torch.Tensor | None) -> torch.Tensor:
+    """Dequantise in fp32, cast to the activation dtype, multiply: the oracle for the kernels."""
+    weight = dequantize_awq(w.qweight, w.qzeros, w.scales, w.group).to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+def prepare_ref(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> AWQWeights:
+    return AWQWeights(group, qweight, qzeros, scales)
+
+
+def repack_for_cpu(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> AWQWeights:
+    """Rows per output feature; each 32-weight block as 16 bytes: low nibbles the first 16
+    weights, high nibbles the next 16 (see csrc/cpu/awq_gemv.cpp)."""
+    q = unpack_awq(qweight).t().contiguous()  # [out, in]
+    n, k = q.shape
+    blocks = q.view(n, k // 32, 2, 16)
+    packed = (blocks[:, :, 0, :] | (blocks[:, :, 1, :] << 4)).reshape(n, k // 2).contiguous()
+    zeros = unpack_awq(qzeros).t().contiguous()
+    return AWQWeights(group, packed=packed, scales_nk=scales.to(torch.float16).t().contiguous(), zeros_nk=zeros)

@@ -1,0 +1,1 @@
+"""Weight quantization: AWQ int4 checkpoints (loading, and making them)."""
