@@ -44,7 +44,7 @@ needs_ext = pytest.mark.skipif(ext is None, reason="the C++ CPU kernels could no
 
 
 @needs_ext
-@pytest.mark.parametrize("k,n,group", [(256, 64, 128), (512, 96, 64), (128, 8, 32)])
+@pytest.mark.parametrize("k,n,group", [(256, 64, 128), (512, 96, 64), (576, 8, 64)])
 def test_cpu_repack_dequantizes_exactly(k, n, group):
     qweight, qzeros, scales = random_awq(k, n, group)
     packed = repack_for_cpu(qweight, qzeros, scales, group)

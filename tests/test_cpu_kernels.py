@@ -122,3 +122,17 @@ def test_write_kv_scatters_rows(dtype):
     flat_k, flat_v = k_cache.view(-1, kv_heads * head_dim), v_cache.view(-1, kv_heads * head_dim)
     assert torch.equal(flat_k[slots], k) and torch.equal(flat_v[slots], v)
     assert flat_k.abs().sum(-1).nonzero().flatten().tolist() == [0, 5, 17]
+
+
+def test_a_lock_left_by_an_interrupted_build_does_not_hang_the_next_run():
+    import subprocess
+    import sys
+
+    from llm_infer.kernels.cpu_extension import _build_key, cache_home
+
+    lock = cache_home() / "build" / f"cpu-{_build_key()}" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()  # what a killed compiler leaves behind
+    code = "from llm_infer.kernels.cpu_extension import load_cpu_extension as l; assert l() is not None"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert not lock.exists()

@@ -48,7 +48,7 @@ class AWQWeights:
     qzeros: torch.Tensor | None = None
     scales: torch.Tensor | None = None
     packed: torch.Tensor | None = None  # CPU kernel: uint8 [out, in/2]
-    scales_nk: torch.Tensor | None = None  # fp16 [out, in/group]
+    scales_nk: torch.Tensor | None = None  # fp32 [out, in/group]
     zeros_nk: torch.Tensor | None = None  # uint8 [out, in/group]
 
 
@@ -62,12 +62,18 @@ def prepare_ref(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tenso
     return AWQWeights(group, qweight, qzeros, scales)
 
 
+CPU_GROUP_MULTIPLE = 64  # the CPU kernel works on 64-weight superblocks within a group
+
+
 def repack_for_cpu(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> AWQWeights:
-    """Rows per output feature; each 32-weight block as 16 bytes: low nibbles the first 16
-    weights, high nibbles the next 16 (see csrc/cpu/awq_gemv.cpp)."""
+    """Rows per output feature; each 64-weight superblock as 32 bytes: low nibbles the first
+    32 weights, high nibbles the next 32 (see csrc/cpu/awq_gemv.cpp). Group sizes that are not
+    a multiple of 64 keep the reference form."""
+    if group % CPU_GROUP_MULTIPLE:
+        return prepare_ref(qweight, qzeros, scales, group)
     q = unpack_awq(qweight).t().contiguous()  # [out, in]
     n, k = q.shape
-    blocks = q.view(n, k // 32, 2, 16)
+    blocks = q.view(n, k // 64, 2, 32)
     packed = (blocks[:, :, 0, :] | (blocks[:, :, 1, :] << 4)).reshape(n, k // 2).contiguous()
     zeros = unpack_awq(qzeros).t().contiguous()
-    return AWQWeights(group, packed=packed, scales_nk=scales.to(torch.float16).t().contiguous(), zeros_nk=zeros)
+    return AWQWeights(group, packed=packed, scales_nk=scales.float().t().contiguous(), zeros_nk=zeros)

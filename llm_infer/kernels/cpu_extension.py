@@ -8,6 +8,7 @@ printed and the torch reference path is used.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import os
@@ -63,17 +64,21 @@ def load_cpu_extension() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
-        if not any(build_dir.glob("*.so")):
-            print("llm-infer: compiling CPU kernels once (about a minute)...", file=sys.stderr, flush=True)
-        return load(
-            name=f"llm_infer_cpu_{key}",
-            sources=[str(CSRC / s) for s in SOURCES],
-            # -fno-math-errno lets `#pragma omp simd` loops call the vectorised expf.
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build_dir),
-            verbose=False,
-        )
+        # Our own lock, released by the OS if its holder dies: torch's lock file is not, and one
+        # left by an interrupted build would make every later run wait forever.
+        with open(build_dir / ".build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (build_dir / "lock").unlink(missing_ok=True)
+            if not any(build_dir.glob("*.so")):
+                print("llm-infer: compiling CPU kernels once (about a minute)...", file=sys.stderr, flush=True)
+            return load(
+                name=f"llm_infer_cpu_{key}",
+                sources=[str(CSRC / s) for s in SOURCES],
+                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                verbose=False,
+            )
     except Exception as e:  # a broken toolchain must not stop inference
         lines = str(e).splitlines()
         first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else type(e).__name__)

@@ -53,6 +53,8 @@ def _cpu_kernels(ext: Any) -> Kernels:
         return ext.add_rms_norm_(x, residual, weight, eps), residual
 
     def awq_linear(x, w, bias):
+        if w.packed is None:  # a group size the kernel does not take
+            return awq_torch.awq_linear_ref(x, w, bias)
         return ext.awq_linear(x, w.packed, w.scales_nk, w.zeros_nk, w.group, bias)
 
     return Kernels("cpu", ext.linear, ext.rms_norm, add_rms_norm, ext.rotary_, ext.silu_and_mul,

@@ -50,7 +50,43 @@ def measure(llm, prompts: list[list[int]], gen_len: int) -> dict[str, float]:
     }
 
 
+def perplexity(llm, text: str, window: int) -> dict[str, float]:
+    """Perplexity of `text` over non-overlapping windows (the first token of each is context only)."""
+    ids = llm.tokenizer.encode(text, add_special_tokens=False)
+    window = min(window, llm.engine.max_model_len - 1)
+    if len(ids) < 2:
+        raise UserError("the perplexity text needs at least two tokens")
+    nll, count = 0.0, 0
+    for start in tqdm(range(0, len(ids) - 1, window), desc="perplexity", unit="window"):
+        chunk = ids[start : start + window]
+        if len(chunk) < 2:
+            break
+        logits = llm.logits(chunk)
+        targets = torch.tensor(chunk[1:])
+        nll += float(torch.nn.functional.cross_entropy(logits[:-1], targets, reduction="sum"))
+        count += len(chunk) - 1
+    return {"perplexity": float(torch.exp(torch.tensor(nll / count))), "tokens": count, "window": window}
+
+
+def run_ppl(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
+    path = Path(args.ppl)
+    if not path.is_file():
+        raise UserError(f"perplexity text not found: {path}")
+    llm = make_llm(args)
+    try:
+        result = {"model": llm.config.model, "dtype": str(llm.dtype).removeprefix("torch."), "file": str(path),
+                  **perplexity(llm, path.read_text(errors="replace"), args.ppl_window)}
+    finally:
+        llm.close()
+    print(f"perplexity {result['perplexity']:.3f} over {result['tokens']} tokens (window {result['window']})")
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def run_bench(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
+    if args.ppl:
+        return run_ppl(args, make_llm)
     if args.prompt_len < 1 or args.gen_len < 2 or args.batch < 1 or args.repeat < 1:
         raise UserError("--prompt-len, --batch and --repeat must be >= 1 and --gen-len >= 2")
     llm = make_llm(args)

@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="requests in the batched run")
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--out", default="llm-infer-bench.json", help="where to write the JSON results")
+    p.add_argument("--ppl", metavar="FILE", help="instead of speed: perplexity of the model on this text file")
+    p.add_argument("--ppl-window", type=int, default=512, help="tokens per perplexity window")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("submit", help="run an llm-infer command on a Ray cluster as a Ray job",
@@ -148,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its status")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then an llm-infer command and its arguments")
     p.set_defaults(func=cmd_submit)
+
+    from llm_infer.launcher.quantize import add_parser as add_quantize
+
+    add_quantize(sub)
     return parser
 
 

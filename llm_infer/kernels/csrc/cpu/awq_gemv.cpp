@@ -1,10 +1,13 @@
 // AWQ int4 weights on CPU: y = x W^T with W[n, k] = (q[n, k] - z[n, g]) * s[n, g], g = k / group.
 //
-// Layout (repacked once at load time from AutoAWQ's): `packed` [N, K/2] bytes, row n holding
-// 32-weight blocks of 16 bytes, byte j of a block = q[32b + j] | q[32b + 16 + j] << 4, so the low
-// nibbles are the block's first 16 weights and the high nibbles the next 16; `scales` [N, G] fp16
-// and `zeros` [N, G] uint8. Per group: y += s * (q . x) - s * z * sum(x), with q . x taken exactly
-// (integers 0..15 are exact in bf16) and accumulated in fp32; nothing is dequantised in memory.
+// Layout (repacked once at load time from AutoAWQ's): `packed` [N, K/2] bytes; each 64-weight
+// superblock of a row is 32 bytes, byte i = q[64b + i] | q[64b + 32 + i] << 4, so one 32-byte load
+// gives two 32-lane vectors of weights in natural order. `scales` [N, G] fp32 and `zeros` [N, G]
+// uint8 (group a multiple of 64). Per group: y += s * (q . x) - s * z * sum(x).
+//
+// bf16 activations: a nibble OR 0x4300 is the bf16 number 128 + q, exact, so the weights become
+// bf16 without a table lookup; the 128 * sum(x) this adds is removed with the zero point. The dot
+// products accumulate in fp32 (AVX512-BF16), nothing is dequantised in memory.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -16,91 +19,69 @@
 namespace llm_infer_cpu {
 namespace {
 
-inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+constexpr float kBias = 128.0f;  // bf16 0x4300 | q == 128 + q
 
-// Rows [n0, n0 + nr) against rows [m0, m0 + mb) of x; adds into acc[m][r].
+// Rows [n0, n0 + nr) against rows [m0, m0 + mb) of x; writes acc[m][r].
 template <int R, int MB, typename T>
-void awq_tile(const T* x, const float* xsum, const uint8_t* packed, const uint16_t* scales, const uint8_t* zeros,
+void awq_tile(const T* x, const float* xsum, const uint8_t* packed, const float* scales, const uint8_t* zeros,
               float (&acc)[MB][R], int64_t m0, int mb, int64_t n0, int nr, int64_t N, int64_t K, int64_t group) {
   const int64_t G = K / group;
   const int64_t row_bytes = K / 2;
-  float zero_terms[MB][R] = {};
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#if defined(__AVX512BF16__)
+  constexpr bool bf16 = sizeof(T) == 2;
+  const float offset = bf16 ? kBias : 0.0f;
   __m512 total[MB][R];
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) total[m][r] = _mm512_setzero_ps();
   const bool ahead = n0 + nr + R <= N;
-  if constexpr (sizeof(T) == 2) {
-    alignas(64) static const uint16_t table_bits[32] = {
-        0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0x4100, 0x4110, 0x4120,
-        0x4130, 0x4140, 0x4150, 0x4160, 0x4170, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-    const __m512i table = _mm512_load_si512(table_bits);  // bf16 of 0..15
-    const __m256i low4 = _mm256_set1_epi16(0x000f);
-    for (int64_t g = 0; g < G; ++g) {
-      __m512 part[MB][R];
-      for (int m = 0; m < MB; ++m)
-        for (int r = 0; r < R; ++r) part[m][r] = _mm512_setzero_ps();
-      for (int64_t k = g * group; k < (g + 1) * group; k += 32) {
-        __m512bh qv[R];
-        for (int r = 0; r < nr; ++r) {
-          const uint8_t* src = packed + (n0 + r) * row_bytes + k / 2;
-          if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
-          const __m256i wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
-          const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(wide, low4)),
-                                                 _mm256_srli_epi16(wide, 4), 1);
-          qv[r] = (__m512bh)_mm512_permutexvar_epi16(idx, table);
-        }
-        for (int m = 0; m < mb; ++m) {
-          const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (m0 + m) * K + k);
-          for (int r = 0; r < nr; ++r) part[m][r] = _mm512_dpbf16_ps(part[m][r], qv[r], xv);
-        }
-      }
+  const __m512i low4_16 = _mm512_set1_epi16(0x000f), bias_bits = _mm512_set1_epi16(0x4300);
+  const __m512i low4_32 = _mm512_set1_epi32(0x0f);
+  for (int64_t g = 0; g < G; ++g) {
+    __m512 part[MB][R];
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < R; ++r) part[m][r] = _mm512_setzero_ps();
+    for (int64_t k = g * group; k < (g + 1) * group; k += 64) {
       for (int r = 0; r < nr; ++r) {
-        const float s = half_to_float(scales[(n0 + r) * G + g]);
-        const float zs = s * static_cast<float>(zeros[(n0 + r) * G + g]);
-        const __m512 sv = _mm512_set1_ps(s);
-        for (int m = 0; m < mb; ++m) {
-          total[m][r] = _mm512_fmadd_ps(sv, part[m][r], total[m][r]);
-          zero_terms[m][r] += zs * xsum[(m0 + m) * G + g];
+        const uint8_t* src = packed + (n0 + r) * row_bytes + k / 2;
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
+        if constexpr (bf16) {
+          const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+          const __m512bh lo = (__m512bh)_mm512_or_si512(_mm512_and_si512(wide, low4_16), bias_bits);
+          const __m512bh hi = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(wide, 4), bias_bits);
+          for (int m = 0; m < mb; ++m) {
+            const uint16_t* xr = reinterpret_cast<const uint16_t*>(x) + (m0 + m) * K + k;
+            part[m][r] = _mm512_dpbf16_ps(part[m][r], lo, (__m512bh)_mm512_loadu_si512(xr));
+            part[m][r] = _mm512_dpbf16_ps(part[m][r], hi, (__m512bh)_mm512_loadu_si512(xr + 32));
+          }
+        } else {
+          for (int c = 0; c < 2; ++c) {  // 16 bytes: weights 16c..16c+15 (low) and 32+16c.. (high)
+            const __m512i wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * c)));
+            const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(wide, low4_32));
+            const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(wide, 4));
+            for (int m = 0; m < mb; ++m) {
+              const float* xr = reinterpret_cast<const float*>(x) + (m0 + m) * K + k + 16 * c;
+              part[m][r] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr), part[m][r]);
+              part[m][r] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr + 32), part[m][r]);
+            }
+          }
         }
       }
     }
-  } else {
-    const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i low4 = _mm512_set1_epi32(0x0f);
-    for (int64_t g = 0; g < G; ++g) {
-      __m512 part[MB][R];
-      for (int m = 0; m < MB; ++m)
-        for (int r = 0; r < R; ++r) part[m][r] = _mm512_setzero_ps();
-      for (int64_t k = g * group; k < (g + 1) * group; k += 32) {
-        __m512 qlo[R], qhi[R];
-        for (int r = 0; r < nr; ++r) {
-          const uint8_t* src = packed + (n0 + r) * row_bytes + k / 2;
-          if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
-          const __m512i wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
-          qlo[r] = _mm512_permutexvar_ps(_mm512_and_si512(wide, low4), table);
-          qhi[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(wide, 4), table);
-        }
-        for (int m = 0; m < mb; ++m) {
-          const float* xr = reinterpret_cast<const float*>(x) + (m0 + m) * K + k;
-          const __m512 x0 = _mm512_loadu_ps(xr), x1 = _mm512_loadu_ps(xr + 16);
-          for (int r = 0; r < nr; ++r)
-            part[m][r] = _mm512_fmadd_ps(qhi[r], x1, _mm512_fmadd_ps(qlo[r], x0, part[m][r]));
-        }
-      }
-      for (int r = 0; r < nr; ++r) {
-        const float s = half_to_float(scales[(n0 + r) * G + g]);
-        const float zs = s * static_cast<float>(zeros[(n0 + r) * G + g]);
-        const __m512 sv = _mm512_set1_ps(s);
-        for (int m = 0; m < mb; ++m) {
-          total[m][r] = _mm512_fmadd_ps(sv, part[m][r], total[m][r]);
-          zero_terms[m][r] += zs * xsum[(m0 + m) * G + g];
-        }
-      }
+    for (int r = 0; r < nr; ++r) {
+      const __m512 sv = _mm512_set1_ps(scales[(n0 + r) * G + g]);
+      for (int m = 0; m < mb; ++m) total[m][r] = _mm512_fmadd_ps(sv, part[m][r], total[m][r]);
     }
   }
-  for (int m = 0; m < mb; ++m)
-    for (int r = 0; r < nr; ++r) acc[m][r] = _mm512_reduce_add_ps(total[m][r]) - zero_terms[m][r];
+  // The zero points (and the bf16 bias of 128), once per row rather than once per group.
+  for (int r = 0; r < nr; ++r) {
+    const float* s = scales + (n0 + r) * G;
+    const uint8_t* z = zeros + (n0 + r) * G;
+    for (int m = 0; m < mb; ++m) {
+      float zt = 0.f;
+      for (int64_t g = 0; g < G; ++g) zt += s[g] * (static_cast<float>(z[g]) + offset) * xsum[(m0 + m) * G + g];
+      acc[m][r] = _mm512_reduce_add_ps(total[m][r]) - zt;
+    }
+  }
 #else
   for (int m = 0; m < mb; ++m)
     for (int r = 0; r < nr; ++r) {
@@ -108,22 +89,21 @@ void awq_tile(const T* x, const float* xsum, const uint8_t* packed, const uint16
       for (int64_t g = 0; g < G; ++g) {
         float dot = 0.f;
         for (int64_t k = g * group; k < (g + 1) * group; ++k) {
-          const uint8_t byte = packed[(n0 + r) * row_bytes + (k / 32) * 16 + (k % 16)];
-          const int q = (k % 32) < 16 ? (byte & 0xf) : (byte >> 4);
+          const uint8_t byte = packed[(n0 + r) * row_bytes + (k / 64) * 32 + (k % 32)];
+          const int q = (k % 64) < 32 ? (byte & 0xf) : (byte >> 4);
           dot += static_cast<float>(q) * load(x, (m0 + m) * K + k);
         }
-        const float s = half_to_float(scales[(n0 + r) * G + g]);
+        const float s = scales[(n0 + r) * G + g];
         sum += s * dot - s * static_cast<float>(zeros[(n0 + r) * G + g]) * xsum[(m0 + m) * G + g];
       }
       acc[m][r] = sum;
     }
-  (void)zero_terms;
 #endif
 }
 
 template <typename T, int R, int MB>
-void awq_gemv_impl(const T* x, const uint8_t* packed, const uint16_t* scales, const uint8_t* zeros, const T* bias,
-                   T* y, int64_t M, int64_t N, int64_t K, int64_t group) {
+void awq_gemv_impl(const T* x, const uint8_t* packed, const float* scales, const uint8_t* zeros, const T* bias, T* y,
+                   int64_t M, int64_t N, int64_t K, int64_t group) {
   const int64_t G = K / group;
   std::vector<float> xsum(M * G);
   for (int64_t m = 0; m < M; ++m)
@@ -155,37 +135,37 @@ void awq_gemv_impl(const T* x, const uint8_t* packed, const uint16_t* scales, co
 }  // namespace
 
 template <typename T>
-void awq_gemv(const T* x, const uint8_t* packed, const uint16_t* scales, const uint8_t* zeros, const T* bias, T* y,
+void awq_gemv(const T* x, const uint8_t* packed, const float* scales, const uint8_t* zeros, const T* bias, T* y,
               int64_t M, int64_t N, int64_t K, int64_t group) {
-  if (M == 1) awq_gemv_impl<T, 4, 1>(x, packed, scales, zeros, bias, y, M, N, K, group);
+  if (M == 1) awq_gemv_impl<T, 8, 1>(x, packed, scales, zeros, bias, y, M, N, K, group);
   else awq_gemv_impl<T, 2, 4>(x, packed, scales, zeros, bias, y, M, N, K, group);
 }
 
 template <typename T>
-void awq_dequantize(const uint8_t* packed, const uint16_t* scales, const uint8_t* zeros, T* w, int64_t N, int64_t K,
+void awq_dequantize(const uint8_t* packed, const float* scales, const uint8_t* zeros, T* w, int64_t N, int64_t K,
                     int64_t group) {
   const int64_t G = K / group;
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t g = 0; g < G; ++g) {
-      const float s = half_to_float(scales[n * G + g]);
+      const float s = scales[n * G + g];
       const float z = static_cast<float>(zeros[n * G + g]);
       for (int64_t k = g * group; k < (g + 1) * group; ++k) {
-        const uint8_t byte = packed[n * (K / 2) + (k / 32) * 16 + (k % 16)];
-        const float q = static_cast<float>((k % 32) < 16 ? (byte & 0xf) : (byte >> 4));
+        const uint8_t byte = packed[n * (K / 2) + (k / 64) * 32 + (k % 32)];
+        const float q = static_cast<float>((k % 64) < 32 ? (byte & 0xf) : (byte >> 4));
         store(w, n * K + k, (q - z) * s);
       }
     }
   }
 }
 
-template void awq_gemv<float>(const float*, const uint8_t*, const uint16_t*, const uint8_t*, const float*, float*,
+template void awq_gemv<float>(const float*, const uint8_t*, const float*, const uint8_t*, const float*, float*,
                               int64_t, int64_t, int64_t, int64_t);
-template void awq_gemv<uint16_t>(const uint16_t*, const uint8_t*, const uint16_t*, const uint8_t*, const uint16_t*,
+template void awq_gemv<uint16_t>(const uint16_t*, const uint8_t*, const float*, const uint8_t*, const uint16_t*,
                                  uint16_t*, int64_t, int64_t, int64_t, int64_t);
-template void awq_dequantize<float>(const uint8_t*, const uint16_t*, const uint8_t*, float*, int64_t, int64_t,
+template void awq_dequantize<float>(const uint8_t*, const float*, const uint8_t*, float*, int64_t, int64_t,
                                     int64_t);
-template void awq_dequantize<uint16_t>(const uint8_t*, const uint16_t*, const uint8_t*, uint16_t*, int64_t, int64_t,
+template void awq_dequantize<uint16_t>(const uint8_t*, const float*, const uint8_t*, uint16_t*, int64_t, int64_t,
                                        int64_t);
 
 }  // namespace llm_infer_cpu

@@ -147,8 +147,8 @@ void paged_attention_op(torch::Tensor out, torch::Tensor q, torch::Tensor k_cach
 
 void check_awq(const torch::Tensor& packed, const torch::Tensor& scales, const torch::Tensor& zeros, int64_t group) {
   TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.is_contiguous() && packed.dim() == 2 &&
-                  scales.scalar_type() == torch::kFloat16 && scales.is_contiguous() &&
-                  zeros.scalar_type() == torch::kUInt8 && zeros.is_contiguous() && group % 32 == 0 &&
+                  scales.scalar_type() == torch::kFloat32 && scales.is_contiguous() &&
+                  zeros.scalar_type() == torch::kUInt8 && zeros.is_contiguous() && group % 64 == 0 &&
                   (packed.size(1) * 2) % group == 0 && scales.size(0) == packed.size(0) &&
                   scales.size(1) == packed.size(1) * 2 / group && zeros.sizes() == scales.sizes(),
               "awq: bad packed weight");
@@ -161,7 +161,7 @@ torch::Tensor awq_dequantize_op(torch::Tensor packed, torch::Tensor scales, torc
   TORCH_CHECK(dtype == torch::kBFloat16 || dtype == torch::kFloat32, "awq_dequantize: bf16 or fp32 only");
   by_dtype(w, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    awq_dequantize<T>(packed.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(scales.data_ptr()),
+    awq_dequantize<T>(packed.data_ptr<uint8_t>(), scales.data_ptr<float>(),
                       zeros.data_ptr<uint8_t>(), ptr<T>(w), w.size(0), w.size(1), group);
   });
   return w;
@@ -183,7 +183,7 @@ torch::Tensor awq_linear_op(torch::Tensor x, torch::Tensor packed, torch::Tensor
   auto y = torch::empty({x.size(0), N}, x.options());
   by_dtype(x, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    awq_gemv<T>(ptr<T>(xc), packed.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(scales.data_ptr()),
+    awq_gemv<T>(ptr<T>(xc), packed.data_ptr<uint8_t>(), scales.data_ptr<float>(),
                 zeros.data_ptr<uint8_t>(), bias ? ptr<T>(*bias) : nullptr, ptr<T>(y), x.size(0), N, K, group);
   });
   return y;

@@ -1,0 +1,216 @@
+"""Quantize a dense checkpoint to AWQ int4, layer by layer, and write an AutoAWQ-compatible folder.
+
+For each decoder layer: run it on the calibration tokens (original weights) while
+recording the inputs of its four linear groups (q/k/v, o, gate/up, down); search
+per-channel scales for each group and fold their inverse into the op before it
+(the two RMSNorms, v_proj for o_proj when there is no GQA, up_proj for
+down_proj); optionally search per-group clipping (not for q/k, whose errors the
+softmax amplifies); quantize group-wise asymmetric 4-bit with zero points. The
+next layer sees the original layer's outputs, as in AutoAWQ. `method="rtn"` skips
+both searches: plain round-to-nearest with the same groups, the baseline.
+
+The search's objective is each linear group's output error (the AWQ paper's
+formulation), not the whole attention block's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from llm_infer.errors import UserError
+from llm_infer.kernels.attention_metadata import AttentionMetadata
+from llm_infer.kernels.awq_torch import pack_awq
+from llm_infer.kernels.dispatch import TORCH
+from llm_infer.runtime.kv_cache import KVCache
+from llm_infer.runtime.models.decoder import CausalLM
+from llm_infer.runtime.models.loader import load_weights
+from llm_infer.runtime.models.model_config import ModelConfig
+from llm_infer.runtime.quant.awq_search import quantize_groups, search_clipping, search_scales
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
+                   "special_tokens_map.json")
+
+
+@dataclass
+class QuantizeOptions:
+    group_size: int = 128
+    method: str = "awq"  # or "rtn"
+    clip: bool = True
+    grid: int = 20
+    search_tokens: int = 2048  # calibration tokens used by the scale search
+    clip_tokens: int = 256
+
+
+def check_group_size(cfg: ModelConfig, group: int) -> None:
+    sizes = {"hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+             "attention width": cfg.num_heads * cfg.head_dim}
+    bad = {k: v for k, v in sizes.items() if v % group}
+    if group % 32 or bad:
+        valid = [g for g in (32, 64, 128, 256) if all(v % g == 0 for v in sizes.values())]
+        raise UserError(f"group size {group} does not divide the model's {bad or 'layers'} "
+                        f"(group sizes that fit: {', '.join(map(str, valid)) or 'none'})")
+
+
+class _Calibration:
+    """The calibration batch as `sequences` prefill sequences of `length` tokens, with its own cache."""
+
+    def __init__(self, model: CausalLM, token_ids: torch.Tensor, block_size: int = 16):
+        sequences, length = token_ids.shape
+        per_seq = -(-length // block_size)
+        self.ids = token_ids.reshape(-1)
+        self.positions = torch.arange(length).repeat(sequences)
+        tables = torch.arange(sequences * per_seq).view(sequences, per_seq)
+        slots = tables[:, self.positions[:length] // block_size] * block_size + self.positions[:length] % block_size
+        self.meta = AttentionMetadata([length] * sequences, [length] * sequences, slots.reshape(-1), tables,
+                                      block_size, TORCH.attention)
+        TORCH.attention.prepare(self.meta)
+        layers = model.attention_layers()
+        self.cache = KVCache(len(layers), sequences * per_seq, block_size, layers[0].num_kv_heads,
+                             layers[0].head_dim, torch.float32, torch.device("cpu"))
+        for attn, kv in zip(layers, self.cache.layers):
+            attn.k_cache, attn.v_cache = kv[0], kv[1]
+
+
+def quantize_model(model_dir: Path, out_dir: Path, token_ids: torch.Tensor, options: QuantizeOptions,
+                   progress: bool = True) -> None:
+    """token_ids `[samples, length]`: the calibration text, tokenized and cut into equal samples."""
+    cfg = ModelConfig.from_dir(model_dir)
+    if Path(out_dir).exists():
+        raise UserError(f"output folder {out_dir} already exists; choose a new one")
+    if cfg.quantization is not None:
+        raise UserError(f"{model_dir} is already quantized ({cfg.quantization.get('quant_method')})")
+    check_group_size(cfg, options.group_size)
+    with torch.device("cpu"):
+        model = CausalLM(cfg, torch.float32, TORCH)
+    load_weights(model, model_dir, progress=progress)
+    calib = _Calibration(model, token_ids)
+    gen = torch.Generator().manual_seed(0)
+    pick = torch.randperm(calib.ids.numel(), generator=gen)
+    tensors: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        x, residual = model.model.embed_tokens(calib.ids), None
+        for i in tqdm(range(cfg.num_layers), desc="Quantizing layers", unit="layer", disable=not progress):
+            layer = model.model.layers[i]
+            inputs = _record_inputs(layer, lambda: layer(x.clone(), None if residual is None else residual.clone(),
+                                                         calib.positions, model.model.rotary, calib.meta))
+            x, residual = inputs.pop("_out")
+            if options.method == "awq":
+                _apply_scales(layer, cfg, inputs, pick, options)
+            tensors.update(_quantize_layer(layer, cfg, inputs, pick, options, f"model.layers.{i}"))
+    for name, param in model.named_parameters():
+        if ".layers." not in name:
+            tensors[name] = param.detach().to(torch.float16).contiguous()
+    _write(model_dir, out_dir, tensors, options.group_size)
+
+
+def _record_inputs(layer, run) -> dict[str, torch.Tensor]:
+    inputs: dict[str, torch.Tensor] = {}
+    modules = {"qkv": layer.self_attn.qkv_proj, "o": layer.self_attn.o_proj, "gate_up": layer.mlp.gate_up_proj,
+               "down": layer.mlp.down_proj}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, key=key: inputs.__setitem__(key, args[0].detach()))
+             for key, m in modules.items()]
+    try:
+        inputs["_out"] = run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs
+
+
+def _apply_scales(layer, cfg: ModelConfig, inputs: dict, pick: torch.Tensor, opt: QuantizeOptions) -> None:
+    """Search and fold the per-channel scales; `inputs` become the scaled layers' inputs."""
+    attn, mlp = layer.self_attn, layer.mlp
+    q_end, kv = attn.q_size + attn.kv_size, attn.kv_size
+    inter = cfg.intermediate_size
+
+    def search(w: torch.Tensor, key: str) -> torch.Tensor:
+        x = inputs[key]
+        return search_scales([w], x[pick[: opt.search_tokens] % x.shape[0]], opt.group_size, opt.grid)
+
+    s = search(attn.qkv_proj.weight, "qkv")
+    attn.qkv_proj.weight.mul_(s)
+    layer.input_layernorm.weight.div_(s)
+    inputs["qkv"] = inputs["qkv"] / s
+    if cfg.num_heads == cfg.num_kv_heads:  # o_proj's inputs are v_proj's outputs, channel for channel
+        s = search(attn.o_proj.weight, "o")
+        attn.o_proj.weight.mul_(s)
+        attn.qkv_proj.weight[q_end : q_end + kv].div_(s[:, None])
+        if attn.qkv_proj.bias is not None:
+            attn.qkv_proj.bias[q_end : q_end + kv].div_(s)
+        inputs["o"] = inputs["o"] / s
+    s = search(mlp.gate_up_proj.weight, "gate_up")
+    mlp.gate_up_proj.weight.mul_(s)
+    layer.post_attention_layernorm.weight.div_(s)
+    inputs["gate_up"] = inputs["gate_up"] / s
+    s = search(mlp.down_proj.weight, "down")
+    mlp.down_proj.weight.mul_(s)
+    mlp.gate_up_proj.weight[inter:].div_(s[:, None])  # up_proj's outputs feed down_proj
+    inputs["down"] = inputs["down"] / s
+
+
+def _quantize_layer(layer, cfg: ModelConfig, inputs: dict, pick: torch.Tensor, opt: QuantizeOptions,
+                    prefix: str) -> dict[str, torch.Tensor]:
+    attn, mlp = layer.self_attn, layer.mlp
+    q, kv, inter = attn.q_size, attn.kv_size, cfg.intermediate_size
+    parts = [  # (checkpoint name, merged weight, rows, input key, clip?)
+        ("self_attn.q_proj", attn.qkv_proj.weight, slice(0, q), "qkv", False),
+        ("self_attn.k_proj", attn.qkv_proj.weight, slice(q, q + kv), "qkv", False),
+        ("self_attn.v_proj", attn.qkv_proj.weight, slice(q + kv, q + 2 * kv), "qkv", True),
+        ("self_attn.o_proj", attn.o_proj.weight, slice(None), "o", True),
+        ("mlp.gate_proj", mlp.gate_up_proj.weight, slice(0, inter), "gate_up", True),
+        ("mlp.up_proj", mlp.gate_up_proj.weight, slice(inter, 2 * inter), "gate_up", True),
+        ("mlp.down_proj", mlp.down_proj.weight, slice(None), "down", True),
+    ]
+    out = {}
+    for name, weight, rows, key, clip in parts:
+        w = weight[rows]
+        if opt.method == "awq" and opt.clip and clip:
+            x = inputs[key]
+            w = search_clipping(w, x[pick[: opt.clip_tokens] % x.shape[0]], opt.group_size)
+        qw, zeros, scales = quantize_groups(w, opt.group_size)
+        out[f"{prefix}.{name}.qweight"] = pack_awq(qw.t().contiguous())
+        out[f"{prefix}.{name}.qzeros"] = pack_awq(zeros.t().contiguous())
+        out[f"{prefix}.{name}.scales"] = scales.t().contiguous().to(torch.float16)
+    if attn.qkv_proj.bias is not None:
+        for name, rows in (("q_proj", slice(0, q)), ("k_proj", slice(q, q + kv)), ("v_proj", slice(q + kv, None))):
+            out[f"{prefix}.self_attn.{name}.bias"] = attn.qkv_proj.bias[rows].to(torch.float16).contiguous()
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+        out[f"{prefix}.{norm}.weight"] = getattr(layer, norm).weight.to(torch.float16).contiguous()
+    if cfg.qk_norm:
+        out[f"{prefix}.self_attn.q_norm.weight"] = attn.q_norm.weight.to(torch.float16).contiguous()
+        out[f"{prefix}.self_attn.k_norm.weight"] = attn.k_norm.weight.to(torch.float16).contiguous()
+    return out
+
+
+def _write(model_dir: Path, out_dir: Path, tensors: dict[str, torch.Tensor], group: int) -> None:
+    """Into a temporary folder beside `out_dir`, renamed at the end: never a half-written model."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise UserError(f"output folder {out_dir} already exists; choose a new one")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True,
+                                         "version": "gemm", "modules_to_not_convert": None}
+        config["torch_dtype"] = "float16"
+        config.pop("dtype", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name in TOKENIZER_FILES:
+            if (Path(model_dir) / name).is_file():
+                shutil.copy(Path(model_dir) / name, tmp / name)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
