@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 
 CSRC = Path(__file__).parent / "csrc" / "cpu"
-SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "awq_gemv.cpp", "elementwise.cpp", "attention.cpp"]
+SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "awq_gemv.cpp", "elementwise.cpp", "attention.cpp", "decode_stack.cpp"]
 
 
 def cache_home() -> Path:
@@ -41,7 +41,7 @@ def _cpu_flags() -> str:
 
 def _build_key() -> str:
     h = hashlib.sha256()
-    for name in SOURCES + ["cpu_kernels.h"]:
+    for name in SOURCES + ["cpu_kernels.h", "decode_stack.h"]:
         h.update((CSRC / name).read_bytes())
     h.update(str(CSRC).encode())  # torch's build files record source paths
     h.update(_cpu_flags().encode())

@@ -11,10 +11,12 @@ import torch
 
 from llm_infer.config import EngineConfig
 from llm_infer.errors import UserError
+from llm_infer.parallel.state import get_parallel_state
 from llm_infer.kernels import dispatch
 from llm_infer.kernels.attention_metadata import AttentionMetadata
 from llm_infer.runtime.kv_cache import KVCache, available_memory, bytes_per_block
 from llm_infer.runtime.models.decoder import CausalLM, IntermediateTensors
+from llm_infer.runtime.models.fused_decode import FusedDecode
 from llm_infer.runtime.models.loader import load_weights
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.quant.awq import AWQConfig
@@ -78,6 +80,8 @@ class ModelRunner:
                                 layers[0].head_dim, self.dtype, self.device)
         for attn, kv in zip(layers, self.kv_cache.layers):
             attn.k_cache, attn.v_cache = kv[0], kv[1]
+        if FusedDecode.supported(self.model, self.kernels.name, get_parallel_state().tp_size):
+            self.model.model.fused = FusedDecode(self.model, self.kernels.attention.ext)
 
     def prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         dev = self.device

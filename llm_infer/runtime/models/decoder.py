@@ -140,6 +140,8 @@ class DecoderModel(nn.Module):
         if state.is_last_stage:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, kernels)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
+        # Set by the model runner when a fused kernel can run this stage's layers (fused_decode.py).
+        self.fused = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -148,8 +150,11 @@ class DecoderModel(nn.Module):
             x, residual = self.embed_tokens(input_ids), None
         else:
             x, residual = intermediate.hidden, intermediate.residual
-        for i in self.layer_range:
-            x, residual = self.layers[i](x, residual, positions, self.rotary, meta)
+        if self.fused is not None and self.fused.applicable(meta):
+            x, residual = self.fused.run(x, residual, positions, meta)
+        else:
+            for i in self.layer_range:
+                x, residual = self.layers[i](x, residual, positions, self.rotary, meta)
         if not state.is_last_stage:
             return IntermediateTensors(x, residual)
         x, _ = self.norm(x, residual)

@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "cpu_kernels.h"
+#include "decode_stack.h"
 
 namespace {
 
@@ -189,6 +190,84 @@ torch::Tensor awq_linear_op(torch::Tensor x, torch::Tensor packed, torch::Tensor
   return y;
 }
 
+// Holds a model's decoder layers (pointers into tensors it keeps alive) for decode_stack.
+class DecodeStack {
+ public:
+  // layers: per layer [input_norm, post_norm, q_norm, k_norm, k_cache, v_cache] then, for each of
+  // qkv, o, gate_up, down: [weight, packed, scales, zeros, bias]; groups: 4 per layer.
+  DecodeStack(std::vector<std::vector<c10::optional<torch::Tensor>>> layers, std::vector<int64_t> groups,
+              std::vector<int64_t> dims, double eps, double scale, torch::Tensor cos_cache, torch::Tensor sin_cache)
+      : cos_(cos_cache.contiguous()), sin_(sin_cache.contiguous()) {
+    TORCH_CHECK(dims.size() == 6 && groups.size() == 4 * layers.size(), "DecodeStack: bad arguments");
+    shape_ = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], static_cast<float>(eps),
+              static_cast<float>(scale), cos_.data_ptr<float>(), sin_.data_ptr<float>()};
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const auto& t = layers[i];
+      TORCH_CHECK(t.size() == 26, "DecodeStack: layer ", i, " needs 26 entries");
+      StackLayer l;
+      l.input_norm = keep(t[0]);
+      l.post_norm = keep(t[1]);
+      l.q_norm = keep(t[2]);
+      l.k_norm = keep(t[3]);
+      l.k_cache = const_cast<void*>(keep(t[4]));
+      l.v_cache = const_cast<void*>(keep(t[5]));
+      StackLinear* linears[4] = {&l.qkv, &l.o, &l.gate_up, &l.down};
+      for (int j = 0; j < 4; ++j) {
+        const auto* e = &t[6 + 5 * j];
+        StackLinear& lin = *linears[j];
+        lin.weight = keep(e[0]);
+        lin.packed = static_cast<const uint8_t*>(keep(e[1]));
+        lin.scales = static_cast<const float*>(keep(e[2]));
+        lin.zeros = static_cast<const uint8_t*>(keep(e[3]));
+        lin.bias = keep(e[4]);
+        lin.group = groups[4 * i + j];
+        if (e[0]) {
+          lin.n = e[0]->size(0);
+          lin.k = e[0]->size(1);
+        } else {
+          TORCH_CHECK(e[1] && e[2] && e[3], "DecodeStack: linear ", j, " of layer ", i, " has no weight");
+          lin.n = e[1]->size(0);
+          lin.k = e[1]->size(1) * 2;
+        }
+      }
+      layers_.push_back(l);
+    }
+  }
+
+  // hidden, residual: [tokens, hidden] updated in place. Other tensors as for paged_attention.
+  void run(torch::Tensor hidden, torch::Tensor residual, bool residual_valid, torch::Tensor positions,
+           torch::Tensor slot_mapping, torch::Tensor block_tables, torch::Tensor q_start, torch::Tensor q_lens,
+           torch::Tensor seq_lens) {
+    check_float(hidden, "hidden");
+    TORCH_CHECK(hidden.is_contiguous() && residual.is_contiguous() && hidden.sizes() == residual.sizes() &&
+                    hidden.size(1) == shape_.hidden && positions.is_contiguous() && slot_mapping.is_contiguous() &&
+                    block_tables.is_contiguous() && q_start.is_contiguous() && q_lens.is_contiguous() &&
+                    seq_lens.is_contiguous(),
+                "DecodeStack.run: bad input");
+    StackStep step{hidden.size(0), seq_lens.size(0), block_tables.size(1), positions.data_ptr<int64_t>(),
+                   slot_mapping.data_ptr<int64_t>(), block_tables.data_ptr<int64_t>(), q_start.data_ptr<int64_t>(),
+                   q_lens.data_ptr<int64_t>(), seq_lens.data_ptr<int64_t>()};
+    by_dtype(hidden, [&](auto tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      decode_stack<T>(layers_.data(), static_cast<int64_t>(layers_.size()), shape_, ptr<T>(hidden), ptr<T>(residual),
+                      residual_valid, step);
+    });
+  }
+
+ private:
+  const void* keep(const c10::optional<torch::Tensor>& t) {
+    if (!t.has_value()) return nullptr;
+    TORCH_CHECK(t->is_contiguous(), "DecodeStack: tensors must be contiguous");
+    kept_.push_back(*t);
+    return t->data_ptr();
+  }
+
+  std::vector<torch::Tensor> kept_;
+  std::vector<StackLayer> layers_;
+  StackShape shape_;
+  torch::Tensor cos_, sin_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -201,4 +280,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_kv", &write_kv_op);
   m.def("awq_linear", &awq_linear_op);
   m.def("awq_dequantize", &awq_dequantize_op);
+  pybind11::class_<DecodeStack>(m, "DecodeStack")
+      .def(pybind11::init<std::vector<std::vector<c10::optional<torch::Tensor>>>, std::vector<int64_t>,
+                          std::vector<int64_t>, double, double, torch::Tensor, torch::Tensor>())
+      .def("run", &DecodeStack::run);
 }

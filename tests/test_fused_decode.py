@@ -1,0 +1,44 @@
+"""The fused C++ decoder stack against the layer-by-layer modules it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_infer import LLM, SamplingParams
+from llm_infer.kernels.cpu_extension import load_cpu_extension
+from tests.conftest import tiny_engine_config
+from tests.test_awq_model import AWQ_DIR
+
+pytestmark = pytest.mark.skipif(load_cpu_extension() is None, reason="the C++ CPU kernels could not be built here")
+PROMPTS = [[257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114], [84, 104, 101, 32, 99, 97, 116], [65] * 20]
+
+
+def decode_logits(llm: LLM) -> torch.Tensor:
+    """Logits of 12 greedy decode steps for 3 sequences decoding together (steps of 3 tokens)."""
+    engine = llm.engine
+    ids = [engine.add_request(p, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), return_logits=True)
+           for p in PROMPTS]
+    done = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out
+    return torch.cat([done[i].logits[len(p):] for i, p in zip(ids, PROMPTS)])
+
+
+@pytest.mark.parametrize("model,dtype", [("qwen2", "float32"), ("qwen3", "float32"), ("llama", "bfloat16"),
+                                         ("awq", "float32"), ("awq", "bfloat16")])
+def test_fused_stack_matches_the_layer_modules(tiny_models, model, dtype):
+    path = AWQ_DIR if model == "awq" else tiny_models[model]
+    results = []
+    for fused in (True, False):
+        with LLM(tiny_engine_config(path, dtype=dtype), progress=False) as llm:
+            decoder = llm._executor.worker.runner.model.model
+            assert decoder.fused is not None
+            if not fused:
+                decoder.fused = None
+            results.append(decode_logits(llm))
+    tol = 1e-4 if dtype == "float32" else 0.05 * results[1].abs().max()
+    torch.testing.assert_close(results[0], results[1], atol=tol, rtol=0)
+    assert (results[0].argmax(-1) == results[1].argmax(-1)).float().mean() > 0.95
