@@ -21,10 +21,12 @@ namespace {
 
 constexpr float kBias = 128.0f;  // bf16 0x4300 | q == 128 + q
 
-// Rows [n0, n0 + nr) against rows [m0, m0 + mb) of x; writes acc[m][r].
+// Rows [n0, n0 + R) against rows [m0, m0 + mb) of x; writes acc[m][r]. R is a compile-time
+// constant so the accumulators stay in registers (a runtime row count made them spill).
 template <int R, int MB, typename T>
 void awq_tile(const T* x, const float* xsum, const uint8_t* packed, const float* scales, const uint8_t* zeros,
-              float (&acc)[MB][R], int64_t m0, int mb, int64_t n0, int nr, int64_t N, int64_t K, int64_t group) {
+              float (&acc)[MB][R], int64_t m0, int64_t n0, int64_t N, int64_t K, int64_t group) {
+  constexpr int nr = R, mb = MB;
   const int64_t G = K / group;
   const int64_t row_bytes = K / 2;
 #if defined(__AVX512BF16__)
@@ -41,19 +43,28 @@ void awq_tile(const T* x, const float* xsum, const uint8_t* packed, const float*
     for (int m = 0; m < MB; ++m)
       for (int r = 0; r < R; ++r) part[m][r] = _mm512_setzero_ps();
     for (int64_t k = g * group; k < (g + 1) * group; k += 64) {
-      for (int r = 0; r < nr; ++r) {
-        const uint8_t* src = packed + (n0 + r) * row_bytes + k / 2;
-        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
-        if constexpr (bf16) {
+      if constexpr (bf16) {
+        __m512bh x0[MB], x1[MB];  // the activations of this superblock, loaded once for all rows
+        for (int m = 0; m < mb; ++m) {
+          const uint16_t* xr = reinterpret_cast<const uint16_t*>(x) + (m0 + m) * K + k;
+          x0[m] = (__m512bh)_mm512_loadu_si512(xr);
+          x1[m] = (__m512bh)_mm512_loadu_si512(xr + 32);
+        }
+        for (int r = 0; r < nr; ++r) {
+          const uint8_t* src = packed + (n0 + r) * row_bytes + k / 2;
+          if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
           const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
           const __m512bh lo = (__m512bh)_mm512_or_si512(_mm512_and_si512(wide, low4_16), bias_bits);
           const __m512bh hi = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(wide, 4), bias_bits);
           for (int m = 0; m < mb; ++m) {
-            const uint16_t* xr = reinterpret_cast<const uint16_t*>(x) + (m0 + m) * K + k;
-            part[m][r] = _mm512_dpbf16_ps(part[m][r], lo, (__m512bh)_mm512_loadu_si512(xr));
-            part[m][r] = _mm512_dpbf16_ps(part[m][r], hi, (__m512bh)_mm512_loadu_si512(xr + 32));
+            part[m][r] = _mm512_dpbf16_ps(part[m][r], lo, x0[m]);
+            part[m][r] = _mm512_dpbf16_ps(part[m][r], hi, x1[m]);
           }
-        } else {
+        }
+      } else {
+        for (int r = 0; r < nr; ++r) {
+          const uint8_t* src = packed + (n0 + r) * row_bytes + k / 2;
+          if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
           for (int c = 0; c < 2; ++c) {  // 16 bytes: weights 16c..16c+15 (low) and 32+16c.. (high)
             const __m512i wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * c)));
             const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(wide, low4_32));
@@ -101,6 +112,23 @@ void awq_tile(const T* x, const float* xsum, const uint8_t* packed, const float*
 #endif
 }
 
+template <int R, int MB, typename T>
+void awq_rows(const T* x, const float* xsum, const uint8_t* packed, const float* scales, const uint8_t* zeros,
+              const T* bias, T* y, int64_t M, int64_t n0, int64_t N, int64_t K, int64_t group) {
+  int64_t m0 = 0;
+  for (; m0 + MB <= M; m0 += MB) {
+    float acc[MB][R];
+    awq_tile<R, MB>(x, xsum, packed, scales, zeros, acc, m0, n0, N, K, group);
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < R; ++r) store(y, (m0 + m) * N + n0 + r, acc[m][r] + (bias ? load(bias, n0 + r) : 0.f));
+  }
+  for (; m0 < M; ++m0) {  // activation rows left over: one at a time
+    float acc[1][R];
+    awq_tile<R, 1>(x, xsum, packed, scales, zeros, acc, m0, n0, N, K, group);
+    for (int r = 0; r < R; ++r) store(y, m0 * N + n0 + r, acc[0][r] + (bias ? load(bias, n0 + r) : 0.f));
+  }
+}
+
 template <typename T, int R, int MB>
 void awq_gemv_impl(const T* x, const uint8_t* packed, const float* scales, const uint8_t* zeros, const T* bias, T* y,
                    int64_t M, int64_t N, int64_t K, int64_t group) {
@@ -112,24 +140,16 @@ void awq_gemv_impl(const T* x, const uint8_t* packed, const float* scales, const
       for (int64_t k = g * group; k < (g + 1) * group; ++k) s += load(x, m * K + k);
       xsum[m * G + g] = s;
     }
-  const int64_t tiles = (N + R - 1) / R;
+  const int64_t tiles = N / R;
 #pragma omp parallel if (N * K > 32768)
   {
     const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t per = (tiles + threads - 1) / threads;
-    for (int64_t i = t * per; i < std::min(tiles, (t + 1) * per); ++i) {
-      const int64_t n0 = i * R;
-      const int nr = static_cast<int>(std::min<int64_t>(R, N - n0));
-      for (int64_t m0 = 0; m0 < M; m0 += MB) {
-        const int mb = static_cast<int>(std::min<int64_t>(MB, M - m0));
-        float acc[MB][R];
-        awq_tile<R, MB>(x, xsum.data(), packed, scales, zeros, acc, m0, mb, n0, nr, N, K, group);
-        for (int m = 0; m < mb; ++m)
-          for (int r = 0; r < nr; ++r)
-            store(y, (m0 + m) * N + n0 + r, acc[m][r] + (bias ? load(bias, n0 + r) : 0.f));
-      }
-    }
+    for (int64_t i = t * per; i < std::min(tiles, (t + 1) * per); ++i)
+      awq_rows<R, MB>(x, xsum.data(), packed, scales, zeros, bias, y, M, i * R, N, K, group);
   }
+  for (int64_t n0 = tiles * R; n0 < N; ++n0)  // rows left over: one at a time
+    awq_rows<1, MB>(x, xsum.data(), packed, scales, zeros, bias, y, M, n0, N, K, group);
 }
 
 }  // namespace
@@ -137,7 +157,7 @@ void awq_gemv_impl(const T* x, const uint8_t* packed, const float* scales, const
 template <typename T>
 void awq_gemv(const T* x, const uint8_t* packed, const float* scales, const uint8_t* zeros, const T* bias, T* y,
               int64_t M, int64_t N, int64_t K, int64_t group) {
-  if (M == 1) awq_gemv_impl<T, 8, 1>(x, packed, scales, zeros, bias, y, M, N, K, group);
+  if (M == 1) awq_gemv_impl<T, 4, 1>(x, packed, scales, zeros, bias, y, M, N, K, group);
   else awq_gemv_impl<T, 2, 4>(x, packed, scales, zeros, bias, y, M, N, K, group);
 }
 

@@ -18,10 +18,12 @@ inline __mmask32 tail_mask32(int64_t n) { return n >= 32 ? 0xffffffffu : static_
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 #endif
 
-// Rows [n0, n0 + nr) of w (nr <= R) against rows [m0, m0 + mb) of x (mb <= MB); returns fp32 sums.
+// Rows [n0, n0 + R) of w against rows [m0, m0 + MB) of x; returns fp32 sums. R and MB are
+// compile-time so the accumulators stay in registers; the driver covers tails with R or MB = 1.
 template <int R, int MB>
-void tile_bf16(const uint16_t* x, const uint16_t* w, float (&acc)[MB][R], int64_t m0, int mb, int64_t n0, int nr,
-               int64_t N, int64_t K) {
+void tile_bf16(const uint16_t* x, const uint16_t* w, float (&acc)[MB][R], int64_t m0, int64_t n0, int64_t N,
+               int64_t K) {
+  constexpr int nr = R, mb = MB;
 #if defined(__AVX512BF16__)
   __m512 a[MB][R];
   for (int m = 0; m < MB; ++m)
@@ -74,8 +76,8 @@ void tile_bf16(const uint16_t* x, const uint16_t* w, float (&acc)[MB][R], int64_
 }
 
 template <int R, int MB>
-void tile_f32(const float* x, const float* w, float (&acc)[MB][R], int64_t m0, int mb, int64_t n0, int nr,
-              int64_t N, int64_t K) {
+void tile_f32(const float* x, const float* w, float (&acc)[MB][R], int64_t m0, int64_t n0, int64_t N, int64_t K) {
+  constexpr int nr = R, mb = MB;
 #if defined(__AVX512F__)
   __m512 a[MB][R];
   for (int m = 0; m < MB; ++m)
@@ -106,42 +108,63 @@ void tile_f32(const float* x, const float* w, float (&acc)[MB][R], int64_t m0, i
 #endif
 }
 
+struct Bf16Tiles {
+  template <int R, int MB>
+  static void tile(const uint16_t* x, const uint16_t* w, float (&acc)[MB][R], int64_t m0, int64_t n0, int64_t N,
+                   int64_t K) {
+    tile_bf16<R, MB>(x, w, acc, m0, n0, N, K);
+  }
+};
+
+struct F32Tiles {
+  template <int R, int MB>
+  static void tile(const float* x, const float* w, float (&acc)[MB][R], int64_t m0, int64_t n0, int64_t N,
+                   int64_t K) {
+    tile_f32<R, MB>(x, w, acc, m0, n0, N, K);
+  }
+};
+
+template <typename Tiles, int R, int MB, typename T>
+void rows(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t n0, int64_t N, int64_t K) {
+  int64_t m0 = 0;
+  for (; m0 + MB <= M; m0 += MB) {
+    float acc[MB][R];
+    Tiles::template tile<R, MB>(x, w, acc, m0, n0, N, K);
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < R; ++r) store(y, (m0 + m) * N + n0 + r, acc[m][r] + (bias ? load(bias, n0 + r) : 0.f));
+  }
+  for (; m0 < M; ++m0) {
+    float acc[1][R];
+    Tiles::template tile<R, 1>(x, w, acc, m0, n0, N, K);
+    for (int r = 0; r < R; ++r) store(y, m0 * N + n0 + r, acc[0][r] + (bias ? load(bias, n0 + r) : 0.f));
+  }
+}
+
 // One x row: 8 weight rows per tile. Several x rows: 4 x 4 tiles (16 accumulators).
-template <typename T, int R, int MB, typename Tile>
-void gemv(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, Tile tile) {
-  const int64_t groups = (N + R - 1) / R;
-  const bool parallel = N * K > 16384;
-#pragma omp parallel if (parallel)
+template <typename Tiles, int R, int MB, typename T>
+void gemv(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
+  const int64_t tiles = N / R;
+#pragma omp parallel if (N * K > 16384)
   {
     const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t per = (groups + threads - 1) / threads;
-    const int64_t g_end = std::min(groups, (t + 1) * per);
-    for (int64_t g = t * per; g < g_end; ++g) {
-      const int64_t n0 = g * R;
-      const int nr = static_cast<int>(std::min<int64_t>(R, N - n0));
-      for (int64_t m0 = 0; m0 < M; m0 += MB) {
-        const int mb = static_cast<int>(std::min<int64_t>(MB, M - m0));
-        float acc[MB][R];
-        tile(x, w, acc, m0, mb, n0, nr, N, K);
-        for (int m = 0; m < mb; ++m)
-          for (int r = 0; r < nr; ++r)
-            store(y, (m0 + m) * N + n0 + r, acc[m][r] + (bias ? load(bias, n0 + r) : 0.f));
-      }
-    }
+    const int64_t per = (tiles + threads - 1) / threads;
+    for (int64_t g = t * per; g < std::min(tiles, (t + 1) * per); ++g)
+      rows<Tiles, R, MB>(x, w, bias, y, M, g * R, N, K);
   }
+  for (int64_t n0 = tiles * R; n0 < N; ++n0) rows<Tiles, 1, MB>(x, w, bias, y, M, n0, N, K);
 }
 
 }  // namespace
 
 void gemv_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M, int64_t N,
                int64_t K) {
-  if (M == 1) gemv<uint16_t, 8, 1>(x, w, bias, y, M, N, K, tile_bf16<8, 1>);
-  else gemv<uint16_t, 4, 4>(x, w, bias, y, M, N, K, tile_bf16<4, 4>);
+  if (M == 1) gemv<Bf16Tiles, 8, 1>(x, w, bias, y, M, N, K);
+  else gemv<Bf16Tiles, 4, 4>(x, w, bias, y, M, N, K);
 }
 
 void gemv_f32(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
-  if (M == 1) gemv<float, 8, 1>(x, w, bias, y, M, N, K, tile_f32<8, 1>);
-  else gemv<float, 4, 4>(x, w, bias, y, M, N, K, tile_f32<4, 4>);
+  if (M == 1) gemv<F32Tiles, 8, 1>(x, w, bias, y, M, N, K);
+  else gemv<F32Tiles, 4, 4>(x, w, bias, y, M, N, K);
 }
 
 }  // namespace llm_infer_cpu
