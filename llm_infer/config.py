@@ -58,6 +58,12 @@ class ParallelConfig:
 
 
 @dataclass
+class QuantizationConfig:
+    # int8: quantize the LM head at load time (one scale per vocabulary row); null keeps it as loaded.
+    lm_head: str | None = None
+
+
+@dataclass
 class EngineConfig:
     model: str = "default"
     tokenizer: str | None = None
@@ -70,6 +76,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
 
     @property
     def world_size(self) -> int:
@@ -213,6 +220,8 @@ def _validate(cfg: EngineConfig) -> None:
     _check_choice("kernels", cfg.kernels, KERNELS)
     _check_choice("parallel.launcher", cfg.parallel.launcher, LAUNCHERS)
     _check_choice("parallel.backend", cfg.parallel.backend, BACKENDS)
+    if cfg.quantization.lm_head is not None:
+        _check_choice("quantization.lm_head", cfg.quantization.lm_head, ("int8",))
     if not cfg.model:
         raise ConfigError("model must name a model folder or 'default'")
     _check_positive("threads", cfg.threads)

@@ -21,7 +21,8 @@ from types import ModuleType
 import torch
 
 CSRC = Path(__file__).parent / "csrc" / "cpu"
-SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "awq_gemv.cpp", "elementwise.cpp", "attention.cpp", "decode_stack.cpp"]
+SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "awq_gemv.cpp", "elementwise.cpp", "attention.cpp", "decode_stack.cpp",
+           "int8_gemv.cpp"]
 
 
 def cache_home() -> Path:

@@ -28,10 +28,12 @@ class Kernels:
     attention: Any  # backend with prepare / write_kv / attend
     awq_prepare: Callable[..., awq_torch.AWQWeights]  # (qweight, qzeros, scales, group) -> kernel's form
     awq_linear: Callable[..., torch.Tensor]  # (x, AWQWeights, bias) -> x @ W.T + bias
+    int8_linear: Callable[..., torch.Tensor]  # (x, int8 W, fp32 row scales) -> x @ (scales * W).T
 
 
 TORCH = Kernels("torch", torch_ref.linear, torch_ref.rms_norm, torch_ref.add_rms_norm, torch_ref.rotary_,
-                torch_ref.silu_and_mul, TorchAttentionBackend(), awq_torch.prepare_ref, awq_torch.awq_linear_ref)
+                torch_ref.silu_and_mul, TorchAttentionBackend(), awq_torch.prepare_ref, awq_torch.awq_linear_ref,
+                torch_ref.int8_linear)
 
 
 def select_kernels(setting: str, device: torch.device, dtype: torch.dtype) -> Kernels:
@@ -58,4 +60,4 @@ def _cpu_kernels(ext: Any) -> Kernels:
         return ext.awq_linear(x, w.packed, w.scales_nk, w.zeros_nk, w.group, bias)
 
     return Kernels("cpu", ext.linear, ext.rms_norm, add_rms_norm, ext.rotary_, ext.silu_and_mul,
-                   CpuAttentionBackend(ext), awq_torch.repack_for_cpu, awq_linear)
+                   CpuAttentionBackend(ext), awq_torch.repack_for_cpu, awq_linear, ext.int8_linear)

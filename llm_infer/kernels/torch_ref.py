@@ -42,3 +42,14 @@ def rotary_(x: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor, s
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one fp32 scale per row: w ~ q * scale."""
+    scale = (w.float().abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(w.float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, (q.float() * scale[:, None]).to(x.dtype))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_infer.kernels.torch_ref import quantize_int8_rows
 from llm_infer.parallel.communication import tp_all_reduce, tp_gather_to_first
 from llm_infer.parallel.state import get_parallel_state
 from llm_infer.parallel.weight_utils import WeightShapeError, copy_checked, narrow, shape_of
@@ -53,19 +54,32 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Logits projection; shares the embedding's weight when the model ties them."""
+    """Logits projection; shares the embedding's weight when the model ties them.
+
+    With `int8_linear` given, the head is quantized once after loading (int8, one scale per
+    vocabulary row) and multiplied through it; a tied embedding keeps its own weight."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.float32,
-                 linear: Callable[..., torch.Tensor] = F.linear):
+                 linear: Callable[..., torch.Tensor] = F.linear,
+                 int8_linear: Callable[..., torch.Tensor] | None = None):
         super().__init__(num_embeddings, embedding_dim, dtype)
         self.linear = linear
+        self.int8_linear = int8_linear
+        self.int8: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def process_weights_after_loading(self) -> None:
+        if self.int8_linear is not None:
+            self.int8 = quantize_int8_rows(self.weight.data)
 
     def tie_to(self, embedding: VocabParallelEmbedding) -> None:
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Full-vocabulary logits on TP rank 0; None on the other ranks."""
-        logits = self.linear(hidden, self.weight, None)
+        if self.int8 is not None:
+            logits = self.int8_linear(hidden, *self.int8)
+        else:
+            logits = self.linear(hidden, self.weight, None)
         logits = tp_gather_to_first(logits, dim=-1)
         if logits is None:
             return None

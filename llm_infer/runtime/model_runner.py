@@ -56,7 +56,8 @@ class ModelRunner:
         method_for = (lambda prefix: awq.method_for(prefix, self.kernels)) if awq else None
         with torch.device(device):
             self.model = CausalLM(self.model_config, self.dtype, self.kernels, method_for,
-                                  pipeline_layers=config.parallel.pipeline_layers)
+                                  pipeline_layers=config.parallel.pipeline_layers,
+                                  lm_head_int8=config.quantization.lm_head == "int8")
         load_weights(self.model, model_dir, progress=progress)
         self.model.eval()
         self.backend = self.kernels.attention

@@ -163,14 +163,16 @@ class DecoderModel(nn.Module):
 
 class CausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels = TORCH,
-                 method_for: LinearMethodFor | None = None, pipeline_layers: list[int] | None = None):
+                 method_for: LinearMethodFor | None = None, pipeline_layers: list[int] | None = None,
+                 lm_head_int8: bool = False):
         super().__init__()
         state = get_parallel_state()
         self.config = cfg
         dense = DenseLinearMethod(kernels.linear)
         self.model = DecoderModel(cfg, dtype, kernels, method_for or (lambda prefix: dense), pipeline_layers)
         if state.is_last_stage:
-            self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, dtype, kernels.linear)
+            self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, dtype, kernels.linear,
+                                          kernels.int8_linear if lm_head_int8 else None)
             if cfg.tie_word_embeddings and state.is_first_stage:
                 self.lm_head.tie_to(self.model.embed_tokens)
 

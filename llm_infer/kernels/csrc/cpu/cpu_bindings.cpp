@@ -190,6 +190,27 @@ torch::Tensor awq_linear_op(torch::Tensor x, torch::Tensor packed, torch::Tensor
   return y;
 }
 
+// y = x (scales * W)^T for int8 W [N, K] and fp32 per-row scales: streamed GEMV for up to 8
+// rows, dequantise + oneDNN GEMM beyond.
+torch::Tensor int8_linear_op(torch::Tensor x, torch::Tensor w, torch::Tensor scales) {
+  check_float(x, "x");
+  TORCH_CHECK(w.scalar_type() == torch::kInt8 && w.is_contiguous() && w.dim() == 2 &&
+                  scales.scalar_type() == torch::kFloat32 && scales.is_contiguous() && scales.size(0) == w.size(0) &&
+                  x.dim() == 2 && x.size(1) == w.size(1),
+              "int8_linear: bad input");
+  if (x.size(0) > kMaxGemvRows) {
+    return at::linear(x, (w.to(torch::kFloat32) * scales.unsqueeze(1)).to(x.scalar_type()));
+  }
+  auto xc = x.contiguous();
+  auto y = torch::empty({x.size(0), w.size(0)}, x.options());
+  by_dtype(x, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    int8_gemv<T>(ptr<T>(xc), w.data_ptr<int8_t>(), scales.data_ptr<float>(), ptr<T>(y), x.size(0), w.size(0),
+                 w.size(1));
+  });
+  return y;
+}
+
 // Holds a model's decoder layers (pointers into tensors it keeps alive) for decode_stack.
 class DecodeStack {
  public:
@@ -280,6 +301,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_kv", &write_kv_op);
   m.def("awq_linear", &awq_linear_op);
   m.def("awq_dequantize", &awq_dequantize_op);
+  m.def("int8_linear", &int8_linear_op);
   pybind11::class_<DecodeStack>(m, "DecodeStack")
       .def(pybind11::init<std::vector<std::vector<c10::optional<torch::Tensor>>>, std::vector<int64_t>,
                           std::vector<int64_t>, double, double, torch::Tensor, torch::Tensor>())

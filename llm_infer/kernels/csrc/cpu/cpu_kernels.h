@@ -66,6 +66,10 @@ template <typename T>
 void awq_dequantize(const uint8_t* packed, const float* scales, const uint8_t* zeros, T* w, int64_t N, int64_t K,
                     int64_t group);
 
+// int8 weights [N, K] with a per-row scale: y[M, N] = x W^T, one activation row at a time.
+template <typename T>
+void int8_gemv(const T* x, const int8_t* w, const float* scales, T* y, int64_t M, int64_t N, int64_t K);
+
 // RMSNorm of `rows` rows of `dim`: normalise in fp32, round to T, scale by weight, round to T.
 // With `residual`: residual = x + residual first (rounded to T), and that sum is normalised.
 template <typename T>
