@@ -44,7 +44,7 @@ needs_ext = pytest.mark.skipif(ext is None, reason="the C++ CPU kernels could no
 
 
 @needs_ext
-@pytest.mark.parametrize("k,n,group", [(256, 64, 128), (512, 96, 64), (576, 8, 64)])
+@pytest.mark.parametrize("k,n,group", [(256, 64, 128), (512, 96, 64), (576, 8, 64), (640, 16, 128)])
 def test_cpu_repack_dequantizes_exactly(k, n, group):
     qweight, qzeros, scales = random_awq(k, n, group)
     packed = repack_for_cpu(qweight, qzeros, scales, group)
@@ -52,22 +52,41 @@ def test_cpu_repack_dequantizes_exactly(k, n, group):
     assert torch.equal(got, dequantize_awq(qweight, qzeros, scales, group))
 
 
+def w4a8_reference(x, qweight, qzeros, scales, group, bias):
+    """What the W4A8 kernel computes: x quantised to int8 per group (scale max|x| / 127), weight
+    products summed exactly, zero points applied with the exact sum of x."""
+    xf = x.double()
+    m, k = xf.shape
+    g = xf.view(m, k // group, group)
+    sx = g.abs().amax(-1, keepdim=True) / 127
+    xq = torch.round(torch.where(sx > 0, g / sx, 0)) * sx
+    q = unpack_awq(qweight).double()  # [in, out]
+    z = unpack_awq(qzeros).double().repeat_interleave(group, 0)
+    s = scales.double().repeat_interleave(group, 0)
+    y = xq.view(m, k) @ (q * s) - xf @ (z * s)
+    return y if bias is None else y + bias.double()
+
+
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 9, 16])
+@pytest.mark.parametrize("k,group", [(512, 128), (576, 64), (640, 128)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_cpu_awq_linear_matches_dequantize_then_matmul(dtype, m, bias):
-    k, n, group = 512, 200, 128
+def test_cpu_awq_linear_matches_its_reference(dtype, m, k, group, bias):
+    n = 200
     qweight, qzeros, scales = random_awq(k, n, group, seed=m)
     x = torch.randn(m, k).to(dtype)
     b = torch.randn(n).to(dtype) if bias else None
-    w = AWQWeights(group, qweight, qzeros, scales)
     packed = repack_for_cpu(qweight, qzeros, scales, group)
-    got = ext.awq_linear(x, packed.packed, packed.scales_nk, packed.zeros_nk, group, b)
-    # Exact reference: fp32 dequantised weights against the same (rounded) activations.
-    exact = torch.nn.functional.linear(x.float(), dequantize_awq(qweight, qzeros, scales, group),
-                                       None if b is None else b.float())
-    tol = 1e-4 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(got.float(), exact, atol=tol * exact.abs().max(), rtol=0)
-    # and the torch reference path (which rounds the weights to the activation dtype) agrees too
-    torch.testing.assert_close(got.float(), awq_linear_ref(x, w, b).float(), atol=3e-2 * exact.abs().max(), rtol=0)
+    got = ext.awq_linear(x, packed.packed, packed.scales_nk, packed.zeros_nk, group, b).double()
+    exact = torch.nn.functional.linear(x.double(), dequantize_awq(qweight, qzeros, scales, group).double(),
+                                       None if b is None else b.double())
+    scale = exact.abs().max()
+    if dtype == torch.float32:  # exact path
+        torch.testing.assert_close(got, exact, atol=1e-4 * scale, rtol=0)
+    elif m <= 8:  # W4A8: exactly the int8-activation result, up to the bf16 output rounding
+        torch.testing.assert_close(got, w4a8_reference(x, qweight, qzeros, scales, group, b), atol=1e-2 * scale, rtol=0)
+        torch.testing.assert_close(got, exact, atol=3e-2 * scale, rtol=0)
+    else:  # dequantise to bf16, then oneDNN
+        w = AWQWeights(group, qweight, qzeros, scales)
+        torch.testing.assert_close(got, awq_linear_ref(x, w, b).double(), atol=3e-2 * scale, rtol=0)

@@ -66,14 +66,19 @@ CPU_GROUP_MULTIPLE = 64  # the CPU kernel works on 64-weight superblocks within 
 
 
 def repack_for_cpu(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> AWQWeights:
-    """Rows per output feature; each 64-weight superblock as 32 bytes: low nibbles the first
-    32 weights, high nibbles the next 32 (see csrc/cpu/awq_gemv.cpp). Group sizes that are not
-    a multiple of 64 keep the reference form."""
+    """Rows per output feature, in 128-weight blocks of 64 bytes: low nibbles the block's first
+    64 weights, high nibbles the next 64; an odd trailing 64 weights as a 32-byte half block
+    (see csrc/cpu/awq_gemv.cpp). Group sizes that are not a multiple of 64 keep the reference form."""
     if group % CPU_GROUP_MULTIPLE:
         return prepare_ref(qweight, qzeros, scales, group)
     q = unpack_awq(qweight).t().contiguous()  # [out, in]
     n, k = q.shape
-    blocks = q.view(n, k // 64, 2, 32)
-    packed = (blocks[:, :, 0, :] | (blocks[:, :, 1, :] << 4)).reshape(n, k // 2).contiguous()
+    full = k // 128 * 128
+    blocks = q[:, :full].reshape(n, full // 128, 2, 64)
+    parts = [(blocks[:, :, 0, :] | (blocks[:, :, 1, :] << 4)).reshape(n, full // 2)]
+    if k > full:
+        tail = q[:, full:].reshape(n, 2, 32)
+        parts.append(tail[:, 0, :] | (tail[:, 1, :] << 4))
+    packed = torch.cat(parts, dim=1).contiguous()
     zeros = unpack_awq(qzeros).t().contiguous()
     return AWQWeights(group, packed=packed, scales_nk=scales.float().t().contiguous(), zeros_nk=zeros)

@@ -1,17 +1,23 @@
 // AWQ int4 weights on CPU: y = x W^T with W[n, k] = (q[n, k] - z[n, g]) * s[n, g], g = k / group.
 //
-// Layout (repacked once at load time from AutoAWQ's): `packed` [N, K/2] bytes; each 64-weight
-// superblock of a row is 32 bytes, byte i = q[64b + i] | q[64b + 32 + i] << 4, so one 32-byte load
-// gives two 32-lane vectors of weights in natural order. `scales` [N, G] fp32 and `zeros` [N, G]
-// uint8 (group a multiple of 64). Per group: y += s * (q . x) - s * z * sum(x).
+// Layout (repacked once at load time from AutoAWQ's): `packed` [N, K/2] bytes. Each row is cut
+// into 128-weight blocks of 64 bytes, byte i = q[128b + i] | q[128b + 64 + i] << 4, so the low
+// nibbles are the block's first 64 weights and the high nibbles the next 64 (one per group of
+// 64 or both in a group of 128). When K is an odd multiple of 64 the last block is a half block
+// of 32 bytes (low nibbles weights 0..31, high 32..63). `scales` [N, G] fp32, `zeros` [N, G] u8;
+// the group size is a multiple of 64.
 //
-// bf16 activations: a nibble OR 0x4300 is the bf16 number 128 + q, exact, so the weights become
-// bf16 without a table lookup; the 128 * sum(x) this adds is removed with the zero point. The dot
-// products accumulate in fp32 (AVX512-BF16), nothing is dequantised in memory.
+// bf16 activations take the W4A8 path, as llama.cpp does for its 4-bit formats: x is quantised
+// to int8 per group (one scale per group of each row) and the products of 4-bit weights and
+// 8-bit activations are summed exactly in int32 by AVX512-VNNI, 128 weights in six
+// instructions. fp32 activations take the exact path (weights widened to fp32, FMA).
+// Either way y += s * (q . x) per group and the zero points are applied per row at the end with
+// the exact sum(x): nothing is dequantised in memory.
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "cpu_kernels.h"
@@ -19,93 +25,171 @@
 namespace llm_infer_cpu {
 namespace {
 
-constexpr float kBias = 128.0f;  // bf16 0x4300 | q == 128 + q
+struct Awq {
+  const uint8_t* packed;
+  const float* scales;
+  const uint8_t* zeros;
+  int64_t N, K, G, group;
+};
 
-// Rows [n0, n0 + R) against rows [m0, m0 + mb) of x; writes acc[m][r]. R is a compile-time
-// constant so the accumulators stay in registers (a runtime row count made them spill).
-template <int R, int MB, typename T>
-void awq_tile(const T* x, const float* xsum, const uint8_t* packed, const float* scales, const uint8_t* zeros,
-              float (&acc)[MB][R], int64_t m0, int64_t n0, int64_t N, int64_t K, int64_t group) {
-  constexpr int nr = R, mb = MB;
+// x rows quantised per group: xq [M, K] int8, sx [M, G]; and exact per-group sums for the zeros.
+struct QuantX {
+  std::vector<int8_t> q;
+  std::vector<float> scale, sum;
+};
+
+template <typename T>
+QuantX quantize_x(const T* x, int64_t M, int64_t K, int64_t group, bool to_int8) {
   const int64_t G = K / group;
-  const int64_t row_bytes = K / 2;
-#if defined(__AVX512BF16__)
-  constexpr bool bf16 = sizeof(T) == 2;
-  const float offset = bf16 ? kBias : 0.0f;
+  QuantX out;
+  out.sum.assign(M * G, 0.f);
+  if (to_int8) {
+    out.q.resize(M * K);
+    out.scale.resize(M * G);
+  }
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      const T* xg = x + m * K + g * group;
+#if defined(__AVX512F__)
+      if (sizeof(T) == 2 && to_int8) {  // the hot case, vectorised: group is a multiple of 64
+        __m512 sum = _mm512_setzero_ps(), mx = _mm512_setzero_ps();
+        for (int64_t i = 0; i < group; i += 16) {
+          const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(
+              _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + i))), 16));
+          sum = _mm512_add_ps(sum, v);
+          mx = _mm512_max_ps(mx, _mm512_abs_ps(v));
+        }
+        const float amax = _mm512_reduce_max_ps(mx);
+        out.sum[m * G + g] = _mm512_reduce_add_ps(sum);
+        out.scale[m * G + g] = amax / 127.f;
+        const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        int8_t* dst = out.q.data() + m * K + g * group;
+        for (int64_t i = 0; i < group; i += 16) {
+          const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(
+              _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + i))), 16));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                           _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv))));  // round to nearest even
+        }
+        continue;
+      }
+#endif
+      float mx = 0.f, s = 0.f;
+      for (int64_t i = 0; i < group; ++i) {
+        s += load(xg, i);
+        mx = std::max(mx, std::fabs(load(xg, i)));
+      }
+      out.sum[m * G + g] = s;
+      if (!to_int8) continue;
+      const float inv = mx > 0.f ? 127.f / mx : 0.f;
+      out.scale[m * G + g] = mx / 127.f;
+      for (int64_t i = 0; i < group; ++i)
+        out.q[m * K + g * group + i] = static_cast<int8_t>(std::lrintf(load(xg, i) * inv));
+    }
+  return out;
+}
+
+// Rows [n0, n0 + R) against activation rows [m0, m0 + MB); acc[m][r] includes the zero points.
+template <int R, int MB, typename T>
+void awq_tile(const Awq& w, const T* x, const QuantX& qx, float (&acc)[MB][R], int64_t m0, int64_t n0) {
+  const int64_t K = w.K, G = w.G, group = w.group, row_bytes = K / 2;
+  const bool ahead = n0 + 2 * R <= w.N;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
   __m512 total[MB][R];
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) total[m][r] = _mm512_setzero_ps();
-  const bool ahead = n0 + nr + R <= N;
-  const __m512i low4_16 = _mm512_set1_epi16(0x000f), bias_bits = _mm512_set1_epi16(0x4300);
-  const __m512i low4_32 = _mm512_set1_epi32(0x0f);
-  for (int64_t g = 0; g < G; ++g) {
-    __m512 part[MB][R];
+  if constexpr (sizeof(T) == 2) {
+    // weights scale times activation scale, per (activation row, weight row, group)
+    thread_local std::vector<float> ws;
+    ws.resize(MB * R * G);
     for (int m = 0; m < MB; ++m)
-      for (int r = 0; r < R; ++r) part[m][r] = _mm512_setzero_ps();
-    for (int64_t k = g * group; k < (g + 1) * group; k += 64) {
-      if constexpr (bf16) {
-        __m512bh x0[MB], x1[MB];  // the activations of this superblock, loaded once for all rows
-        for (int m = 0; m < mb; ++m) {
-          const uint16_t* xr = reinterpret_cast<const uint16_t*>(x) + (m0 + m) * K + k;
-          x0[m] = (__m512bh)_mm512_loadu_si512(xr);
-          x1[m] = (__m512bh)_mm512_loadu_si512(xr + 32);
-        }
-        for (int r = 0; r < nr; ++r) {
-          const uint8_t* src = packed + (n0 + r) * row_bytes + k / 2;
-          if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
-          const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
-          const __m512bh lo = (__m512bh)_mm512_or_si512(_mm512_and_si512(wide, low4_16), bias_bits);
-          const __m512bh hi = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(wide, 4), bias_bits);
-          for (int m = 0; m < mb; ++m) {
-            part[m][r] = _mm512_dpbf16_ps(part[m][r], lo, x0[m]);
-            part[m][r] = _mm512_dpbf16_ps(part[m][r], hi, x1[m]);
-          }
-        }
-      } else {
-        for (int r = 0; r < nr; ++r) {
-          const uint8_t* src = packed + (n0 + r) * row_bytes + k / 2;
-          if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
-          for (int c = 0; c < 2; ++c) {  // 16 bytes: weights 16c..16c+15 (low) and 32+16c.. (high)
-            const __m512i wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * c)));
-            const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(wide, low4_32));
-            const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(wide, 4));
-            for (int m = 0; m < mb; ++m) {
-              const float* xr = reinterpret_cast<const float*>(x) + (m0 + m) * K + k + 16 * c;
-              part[m][r] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr), part[m][r]);
-              part[m][r] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr + 32), part[m][r]);
-            }
+      for (int r = 0; r < R; ++r)
+        for (int64_t g = 0; g < G; ++g)
+          ws[(m * R + r) * G + g] = w.scales[(n0 + r) * G + g] * qx.scale[(m0 + m) * G + g];
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    const int64_t full = K / 128;
+    for (int64_t b = 0; b < full; ++b) {
+      const int64_t g_lo = (128 * b) / group, g_hi = (128 * b + 64) / group;
+      __m512i xlo[MB], xhi[MB];
+      for (int m = 0; m < MB; ++m) {
+        xlo[m] = _mm512_loadu_si512(qx.q.data() + (m0 + m) * K + 128 * b);
+        xhi[m] = _mm512_loadu_si512(qx.q.data() + (m0 + m) * K + 128 * b + 64);
+      }
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* src = w.packed + (n0 + r) * row_bytes + 64 * b;
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
+        const __m512i v = _mm512_loadu_si512(src);
+        const __m512i lo = _mm512_and_si512(v, low4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        for (int m = 0; m < MB; ++m) {
+          const float* wsr = ws.data() + (m * R + r) * G;
+          const __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo[m]);
+          const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, xhi[m]);
+          if (g_lo == g_hi) {
+            total[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(dl, dh)), _mm512_set1_ps(wsr[g_lo]),
+                                          total[m][r]);
+          } else {
+            total[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dl), _mm512_set1_ps(wsr[g_lo]), total[m][r]);
+            total[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dh), _mm512_set1_ps(wsr[g_hi]), total[m][r]);
           }
         }
       }
     }
-    for (int r = 0; r < nr; ++r) {
-      const __m512 sv = _mm512_set1_ps(scales[(n0 + r) * G + g]);
-      for (int m = 0; m < mb; ++m) total[m][r] = _mm512_fmadd_ps(sv, part[m][r], total[m][r]);
+    if (K % 128) {  // the half block: 32 bytes, one group
+      const int64_t k = 128 * full, g = k / group;
+      const __m256i low4_256 = _mm256_set1_epi8(0x0f);
+      for (int r = 0; r < R; ++r) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.packed + (n0 + r) * row_bytes + k / 2));
+        const __m256i lo = _mm256_and_si256(v, low4_256);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4_256);
+        for (int m = 0; m < MB; ++m) {
+          const int8_t* xr = qx.q.data() + (m0 + m) * K + k;
+          __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr)));
+          d = _mm256_dpbusd_epi32(d, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + 32)));
+          const __m512 df = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(d));  // upper lanes zero
+          total[m][r] = _mm512_fmadd_ps(df, _mm512_set1_ps(ws[(m * R + r) * G + g]), total[m][r]);
+        }
+      }
+    }
+  } else {
+    const __m512i low4 = _mm512_set1_epi32(0x0f);
+    for (int64_t k = 0; k < K; k += 128) {
+      const int64_t half = std::min<int64_t>(64, (K - k) / 2);  // 64 for a full block, 32 for the half block
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* src = w.packed + (n0 + r) * row_bytes + k / 2;
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + R * row_bytes), _MM_HINT_T0);
+        for (int64_t c = 0; c < half; c += 16) {  // 16 bytes: weights k+c.. (low) and k+half+c.. (high)
+          const __m512i wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c)));
+          const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(wide, low4));
+          const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(wide, 4));
+          const float s_lo = w.scales[(n0 + r) * G + (k + c) / group];
+          const float s_hi = w.scales[(n0 + r) * G + (k + half + c) / group];
+          for (int m = 0; m < MB; ++m) {
+            const float* xr = reinterpret_cast<const float*>(x) + (m0 + m) * K + k + c;
+            total[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(lo, _mm512_set1_ps(s_lo)), _mm512_loadu_ps(xr), total[m][r]);
+            total[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(hi, _mm512_set1_ps(s_hi)), _mm512_loadu_ps(xr + half),
+                                          total[m][r]);
+          }
+        }
+      }
     }
   }
-  // The zero points (and the bf16 bias of 128), once per row rather than once per group.
-  for (int r = 0; r < nr; ++r) {
-    const float* s = scales + (n0 + r) * G;
-    const uint8_t* z = zeros + (n0 + r) * G;
-    for (int m = 0; m < mb; ++m) {
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) {
       float zt = 0.f;
-      for (int64_t g = 0; g < G; ++g) zt += s[g] * (static_cast<float>(z[g]) + offset) * xsum[(m0 + m) * G + g];
+      for (int64_t g = 0; g < G; ++g)
+        zt += w.scales[(n0 + r) * G + g] * static_cast<float>(w.zeros[(n0 + r) * G + g]) * qx.sum[(m0 + m) * G + g];
       acc[m][r] = _mm512_reduce_add_ps(total[m][r]) - zt;
     }
-  }
 #else
-  for (int m = 0; m < mb; ++m)
-    for (int r = 0; r < nr; ++r) {
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) {
       float sum = 0.f;
-      for (int64_t g = 0; g < G; ++g) {
-        float dot = 0.f;
-        for (int64_t k = g * group; k < (g + 1) * group; ++k) {
-          const uint8_t byte = packed[(n0 + r) * row_bytes + (k / 64) * 32 + (k % 32)];
-          const int q = (k % 64) < 32 ? (byte & 0xf) : (byte >> 4);
-          dot += static_cast<float>(q) * load(x, (m0 + m) * K + k);
-        }
-        const float s = scales[(n0 + r) * G + g];
-        sum += s * dot - s * static_cast<float>(zeros[(n0 + r) * G + g]) * xsum[(m0 + m) * G + g];
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t block = k / 128 * 128, half = std::min<int64_t>(64, (K - block) / 2), i = k - block;
+        const uint8_t byte = w.packed[(n0 + r) * row_bytes + block / 2 + i % half];
+        const int q = i < half ? (byte & 0xf) : (byte >> 4);
+        const int64_t g = k / group;
+        sum += w.scales[(n0 + r) * G + g] * (static_cast<float>(q) - w.zeros[(n0 + r) * G + g]) * load(x, (m0 + m) * K + k);
       }
       acc[m][r] = sum;
     }
@@ -113,43 +197,32 @@ void awq_tile(const T* x, const float* xsum, const uint8_t* packed, const float*
 }
 
 template <int R, int MB, typename T>
-void awq_rows(const T* x, const float* xsum, const uint8_t* packed, const float* scales, const uint8_t* zeros,
-              const T* bias, T* y, int64_t M, int64_t n0, int64_t N, int64_t K, int64_t group) {
+void awq_rows(const Awq& w, const T* x, const QuantX& qx, const T* bias, T* y, int64_t M, int64_t n0) {
   int64_t m0 = 0;
   for (; m0 + MB <= M; m0 += MB) {
     float acc[MB][R];
-    awq_tile<R, MB>(x, xsum, packed, scales, zeros, acc, m0, n0, N, K, group);
+    awq_tile<R, MB>(w, x, qx, acc, m0, n0);
     for (int m = 0; m < MB; ++m)
-      for (int r = 0; r < R; ++r) store(y, (m0 + m) * N + n0 + r, acc[m][r] + (bias ? load(bias, n0 + r) : 0.f));
+      for (int r = 0; r < R; ++r) store(y, (m0 + m) * w.N + n0 + r, acc[m][r] + (bias ? load(bias, n0 + r) : 0.f));
   }
   for (; m0 < M; ++m0) {  // activation rows left over: one at a time
     float acc[1][R];
-    awq_tile<R, 1>(x, xsum, packed, scales, zeros, acc, m0, n0, N, K, group);
-    for (int r = 0; r < R; ++r) store(y, m0 * N + n0 + r, acc[0][r] + (bias ? load(bias, n0 + r) : 0.f));
+    awq_tile<R, 1>(w, x, qx, acc, m0, n0);
+    for (int r = 0; r < R; ++r) store(y, m0 * w.N + n0 + r, acc[0][r] + (bias ? load(bias, n0 + r) : 0.f));
   }
 }
 
 template <typename T, int R, int MB>
-void awq_gemv_impl(const T* x, const uint8_t* packed, const float* scales, const uint8_t* zeros, const T* bias, T* y,
-                   int64_t M, int64_t N, int64_t K, int64_t group) {
-  const int64_t G = K / group;
-  std::vector<float> xsum(M * G);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < G; ++g) {
-      float s = 0.f;
-      for (int64_t k = g * group; k < (g + 1) * group; ++k) s += load(x, m * K + k);
-      xsum[m * G + g] = s;
-    }
-  const int64_t tiles = N / R;
-#pragma omp parallel if (N * K > 32768)
+void awq_gemv_impl(const Awq& w, const T* x, const T* bias, T* y, int64_t M) {
+  const QuantX qx = quantize_x(x, M, w.K, w.group, sizeof(T) == 2);
+  const int64_t tiles = w.N / R;
+#pragma omp parallel if (w.N * w.K > 32768)
   {
     const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t per = (tiles + threads - 1) / threads;
-    for (int64_t i = t * per; i < std::min(tiles, (t + 1) * per); ++i)
-      awq_rows<R, MB>(x, xsum.data(), packed, scales, zeros, bias, y, M, i * R, N, K, group);
+    for (int64_t i = t * per; i < std::min(tiles, (t + 1) * per); ++i) awq_rows<R, MB>(w, x, qx, bias, y, M, i * R);
   }
-  for (int64_t n0 = tiles * R; n0 < N; ++n0)  // rows left over: one at a time
-    awq_rows<1, MB>(x, xsum.data(), packed, scales, zeros, bias, y, M, n0, N, K, group);
+  for (int64_t n0 = tiles * R; n0 < w.N; ++n0) awq_rows<1, MB>(w, x, qx, bias, y, M, n0);  // rows left over
 }
 
 }  // namespace
@@ -157,23 +230,24 @@ void awq_gemv_impl(const T* x, const uint8_t* packed, const float* scales, const
 template <typename T>
 void awq_gemv(const T* x, const uint8_t* packed, const float* scales, const uint8_t* zeros, const T* bias, T* y,
               int64_t M, int64_t N, int64_t K, int64_t group) {
-  if (M == 1) awq_gemv_impl<T, 4, 1>(x, packed, scales, zeros, bias, y, M, N, K, group);
-  else awq_gemv_impl<T, 2, 4>(x, packed, scales, zeros, bias, y, M, N, K, group);
+  const Awq w{packed, scales, zeros, N, K, K / group, group};
+  if (M == 1) awq_gemv_impl<T, 8, 1>(w, x, bias, y, M);
+  else awq_gemv_impl<T, 2, 4>(w, x, bias, y, M);
 }
 
 template <typename T>
-void awq_dequantize(const uint8_t* packed, const float* scales, const uint8_t* zeros, T* w, int64_t N, int64_t K,
+void awq_dequantize(const uint8_t* packed, const float* scales, const uint8_t* zeros, T* out, int64_t N, int64_t K,
                     int64_t group) {
-  const int64_t G = K / group;
+  const int64_t G = K / group, row_bytes = K / 2;
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
-    for (int64_t g = 0; g < G; ++g) {
-      const float s = scales[n * G + g];
-      const float z = static_cast<float>(zeros[n * G + g]);
-      for (int64_t k = g * group; k < (g + 1) * group; ++k) {
-        const uint8_t byte = packed[n * (K / 2) + (k / 64) * 32 + (k % 32)];
-        const float q = static_cast<float>((k % 64) < 32 ? (byte & 0xf) : (byte >> 4));
-        store(w, n * K + k, (q - z) * s);
+    for (int64_t block = 0; block < K; block += 128) {
+      const int64_t half = std::min<int64_t>(64, (K - block) / 2);
+      for (int64_t i = 0; i < half; ++i) {
+        const uint8_t byte = packed[n * row_bytes + block / 2 + i];
+        const int64_t k_lo = block + i, k_hi = block + half + i;
+        store(out, n * K + k_lo, (static_cast<float>(byte & 0xf) - zeros[n * G + k_lo / group]) * scales[n * G + k_lo / group]);
+        store(out, n * K + k_hi, (static_cast<float>(byte >> 4) - zeros[n * G + k_hi / group]) * scales[n * G + k_hi / group]);
       }
     }
   }
