@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,7 +24,8 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CACHE = ROOT / "benchmarks" / ".cache"
+
+from benchmarks.common import CACHE, RESULTS, emit, spawn  # noqa: E402
 LAYOUTS = {
     "TP=1 (2 threads)": {"tensor": 1, "pipeline": 1, "launcher": "local", "threads": 2},
     "TP=2 (1 thread each)": {"tensor": 2, "pipeline": 1, "launcher": "local", "threads": 1},
@@ -141,16 +141,6 @@ def run_overhead(launcher: str, tp: int, pp: int, steps: int) -> dict:
             "overhead_ms": statistics.median(w - k for w, k, _ in samples) * 1e3}
 
 
-def _spawn(args: list[str]) -> dict | None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=3600)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    print(f"{args} failed: {proc.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
-    return None
-
-
 def _chart(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -183,24 +173,23 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--overhead-steps", type=int, default=200)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "parallel_cpu.json"))
+    p.add_argument("--out", default=str(RESULTS / "parallel_cpu.json"))
     p.add_argument("--layout", help=argparse.SUPPRESS)
     p.add_argument("--overhead", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.layout:
-        result = run_layout(args.layout, ensure_model(), args.prompt_len, args.gen_len, args.batch, args.repeat)
-        print("RESULT " + json.dumps(result))
+        emit(run_layout(args.layout, ensure_model(), args.prompt_len, args.gen_len, args.batch, args.repeat))
         return
     if args.overhead:
         launcher, tp, pp = args.overhead.split(",")
-        print("RESULT " + json.dumps(run_overhead(launcher, int(tp), int(pp), args.overhead_steps)))
+        emit(run_overhead(launcher, int(tp), int(pp), args.overhead_steps))
         return
     ensure_model()
     common = ["--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--batch", str(args.batch),
               "--repeat", str(args.repeat)]
-    layouts = [r for name in tqdm(LAYOUTS, desc="layouts") if (r := _spawn(["--layout", name, *common]))]
+    layouts = [r for name in tqdm(LAYOUTS, desc="layouts") if (r := spawn(__file__, ["--layout", name, *common]))]
     overheads = [r for spec in tqdm(["local,1,1", "local,2,1", "local,1,2", "ray,2,1"], desc="overhead")
-                 if (r := _spawn(["--overhead", spec, "--overhead-steps", str(args.overhead_steps)]))]
+                 if (r := spawn(__file__, ["--overhead", spec, "--overhead-steps", str(args.overhead_steps)]))]
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
               "prompt_len": args.prompt_len, "gen_len": args.gen_len, "batch": args.batch, "repeat": args.repeat,
               "statistic": "median", "layouts": layouts, "control_overhead_tiny_model": overheads}
