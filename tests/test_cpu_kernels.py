@@ -8,10 +8,9 @@ import torch
 from llm_infer.kernels import torch_ref
 from llm_infer.kernels.attention_metadata import AttentionMetadata
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
-from llm_infer.kernels.cpu_extension import load_cpu_extension
+from tests.conftest import cpu_extension_or_skip
 
-ext = load_cpu_extension()
-pytestmark = pytest.mark.skipif(ext is None, reason="the C++ CPU kernels could not be built here")
+ext = cpu_extension_or_skip()
 DTYPES = [torch.float32, torch.bfloat16]
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
 

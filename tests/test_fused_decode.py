@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from llm_infer import LLM, SamplingParams
-from llm_infer.kernels.cpu_extension import load_cpu_extension
+from tests.conftest import cpu_extension_or_skip
 from tests.conftest import tiny_engine_config
 from tests.test_awq_model import AWQ_DIR
 
-pytestmark = pytest.mark.skipif(load_cpu_extension() is None, reason="the C++ CPU kernels could not be built here")
+cpu_extension_or_skip()
 PROMPTS = [[257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114], [84, 104, 101, 32, 99, 97, 116], [65] * 20]
 
 

@@ -49,7 +49,7 @@ class AWQWeights:
     scales: torch.Tensor | None = None
     packed: torch.Tensor | None = None  # CPU kernel: uint8 [out, in/2]
     scales_nk: torch.Tensor | None = None  # fp32 [out, in/group]
-    zeros_nk: torch.Tensor | None = None  # uint8 [out, in/group]
+    zeros_nk: torch.Tensor | None = None  # fp32 [in/group, out]: scale * zero point, group-major
 
 
 def awq_linear_ref(x: torch.Tensor, w: AWQWeights, bias: torch.Tensor | None) -> torch.Tensor:
@@ -80,5 +80,5 @@ def repack_for_cpu(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Te
         tail = q[:, full:].reshape(n, 2, 32)
         parts.append(tail[:, 0, :] | (tail[:, 1, :] << 4))
     packed = torch.cat(parts, dim=1).contiguous()
-    zeros = unpack_awq(qzeros).t().contiguous()
-    return AWQWeights(group, packed=packed, scales_nk=scales.float().t().contiguous(), zeros_nk=zeros)
+    zero_scales = (unpack_awq(qzeros).float() * scales.float()).contiguous()  # [in/group, out]
+    return AWQWeights(group, packed=packed, scales_nk=scales.float().t().contiguous(), zeros_nk=zero_scales)

@@ -81,7 +81,9 @@ def load_cpu_extension() -> ModuleType | None:
                 verbose=False,
             )
     except Exception as e:  # a broken toolchain must not stop inference
-        lines = str(e).splitlines()
-        first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else type(e).__name__)
+        text = str(e) + "\n" + str(getattr(e, "__cause__", "") or "")
+        lines = text.splitlines()
+        first = next((ln for ln in lines if "error:" in ln), None) or next(
+            (ln for ln in lines if "error" in ln.lower()), lines[0] if lines else type(e).__name__)
         warnings.warn(f"llm-infer: CPU kernels failed to build ({first.strip()[:300]}); using the torch path")
         return None

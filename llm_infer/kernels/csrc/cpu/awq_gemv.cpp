@@ -4,15 +4,16 @@
 // into 128-weight blocks of 64 bytes, byte i = q[128b + i] | q[128b + 64 + i] << 4, so the low
 // nibbles are the block's first 64 weights and the high nibbles the next 64 (one per group of
 // 64 or both in a group of 128). When K is an odd multiple of 64 the last block is a half block
-// of 32 bytes (low nibbles weights 0..31, high 32..63). `scales` [N, G] fp32, `zeros` [N, G] u8;
-// the group size is a multiple of 64.
+// of 32 bytes (low nibbles weights 0..31, high 32..63). `scales` [N, G] fp32 and `zero_scales`
+// [G, N] fp32 = scale * zero point, stored group-major so the zero-point term of all rows is one
+// small vectorised product per call; the group size is a multiple of 64.
 //
 // bf16 activations take the W4A8 path, as llama.cpp does for its 4-bit formats: x is quantised
 // to int8 per group (one scale per group of each row) and the products of 4-bit weights and
 // 8-bit activations are summed exactly in int32 by AVX512-VNNI, 128 weights in six
 // instructions. fp32 activations take the exact path (weights widened to fp32, FMA).
-// Either way y += s * (q . x) per group and the zero points are applied per row at the end with
-// the exact sum(x): nothing is dequantised in memory.
+// Either way y += s * (q . x) per group, minus sum_g s * z * sum(x_g) with the exact sums of x:
+// nothing is dequantised in memory.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -27,8 +28,8 @@ namespace {
 
 struct Awq {
   const uint8_t* packed;
-  const float* scales;
-  const uint8_t* zeros;
+  const float* scales;       // [N, G]
+  const float* zero_scales;  // [G, N]
   int64_t N, K, G, group;
 };
 
@@ -174,12 +175,7 @@ void awq_tile(const Awq& w, const T* x, const QuantX& qx, float (&acc)[MB][R], i
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MB; ++m) {
-      float zt = 0.f;
-      for (int64_t g = 0; g < G; ++g)
-        zt += w.scales[(n0 + r) * G + g] * static_cast<float>(w.zeros[(n0 + r) * G + g]) * qx.sum[(m0 + m) * G + g];
-      acc[m][r] = _mm512_reduce_add_ps(total[m][r]) - zt;
-    }
+    for (int m = 0; m < MB; ++m) acc[m][r] = _mm512_reduce_add_ps(total[m][r]);
 #else
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) {
@@ -188,55 +184,83 @@ void awq_tile(const Awq& w, const T* x, const QuantX& qx, float (&acc)[MB][R], i
         const int64_t block = k / 128 * 128, half = std::min<int64_t>(64, (K - block) / 2), i = k - block;
         const uint8_t byte = w.packed[(n0 + r) * row_bytes + block / 2 + i % half];
         const int q = i < half ? (byte & 0xf) : (byte >> 4);
-        const int64_t g = k / group;
-        sum += w.scales[(n0 + r) * G + g] * (static_cast<float>(q) - w.zeros[(n0 + r) * G + g]) * load(x, (m0 + m) * K + k);
+        sum += w.scales[(n0 + r) * G + k / group] * static_cast<float>(q) * load(x, (m0 + m) * K + k);
       }
       acc[m][r] = sum;
     }
 #endif
 }
 
+// zero[m][n] = sum_g zero_scales[g][n] * sum(x[m] in group g): 16 rows per vector.
+void zero_terms(const Awq& w, const QuantX& qx, int64_t M, float* zero) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xs = qx.sum.data() + m * w.G;
+    int64_t n = 0;
+#if defined(__AVX512F__)
+    for (; n + 16 <= w.N; n += 16) {
+      __m512 z = _mm512_setzero_ps();
+      for (int64_t g = 0; g < w.G; ++g)
+        z = _mm512_fmadd_ps(_mm512_loadu_ps(w.zero_scales + g * w.N + n), _mm512_set1_ps(xs[g]), z);
+      _mm512_storeu_ps(zero + m * w.N + n, z);
+    }
+#endif
+    for (; n < w.N; ++n) {
+      float z = 0.f;
+      for (int64_t g = 0; g < w.G; ++g) z += w.zero_scales[g * w.N + n] * xs[g];
+      zero[m * w.N + n] = z;
+    }
+  }
+}
+
 template <int R, int MB, typename T>
-void awq_rows(const Awq& w, const T* x, const QuantX& qx, const T* bias, T* y, int64_t M, int64_t n0) {
+void awq_rows(const Awq& w, const T* x, const QuantX& qx, const float* zero, const T* bias, T* y, int64_t M,
+              int64_t n0) {
+  auto emit = [&](int64_t m, int64_t r, float value) {
+    const int64_t n = n0 + r;
+    store(y, m * w.N + n, value - zero[m * w.N + n] + (bias ? load(bias, n) : 0.f));
+  };
   int64_t m0 = 0;
   for (; m0 + MB <= M; m0 += MB) {
     float acc[MB][R];
     awq_tile<R, MB>(w, x, qx, acc, m0, n0);
     for (int m = 0; m < MB; ++m)
-      for (int r = 0; r < R; ++r) store(y, (m0 + m) * w.N + n0 + r, acc[m][r] + (bias ? load(bias, n0 + r) : 0.f));
+      for (int r = 0; r < R; ++r) emit(m0 + m, r, acc[m][r]);
   }
   for (; m0 < M; ++m0) {  // activation rows left over: one at a time
     float acc[1][R];
     awq_tile<R, 1>(w, x, qx, acc, m0, n0);
-    for (int r = 0; r < R; ++r) store(y, m0 * w.N + n0 + r, acc[0][r] + (bias ? load(bias, n0 + r) : 0.f));
+    for (int r = 0; r < R; ++r) emit(m0, r, acc[0][r]);
   }
 }
 
 template <typename T, int R, int MB>
 void awq_gemv_impl(const Awq& w, const T* x, const T* bias, T* y, int64_t M) {
   const QuantX qx = quantize_x(x, M, w.K, w.group, sizeof(T) == 2);
+  std::vector<float> zero(M * w.N);  // not thread_local: the team reads the caller's copy
+  zero_terms(w, qx, M, zero.data());
+  const float* zp = zero.data();
   const int64_t tiles = w.N / R;
 #pragma omp parallel if (w.N * w.K > 32768)
   {
     const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t per = (tiles + threads - 1) / threads;
-    for (int64_t i = t * per; i < std::min(tiles, (t + 1) * per); ++i) awq_rows<R, MB>(w, x, qx, bias, y, M, i * R);
+    for (int64_t i = t * per; i < std::min(tiles, (t + 1) * per); ++i) awq_rows<R, MB>(w, x, qx, zp, bias, y, M, i * R);
   }
-  for (int64_t n0 = tiles * R; n0 < w.N; ++n0) awq_rows<1, MB>(w, x, qx, bias, y, M, n0);  // rows left over
+  for (int64_t n0 = tiles * R; n0 < w.N; ++n0) awq_rows<1, MB>(w, x, qx, zp, bias, y, M, n0);
 }
 
 }  // namespace
 
 template <typename T>
-void awq_gemv(const T* x, const uint8_t* packed, const float* scales, const uint8_t* zeros, const T* bias, T* y,
+void awq_gemv(const T* x, const uint8_t* packed, const float* scales, const float* zero_scales, const T* bias, T* y,
               int64_t M, int64_t N, int64_t K, int64_t group) {
-  const Awq w{packed, scales, zeros, N, K, K / group, group};
+  const Awq w{packed, scales, zero_scales, N, K, K / group, group};
   if (M == 1) awq_gemv_impl<T, 8, 1>(w, x, bias, y, M);
   else awq_gemv_impl<T, 2, 4>(w, x, bias, y, M);
 }
 
 template <typename T>
-void awq_dequantize(const uint8_t* packed, const float* scales, const uint8_t* zeros, T* out, int64_t N, int64_t K,
+void awq_dequantize(const uint8_t* packed, const float* scales, const float* zero_scales, T* out, int64_t N, int64_t K,
                     int64_t group) {
   const int64_t G = K / group, row_bytes = K / 2;
 #pragma omp parallel for schedule(static)
@@ -246,20 +270,21 @@ void awq_dequantize(const uint8_t* packed, const float* scales, const uint8_t* z
       for (int64_t i = 0; i < half; ++i) {
         const uint8_t byte = packed[n * row_bytes + block / 2 + i];
         const int64_t k_lo = block + i, k_hi = block + half + i;
-        store(out, n * K + k_lo, (static_cast<float>(byte & 0xf) - zeros[n * G + k_lo / group]) * scales[n * G + k_lo / group]);
-        store(out, n * K + k_hi, (static_cast<float>(byte >> 4) - zeros[n * G + k_hi / group]) * scales[n * G + k_hi / group]);
+        store(out, n * K + k_lo,
+              static_cast<float>(byte & 0xf) * scales[n * G + k_lo / group] - zero_scales[(k_lo / group) * N + n]);
+        store(out, n * K + k_hi,
+              static_cast<float>(byte >> 4) * scales[n * G + k_hi / group] - zero_scales[(k_hi / group) * N + n]);
       }
     }
   }
 }
 
-template void awq_gemv<float>(const float*, const uint8_t*, const float*, const uint8_t*, const float*, float*,
+template void awq_gemv<float>(const float*, const uint8_t*, const float*, const float*, const float*, float*,
                               int64_t, int64_t, int64_t, int64_t);
-template void awq_gemv<uint16_t>(const uint16_t*, const uint8_t*, const float*, const uint8_t*, const uint16_t*,
+template void awq_gemv<uint16_t>(const uint16_t*, const uint8_t*, const float*, const float*, const uint16_t*,
                                  uint16_t*, int64_t, int64_t, int64_t, int64_t);
-template void awq_dequantize<float>(const uint8_t*, const float*, const uint8_t*, float*, int64_t, int64_t,
-                                    int64_t);
-template void awq_dequantize<uint16_t>(const uint8_t*, const float*, const uint8_t*, uint16_t*, int64_t, int64_t,
+template void awq_dequantize<float>(const uint8_t*, const float*, const float*, float*, int64_t, int64_t, int64_t);
+template void awq_dequantize<uint16_t>(const uint8_t*, const float*, const float*, uint16_t*, int64_t, int64_t,
                                        int64_t);
 
 }  // namespace llm_infer_cpu

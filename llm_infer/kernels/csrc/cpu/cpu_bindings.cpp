@@ -146,12 +146,14 @@ void paged_attention_op(torch::Tensor out, torch::Tensor q, torch::Tensor k_cach
   });
 }
 
+// packed [N, K/2] u8, scales [N, G] fp32, zero_scales [G, N] fp32 (scale * zero point).
 void check_awq(const torch::Tensor& packed, const torch::Tensor& scales, const torch::Tensor& zeros, int64_t group) {
   TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.is_contiguous() && packed.dim() == 2 &&
                   scales.scalar_type() == torch::kFloat32 && scales.is_contiguous() &&
-                  zeros.scalar_type() == torch::kUInt8 && zeros.is_contiguous() && group % 64 == 0 &&
+                  zeros.scalar_type() == torch::kFloat32 && zeros.is_contiguous() && group % 64 == 0 &&
                   (packed.size(1) * 2) % group == 0 && scales.size(0) == packed.size(0) &&
-                  scales.size(1) == packed.size(1) * 2 / group && zeros.sizes() == scales.sizes(),
+                  scales.size(1) == packed.size(1) * 2 / group && zeros.size(0) == scales.size(1) &&
+                  zeros.size(1) == scales.size(0),
               "awq: bad packed weight");
 }
 
@@ -162,8 +164,8 @@ torch::Tensor awq_dequantize_op(torch::Tensor packed, torch::Tensor scales, torc
   TORCH_CHECK(dtype == torch::kBFloat16 || dtype == torch::kFloat32, "awq_dequantize: bf16 or fp32 only");
   by_dtype(w, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    awq_dequantize<T>(packed.data_ptr<uint8_t>(), scales.data_ptr<float>(),
-                      zeros.data_ptr<uint8_t>(), ptr<T>(w), w.size(0), w.size(1), group);
+    awq_dequantize<T>(packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), zeros.data_ptr<float>(), ptr<T>(w),
+                      w.size(0), w.size(1), group);
   });
   return w;
 }
@@ -184,8 +186,8 @@ torch::Tensor awq_linear_op(torch::Tensor x, torch::Tensor packed, torch::Tensor
   auto y = torch::empty({x.size(0), N}, x.options());
   by_dtype(x, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    awq_gemv<T>(ptr<T>(xc), packed.data_ptr<uint8_t>(), scales.data_ptr<float>(),
-                zeros.data_ptr<uint8_t>(), bias ? ptr<T>(*bias) : nullptr, ptr<T>(y), x.size(0), N, K, group);
+    awq_gemv<T>(ptr<T>(xc), packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), zeros.data_ptr<float>(),
+                bias ? ptr<T>(*bias) : nullptr, ptr<T>(y), x.size(0), N, K, group);
   });
   return y;
 }
@@ -239,7 +241,7 @@ class DecodeStack {
         lin.weight = keep(e[0]);
         lin.packed = static_cast<const uint8_t*>(keep(e[1]));
         lin.scales = static_cast<const float*>(keep(e[2]));
-        lin.zeros = static_cast<const uint8_t*>(keep(e[3]));
+        lin.zeros = static_cast<const float*>(keep(e[3]));
         lin.bias = keep(e[4]);
         lin.group = groups[4 * i + j];
         if (e[0]) {

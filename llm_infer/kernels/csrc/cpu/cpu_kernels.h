@@ -60,10 +60,10 @@ void gemv_f32(const float* x, const float* w, const float* bias, float* y, int64
 // AWQ int4 (layout in awq_gemv.cpp): y[M, N] = x[M, K] W^T (+ bias) for small M, and the
 // dequantised W[N, K] for larger M.
 template <typename T>
-void awq_gemv(const T* x, const uint8_t* packed, const float* scales, const uint8_t* zeros, const T* bias, T* y,
+void awq_gemv(const T* x, const uint8_t* packed, const float* scales, const float* zero_scales, const T* bias, T* y,
               int64_t M, int64_t N, int64_t K, int64_t group);
 template <typename T>
-void awq_dequantize(const uint8_t* packed, const float* scales, const uint8_t* zeros, T* w, int64_t N, int64_t K,
+void awq_dequantize(const uint8_t* packed, const float* scales, const float* zero_scales, T* w, int64_t N, int64_t K,
                     int64_t group);
 
 // int8 weights [N, K] with a per-row scale: y[M, N] = x W^T, one activation row at a time.

@@ -8,8 +8,8 @@ namespace llm_infer_cpu {
 struct StackLinear {
   const void* weight = nullptr;   // dense [n, k] in the activation dtype, or
   const uint8_t* packed = nullptr;  // AWQ int4 (see awq_gemv.cpp) with
-  const float* scales = nullptr;
-  const uint8_t* zeros = nullptr;
+  const float* scales = nullptr;  // [n, G]
+  const float* zeros = nullptr;   // scale * zero point, [G, n]
   int64_t group = 0;
   const void* bias = nullptr;  // [n] or null
   int64_t n = 0, k = 0;
