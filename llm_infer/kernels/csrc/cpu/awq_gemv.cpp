@@ -267,8 +267,27 @@ void awq_dequantize(const uint8_t* packed, const float* scales, const float* zer
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t block = 0; block < K; block += 128) {
       const int64_t half = std::min<int64_t>(64, (K - block) / 2);
-      for (int64_t i = 0; i < half; ++i) {
-        const uint8_t byte = packed[n * row_bytes + block / 2 + i];
+      const uint8_t* src = packed + n * row_bytes + block / 2;
+      int64_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+      // 16 bytes at a time: 16 low-nibble weights (k = block + i..) and 16 high (k = block + half + i..)
+      for (; i + 16 <= half; i += 16) {
+        const __m512i wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+        const __m512i qs[2] = {_mm512_and_si512(wide, _mm512_set1_epi32(0x0f)), _mm512_srli_epi32(wide, 4)};
+        for (int h = 0; h < 2; ++h) {
+          const int64_t k = block + h * half + i, g = k / group;
+          const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(qs[h]), _mm512_set1_ps(scales[n * G + g]),
+                                           _mm512_set1_ps(zero_scales[g * N + n]));
+          if constexpr (sizeof(T) == 2) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + n * K + k), (__m256i)_mm512_cvtneps_pbh(v));
+          } else {
+            _mm512_storeu_ps(reinterpret_cast<float*>(out) + n * K + k, v);
+          }
+        }
+      }
+#endif
+      for (; i < half; ++i) {
+        const uint8_t byte = src[i];
         const int64_t k_lo = block + i, k_hi = block + half + i;
         store(out, n * K + k_lo,
               static_cast<float>(byte & 0xf) * scales[n * G + k_lo / group] - zero_scales[(k_lo / group) * N + n]);
