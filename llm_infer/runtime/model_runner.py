@@ -7,6 +7,7 @@ only tensors and attention metadata.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from llm_infer.config import EngineConfig
@@ -85,22 +86,24 @@ class ModelRunner:
             self.model.model.fused = FusedDecode(self.model, self.kernels.attention.ext)
 
     def prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        # Index arithmetic in numpy: a decode step is a handful of tiny arrays, where each torch
+        # op would cost more than the arithmetic.
         dev = self.device
-        q_lens = torch.tensor(plan.query_lens)
-        seq_lens = torch.tensor(plan.seq_lens)
-        seq_of_token = torch.repeat_interleave(torch.arange(plan.num_seqs), q_lens)
-        first_token = torch.cumsum(q_lens, 0) - q_lens
-        positions = (seq_lens - q_lens)[seq_of_token] + torch.arange(plan.num_tokens) - first_token[seq_of_token]
+        q_lens = np.asarray(plan.query_lens, dtype=np.int64)
+        seq_of_token = np.repeat(np.arange(plan.num_seqs), q_lens)
+        first_token = np.cumsum(q_lens) - q_lens
+        starts = np.asarray(plan.seq_lens, dtype=np.int64) - q_lens
+        positions = starts[seq_of_token] + np.arange(plan.num_tokens) - first_token[seq_of_token]
         width = max(len(t) for t in plan.block_tables)
-        tables = torch.zeros(plan.num_seqs, width, dtype=torch.int64)
+        tables = np.zeros((plan.num_seqs, width), dtype=np.int64)
         for i, t in enumerate(plan.block_tables):
-            tables[i, : len(t)] = torch.tensor(t, dtype=torch.int64)
+            tables[i, : len(t)] = t
         slots = tables[seq_of_token, positions // self.block_size] * self.block_size + positions % self.block_size
-        meta = AttentionMetadata(list(plan.query_lens), list(plan.seq_lens), slots.to(dev), tables.to(dev),
-                                 self.block_size, self.backend)
+        meta = AttentionMetadata(list(plan.query_lens), list(plan.seq_lens), torch.from_numpy(slots).to(dev),
+                                 torch.from_numpy(tables).to(dev), self.block_size, self.backend)
         self.backend.prepare(meta)
         input_ids = torch.tensor(plan.input_ids, dtype=torch.int64, device=dev)
-        return input_ids, positions.to(dev), meta
+        return input_ids, torch.from_numpy(positions).to(dev), meta
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan, intermediate: IntermediateTensors | None = None
