@@ -9,6 +9,9 @@ namespace {
 using namespace llm_infer_cpu;
 
 constexpr int64_t kMaxGemvRows = 8;  // above this the product is compute-bound: leave it to oneDNN
+// int4 weights must be dequantised before oneDNN can use them, which costs a pass over all of
+// them; streaming them through the GEMV stays cheaper up to a few tiles of rows.
+constexpr int64_t kMaxAwqGemvRows = 32;
 
 bool is_bf16(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
 
@@ -170,14 +173,14 @@ torch::Tensor awq_dequantize_op(torch::Tensor packed, torch::Tensor scales, torc
   return w;
 }
 
-// y = x W^T + bias: streamed int4 GEMV for up to 8 rows, dequantise + oneDNN GEMM beyond.
+// y = x W^T + bias: streamed int4 GEMV for up to kMaxAwqGemvRows rows, dequantise + oneDNN GEMM beyond.
 torch::Tensor awq_linear_op(torch::Tensor x, torch::Tensor packed, torch::Tensor scales, torch::Tensor zeros,
                             int64_t group, c10::optional<torch::Tensor> bias) {
   check_float(x, "x");
   check_awq(packed, scales, zeros, group);
   const int64_t N = packed.size(0), K = packed.size(1) * 2;
   TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "awq_linear: x has ", x.size(1), " features, weight expects ", K);
-  if (x.size(0) > kMaxGemvRows) {
+  if (x.size(0) > kMaxAwqGemvRows) {
     return at::linear(x, awq_dequantize_op(packed, scales, zeros, group, x.scalar_type()), bias);
   }
   auto xc = x.contiguous();
