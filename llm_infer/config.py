@@ -58,6 +58,17 @@ class ParallelConfig:
 
 
 @dataclass
+class SpeculativeConfig:
+    # null (off) | ngram (prompt lookup) | draft (a separate draft model) | layers (the target's first layers)
+    method: str | None = None
+    num_tokens: int = 4  # K: tokens proposed per step (the maximum when adaptive)
+    adaptive: bool = False  # adjust K per sequence from its running acceptance rate
+    draft_model: str | None = None  # method draft: a model folder or "default"
+    draft_layers: int = 8  # method layers: how many of the target's first layers draft
+    ngram_max: int = 3  # method ngram: the longest suffix matched against earlier text
+
+
+@dataclass
 class QuantizationConfig:
     # int8: quantize the LM head at load time (one scale per vocabulary row); null keeps it as loaded.
     lm_head: str | None = None
@@ -73,10 +84,13 @@ class EngineConfig:
     # CPU threads per worker; None: all cores divided among local workers.
     threads: int | None = None
     kernels: str = "auto"
+    # Capture decode steps as CUDA graphs (one per batch-size bucket) when our CUDA kernels run.
+    cuda_graphs: bool = True
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
 
     @property
     def world_size(self) -> int:
@@ -220,6 +234,18 @@ def _validate(cfg: EngineConfig) -> None:
     _check_choice("kernels", cfg.kernels, KERNELS)
     _check_choice("parallel.launcher", cfg.parallel.launcher, LAUNCHERS)
     _check_choice("parallel.backend", cfg.parallel.backend, BACKENDS)
+    spec = cfg.speculative
+    if spec.method is not None:
+        _check_choice("speculative.method", spec.method, ("ngram", "draft", "layers"))
+        if spec.method == "draft" and not spec.draft_model:
+            raise ConfigError("speculative.method: draft needs speculative.draft_model (a model folder or default)")
+        if spec.method != "ngram" and cfg.parallel.pipeline > 1:
+            raise ConfigError(f"speculative.method: {spec.method} does not run with pipeline stages "
+                              "(use ngram, or parallel.pipeline: 1)")
+    if not 1 <= spec.num_tokens <= 15:
+        raise ConfigError(f"speculative.num_tokens must be in 1..15, got {spec.num_tokens}")
+    _check_positive("speculative.draft_layers", spec.draft_layers)
+    _check_positive("speculative.ngram_max", spec.ngram_max)
     if cfg.quantization.lm_head is not None:
         _check_choice("quantization.lm_head", cfg.quantization.lm_head, ("int8",))
     if not cfg.model:

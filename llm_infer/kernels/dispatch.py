@@ -2,8 +2,9 @@
 
 `kernels: torch` always runs the torch reference (`torch_ref`, `attention_torch`).
 `auto` runs our compiled kernels where they are built for the device (C++ on
-CPU for bf16/fp32) and the torch reference otherwise. A model receives one
-`Kernels` set and its layers call through it.
+CPU for bf16/fp32; CUDA on GPUs for fp16/bf16) and the torch reference
+otherwise. `cuda` insists on the CUDA kernels: an error if they cannot run.
+A model receives one `Kernels` set and its layers call through it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from llm_infer.errors import UserError
 from llm_infer.kernels import awq_torch, torch_ref
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 
@@ -39,6 +41,18 @@ TORCH = Kernels("torch", torch_ref.linear, torch_ref.rms_norm, torch_ref.add_rms
 def select_kernels(setting: str, device: torch.device, dtype: torch.dtype) -> Kernels:
     if setting == "torch":
         return TORCH
+    if device.type == "cuda":
+        from llm_infer.kernels.cuda_extension import load_cuda_extension
+
+        ext = load_cuda_extension(device.index or 0) if dtype in (torch.float16, torch.bfloat16) else None
+        if ext is not None:
+            return _cuda_kernels(ext)
+        if setting == "cuda":
+            raise UserError("kernels: cuda needs float16/bfloat16 and CUDA kernels that build on this GPU "
+                            "(see the warning above), or use kernels: auto")
+        return TORCH
+    if setting == "cuda":
+        raise UserError("kernels: cuda needs device: cuda")
     if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
         from llm_infer.kernels.cpu_extension import load_cpu_extension
 
@@ -46,6 +60,24 @@ def select_kernels(setting: str, device: torch.device, dtype: torch.dtype) -> Ke
         if ext is not None:
             return _cpu_kernels(ext)
     return TORCH
+
+
+def _cuda_kernels(ext: Any) -> Kernels:
+    from llm_infer.kernels.attention_cuda import CudaAttentionBackend
+
+    def rms_norm(x, weight, eps):
+        return ext.rms_norm(x.contiguous(), None, weight, eps)
+
+    def add_rms_norm(x, residual, weight, eps):
+        return ext.rms_norm(x.contiguous(), residual, weight, eps), residual
+
+    def awq_linear(x, w, bias):
+        if w.group not in (64, 128) or w.qweight.shape[1] % 8:  # shapes the kernels do not take (N % 64)
+            return awq_torch.awq_linear_ref(x, w, bias)
+        return ext.awq_linear(x, w.qweight, w.qzeros, w.scales, w.group, bias)
+
+    return Kernels("cuda", torch_ref.linear, rms_norm, add_rms_norm, torch_ref.rotary_, torch_ref.silu_and_mul,
+                   CudaAttentionBackend(ext), awq_torch.prepare_ref, awq_linear, torch_ref.int8_linear)
 
 
 def _cpu_kernels(ext: Any) -> Kernels:

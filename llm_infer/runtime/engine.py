@@ -58,7 +58,7 @@ class LLMEngine:
         self.executor = executor
         self.tokenizer = tokenizer
         self.model_config = model_config
-        self.max_model_len = _max_model_len(config, model_config)
+        self.max_model_len = model_config.max_model_len(config.scheduler.max_model_len)
         self.eos_token_ids = sorted(set(tokenizer.eos_token_ids) | set(model_config.eos_token_ids))
         bs = config.cache.block_size
         per_seq = -(-self.max_model_len // bs)
@@ -210,12 +210,3 @@ class LLMEngine:
         return RequestOutput(seq.request_id, req.prompt, seq.prompt_token_ids, req.text,
                              list(seq.output_token_ids), seq.finished, seq.finish_reason, new_text, metrics, logits)
 
-
-def _max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
-    limit = model_config.max_position_embeddings
-    wanted = config.scheduler.max_model_len
-    if wanted is None:
-        return limit
-    if wanted > limit:
-        raise UserError(f"scheduler.max_model_len={wanted} exceeds the model's max_position_embeddings={limit}")
-    return wanted

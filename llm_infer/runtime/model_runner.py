@@ -7,11 +7,13 @@ only tensors and attention metadata.
 
 from __future__ import annotations
 
-import numpy as np
+import time
+
 import torch
 
 from llm_infer.config import EngineConfig
 from llm_infer.errors import UserError
+from llm_infer.parallel.communication import tp_broadcast_ints
 from llm_infer.parallel.state import get_parallel_state
 from llm_infer.kernels import dispatch
 from llm_infer.kernels.attention_metadata import AttentionMetadata
@@ -22,6 +24,8 @@ from llm_infer.runtime.models.loader import load_weights
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.quant.awq import AWQConfig
 from llm_infer.runtime.sampler import Sampler
+from llm_infer.runtime.speculative.verify import fill_proposals, logit_rows, verify_step
+from llm_infer.runtime.step_inputs import build_inputs
 from llm_infer.runtime.step_plan import StepOutput, StepPlan
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,6 +49,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def build_model(config: EngineConfig, model_dir: str, device: torch.device, kernels: dispatch.Kernels,
+                progress: bool = True, pipeline_layers: list[int] | None = None) -> tuple[CausalLM, ModelConfig]:
+    """This rank's part of the model in `model_dir`, with its weights (dense or AWQ) loaded."""
+    model_config = ModelConfig.from_dir(model_dir)
+    dtype = resolve_dtype(config.dtype, model_config, device)
+    awq = AWQConfig.from_model_dir(model_dir, model_config.quantization)
+    method_for = (lambda prefix: awq.method_for(prefix, kernels)) if awq else None
+    with torch.device(device):
+        model = CausalLM(model_config, dtype, kernels, method_for, pipeline_layers=pipeline_layers,
+                         lm_head_int8=config.quantization.lm_head == "int8")
+    load_weights(model, model_dir, progress=progress)
+    return model.eval(), model_config
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_dir: str, device: torch.device, progress: bool = True):
         self.config = config
@@ -52,22 +70,26 @@ class ModelRunner:
         self.device = device
         self.dtype = resolve_dtype(config.dtype, self.model_config, device)
         self.block_size = config.cache.block_size
+        self.max_model_len = self.model_config.max_model_len(config.scheduler.max_model_len)
         self.kernels = dispatch.select_kernels(config.kernels, device, self.dtype)
-        awq = AWQConfig.from_model_dir(model_dir, self.model_config.quantization)
-        method_for = (lambda prefix: awq.method_for(prefix, self.kernels)) if awq else None
-        with torch.device(device):
-            self.model = CausalLM(self.model_config, self.dtype, self.kernels, method_for,
-                                  pipeline_layers=config.parallel.pipeline_layers,
-                                  lm_head_int8=config.quantization.lm_head == "int8")
-        load_weights(self.model, model_dir, progress=progress)
-        self.model.eval()
+        self.model, _ = build_model(config, model_dir, device, self.kernels, progress, config.parallel.pipeline_layers)
         self.backend = self.kernels.attention
         self.sampler = Sampler()
         self.kv_cache: KVCache | None = None
+        self.graphs = None
+        spec = config.speculative
+        self.drafter = None
+        if spec.method in ("draft", "layers") and get_parallel_state().samples:
+            from llm_infer.runtime.models.resolve import resolve_model_dir
+            from llm_infer.runtime.speculative.draft import Drafter
+
+            draft_dir = str(resolve_model_dir(spec.draft_model)) if spec.method == "draft" else None
+            self.drafter = Drafter(self, spec.method, draft_dir, spec.draft_layers)
 
     def block_bytes(self) -> int:
         layers = self.model.attention_layers()
-        return bytes_per_block(len(layers), self.block_size, layers[0].num_kv_heads, layers[0].head_dim, self.dtype)
+        target = bytes_per_block(len(layers), self.block_size, layers[0].num_kv_heads, layers[0].head_dim, self.dtype)
+        return target + (self.drafter.block_bytes() if self.drafter is not None else 0)
 
     def available_blocks(self) -> int:
         """Blocks that fit in `cache.memory_fraction` of the memory still free (or `cache.num_blocks`)."""
@@ -84,61 +106,56 @@ class ModelRunner:
             attn.k_cache, attn.v_cache = kv[0], kv[1]
         if FusedDecode.supported(self.model, self.kernels.name, get_parallel_state().tp_size):
             self.model.model.fused = FusedDecode(self.model, self.kernels.attention.ext)
+        if self.drafter is not None:
+            self.drafter.init_cache(num_blocks)
+        state = get_parallel_state()
+        if self.config.cuda_graphs and self.kernels.name == "cuda" and state.tp_size * state.pp_size == 1:
+            from llm_infer.runtime.cuda_graphs import DecodeGraphs
+
+            first = layers[0]
+            self.graphs = DecodeGraphs(self.model, self.kernels.attention, self.device, self.block_size,
+                                       self.max_model_len, self.config.scheduler.max_num_seqs, first.num_heads,
+                                       first.head_dim)
+            self.graphs.capture()
 
     def prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        # Index arithmetic in numpy: a decode step is a handful of tiny arrays, where each torch
-        # op would cost more than the arithmetic.
-        dev = self.device
-        q_lens = np.asarray(plan.query_lens, dtype=np.int64)
-        seq_of_token = np.repeat(np.arange(plan.num_seqs), q_lens)
-        first_token = np.cumsum(q_lens) - q_lens
-        starts = np.asarray(plan.seq_lens, dtype=np.int64) - q_lens
-        positions = starts[seq_of_token] + np.arange(plan.num_tokens) - first_token[seq_of_token]
-        width = max(len(t) for t in plan.block_tables)
-        tables = np.zeros((plan.num_seqs, width), dtype=np.int64)
-        for i, t in enumerate(plan.block_tables):
-            tables[i, : len(t)] = t
-        slots = tables[seq_of_token, positions // self.block_size] * self.block_size + positions % self.block_size
-        meta = AttentionMetadata(list(plan.query_lens), list(plan.seq_lens), torch.from_numpy(slots).to(dev),
-                                 torch.from_numpy(tables).to(dev), self.block_size, self.backend)
-        self.backend.prepare(meta)
-        input_ids = torch.tensor(plan.input_ids, dtype=torch.int64, device=dev)
-        return input_ids, torch.from_numpy(positions).to(dev), meta
+        return build_inputs(plan, self.block_size, self.backend, self.device)
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan, intermediate: IntermediateTensors | None = None
                 ) -> StepOutput | IntermediateTensors | None:
         """Run one step. Non-final pipeline stages return what the next stage needs;
         the sampling rank returns the sampled tokens; other ranks return None."""
-        input_ids, positions, meta = self.prepare(plan)
-        hidden = self.model(input_ids, positions, meta, intermediate)
+        draft_time, drafted = 0.0, None
+        if plan.spec is not None and plan.spec.method != "ngram":
+            start = time.perf_counter()
+            if self.drafter is not None:
+                drafted = self.drafter.propose(plan)
+                fill_proposals(plan, drafted[0])
+            if get_parallel_state().tp_size > 1:  # the other ranks need the proposals as input
+                plan.input_ids = tp_broadcast_ints(plan.input_ids)
+            draft_time = time.perf_counter() - start
+        start = time.perf_counter()
+        if self.graphs is not None and intermediate is None and self.graphs.handles(plan):
+            hidden = self.graphs.run(plan)
+        else:
+            input_ids, positions, meta = self.prepare(plan)
+            hidden = self.model(input_ids, positions, meta, intermediate)
         if isinstance(hidden, IntermediateTensors):
             return hidden
-        rows, spans = self._logit_rows(plan)
+        rows, spans = logit_rows(plan)
         logits = self.model.compute_logits(hidden[rows] if rows is not None else hidden)
         if logits is None:
             return None
         out = StepOutput(plan.step_id, [])
-        sample_rows = [spans[i][1] - 1 for i, s in enumerate(plan.sample) if s]
-        if sample_rows:
-            out.sampled = self.sampler(logits[sample_rows], plan.sampling)
+        if plan.spec is not None:
+            out.accepted = verify_step(plan, logits, spans, drafted, self.sampler)
+            out.draft_time_s, out.verify_time_s = draft_time, time.perf_counter() - start
+        else:
+            sample_rows = [spans[i][1] - 1 for i, s in enumerate(plan.sample) if s]
+            if sample_rows:
+                out.sampled = self.sampler(logits[sample_rows], plan.sampling)
         for i, want in enumerate(plan.return_logits):
             if want:
                 out.logits[plan.seq_ids[i]] = logits[spans[i][0] : spans[i][1]].cpu()
         return out
-
-    @staticmethod
-    def _logit_rows(plan: StepPlan) -> tuple[list[int] | None, list[tuple[int, int]]]:
-        """Hidden rows needing logits (None: all) and each sequence's span within them."""
-        rows: list[int] = []
-        spans: list[tuple[int, int]] = []
-        start = 0
-        for n, sample, want_all in zip(plan.query_lens, plan.sample, plan.return_logits):
-            first = len(rows)
-            if want_all:
-                rows.extend(range(start, start + n))
-            elif sample:
-                rows.append(start + n - 1)
-            spans.append((first, len(rows)))
-            start += n
-        return (None if len(rows) == plan.num_tokens else rows), spans

@@ -15,8 +15,10 @@ from llm_infer.runtime.step_plan import SamplingBatch
 _MIX = 0x9E3779B97F4A7C15
 
 
-def draw_seed(seed: int, output_index: int) -> int:
-    return (seed * _MIX + output_index) % (1 << 63)
+def draw_seed(seed: int, output_index: int, purpose: int = 0) -> int:
+    """The generator seed of one draw: (request seed, output index) and, for speculative
+    decoding's extra draws, a purpose, so no two draws of a request share a stream."""
+    return (seed * _MIX + output_index + purpose * (1 << 40)) % (1 << 63)
 
 
 def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:

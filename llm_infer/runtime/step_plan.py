@@ -37,6 +37,18 @@ class SamplingBatch:
 
 
 @dataclass
+class SpecPlan:
+    """Speculative decoding in this step. For sequence i, num_draft[i] tokens follow its pending
+    token in the plan's input (n-gram: the proposals themselves; draft/layers: placeholders the
+    sampling rank's drafter fills); catch_up[i] are the tokens the drafter must process first
+    (ending with the pending token)."""
+
+    method: str
+    num_draft: list[int]
+    catch_up: list[list[int]]
+
+
+@dataclass
 class StepPlan:
     seq_ids: list[int]
     input_ids: list[int]  # new tokens of all sequences, concatenated
@@ -47,6 +59,7 @@ class StepPlan:
     sampling: SamplingBatch
     return_logits: list[bool]  # whether to return the logits of every new position
     step_id: int = 0
+    spec: SpecPlan | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -64,6 +77,11 @@ class StepOutput:
     logits: dict[int, "object"] = field(default_factory=dict)  # seq_id -> float32 [query_len, vocab]
     worker_time_s: float = 0.0  # on the sampling rank, from receiving the plan to having the tokens
     comm_time_s: float = 0.0  # of which in collectives and stage-to-stage transfers
+    # Speculative steps: per sequence, the tokens to append (accepted proposals + one more);
+    # the time the drafter and the verifying forward took.
+    accepted: list[list[int]] | None = None
+    draft_time_s: float = 0.0
+    verify_time_s: float = 0.0
 
 
 def build_step_plan(scheduled: list[tuple["Sequence", int]], step_id: int) -> StepPlan:

@@ -35,6 +35,15 @@ class ModelConfig:
     # AWQ and similar: the raw `quantization_config` mapping, or None.
     quantization: dict[str, Any] | None = None
 
+    def max_model_len(self, requested: int | None) -> int:
+        """The context length to serve: `requested` (scheduler.max_model_len) or the model's maximum."""
+        if requested is None:
+            return self.max_position_embeddings
+        if requested > self.max_position_embeddings:
+            raise UserError(f"scheduler.max_model_len={requested} exceeds the model's "
+                            f"max_position_embeddings={self.max_position_embeddings}")
+        return requested
+
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
         path = Path(model_dir) / "config.json"

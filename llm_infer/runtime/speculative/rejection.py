@@ -1,0 +1,56 @@
+"""The acceptance rule that makes speculation lossless.
+
+Draft token x at position i is accepted with probability min(1, p_i(x) / q_i(x)); at the first
+rejection the token is drawn from max(0, p_i - q_i), renormalised; if all K are accepted a bonus
+token is drawn from p_{K+1}. p and q are the target's and the draft's distributions after the
+request's temperature/top-k/top-p/min-p; a deterministic proposer (n-gram) has q = a point mass.
+Greedy requests accept by exact match with the target's argmax. Every draw comes from a
+generator seeded by (request seed, output index, purpose), so a seeded request is reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_infer.runtime.sampler import draw_seed
+
+ACCEPT, RESIDUAL = 1, 2  # purposes mixed into the seeds
+
+
+def _generator(seed: int, index: int, purpose: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(draw_seed(seed, index, purpose))
+
+
+def _draw(probs: torch.Tensor, gen: torch.Generator) -> int:
+    noise = torch.empty_like(probs).exponential_(generator=gen).clamp_(min=torch.finfo(probs.dtype).tiny)
+    return int((probs / noise).argmax())
+
+
+def verify_greedy(target_logits: torch.Tensor, draft: list[int]) -> list[int]:
+    """target_logits `[K+1, vocab]` -> the accepted prefix of `draft` plus one target token."""
+    best = target_logits.argmax(dim=-1).tolist()
+    n = 0
+    while n < len(draft) and draft[n] == best[n]:
+        n += 1
+    return draft[:n] + [best[n]]
+
+
+def verify_sampled(p: torch.Tensor, draft: list[int], q: torch.Tensor | None, seed: int,
+                   output_index: int) -> list[int]:
+    """p `[K+1, vocab]` target probabilities; q `[K, vocab]` draft probabilities (None: point masses).
+    output_index: the index in the output of the first proposed token."""
+    accepted: list[int] = []
+    for i, x in enumerate(draft):
+        qx = 1.0 if q is None else float(q[i, x])
+        u = float(torch.rand((), generator=_generator(seed, output_index + i, ACCEPT, p.device), device=p.device))
+        if qx > 0 and u < min(1.0, float(p[i, x]) / qx):
+            accepted.append(x)
+            continue
+        point = torch.zeros_like(p[i])
+        point[x] = 1.0
+        residual = (p[i] - (point if q is None else q[i])).clamp(min=0)
+        if float(residual.sum()) <= 0:  # p == q: any draw from p is exact
+            residual = p[i]
+        return accepted + [_draw(residual / residual.sum(), _generator(seed, output_index + i, RESIDUAL, p.device))]
+    # all accepted: the bonus token, drawn exactly as plain decoding would draw that output index
+    return accepted + [_draw(p[len(draft)], _generator(seed, output_index + len(draft), 0, p.device))]

@@ -1,0 +1,41 @@
+"""Tensors of one forward pass, derived from a plan's flat token lists."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from llm_infer.kernels.attention_metadata import AttentionMetadata
+
+
+class TokenBatch(Protocol):
+    """What a forward pass needs from a plan (StepPlan, or a draft model's own step)."""
+
+    input_ids: list[int]
+    query_lens: list[int]
+    seq_lens: list[int]
+    block_tables: list[list[int]]
+
+
+def build_inputs(batch: TokenBatch, block_size: int, backend: Any, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """(input ids, positions, attention metadata). Index arithmetic runs in numpy: a decode step
+    is a handful of tiny arrays, where each torch op would cost more than the arithmetic."""
+    q_lens = np.asarray(batch.query_lens, dtype=np.int64)
+    num_seqs, num_tokens = len(batch.query_lens), int(q_lens.sum())
+    seq_of_token = np.repeat(np.arange(num_seqs), q_lens)
+    first_token = np.cumsum(q_lens) - q_lens
+    starts = np.asarray(batch.seq_lens, dtype=np.int64) - q_lens
+    positions = starts[seq_of_token] + np.arange(num_tokens) - first_token[seq_of_token]
+    width = max(len(t) for t in batch.block_tables)
+    tables = np.zeros((num_seqs, width), dtype=np.int64)
+    for i, t in enumerate(batch.block_tables):
+        tables[i, : len(t)] = t
+    slots = tables[seq_of_token, positions // block_size] * block_size + positions % block_size
+    meta = AttentionMetadata(list(batch.query_lens), list(batch.seq_lens), torch.from_numpy(slots).to(device),
+                             torch.from_numpy(tables).to(device), block_size, backend)
+    backend.prepare(meta)
+    input_ids = torch.tensor(batch.input_ids, dtype=torch.int64, device=device)
+    return input_ids, torch.from_numpy(positions).to(device), meta
