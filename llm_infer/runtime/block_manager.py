@@ -35,6 +35,14 @@ class BlockManager:
         for _ in range(self.num_new_blocks(seq, num_new_tokens)):
             seq.block_table.append(self._free.popleft())
 
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Keep only the blocks holding the first `num_tokens` positions (speculative rollback:
+        whole blocks past them are freed; stale entries in the last block are overwritten later)."""
+        keep = self.blocks_for(num_tokens)
+        if len(seq.block_table) > keep:
+            self._free.extend(seq.block_table[keep:])
+            del seq.block_table[keep:]
+
     def free(self, seq: Sequence) -> None:
         self._free.extend(seq.block_table)
         seq.block_table = []

@@ -27,6 +27,7 @@ from llm_infer.runtime.outputs import RequestMetrics, RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.scheduler import Scheduler
 from llm_infer.runtime.sequence import Sequence
+from llm_infer.runtime.speculative.planner import SpecPlanner
 from llm_infer.runtime.step_plan import StepPlan, build_step_plan
 from llm_infer.runtime.stop_checker import find_stop_string, partial_stop_suffix, token_stop_reason
 from llm_infer.runtime.tokenizer import Tokenizer
@@ -77,6 +78,7 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
         self._inflight: deque[tuple[list[tuple[Sequence, int]], StepPlan]] = deque()
         self._busy: set[int] = set()
+        self.spec = SpecPlanner(config.speculative, self.max_model_len) if config.speculative.method else None
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, return_logits: bool = False) -> str:
@@ -115,6 +117,8 @@ class LLMEngine:
         if req is not None and not req.seq.finished:
             req.seq.finish_reason = "abort"
             self.scheduler.finish(req.seq)
+            if self.spec is not None:
+                self.spec.forget(req.seq)
 
     def step(self) -> list[RequestOutput]:
         """Run one step; return an update for every request that produced a token or finished."""
@@ -134,10 +138,11 @@ class LLMEngine:
             # Split the work into `depth` micro-batches so every stage gets a share.
             active = len(self.scheduler.running) + len(self.scheduler.waiting)
             cap = -(-active // depth) if depth > 1 else None
-            scheduled = self.scheduler.schedule(busy=self._busy, max_seqs=cap)
+            lookahead = self.spec.lookahead if self.spec is not None else None
+            scheduled = self.scheduler.schedule(busy=self._busy, max_seqs=cap, lookahead=lookahead)
             if not scheduled:
                 return
-            plan = build_step_plan(scheduled, self.stats.steps)
+            plan = build_step_plan(scheduled, self.stats.steps, self.spec)
             self.stats.steps += 1
             self.executor.submit(plan)
             self._inflight.append((scheduled, plan))
@@ -147,9 +152,11 @@ class LLMEngine:
         now = time.perf_counter()
         self.stats.last_worker_time_s = result.worker_time_s
         self.stats.last_comm_time_s = result.comm_time_s
+        if result.accepted is not None:
+            return self._process_speculative(scheduled, plan, result, now)
         sampled = iter(result.sampled)
         outputs = []
-        for (seq, n), samples in zip(scheduled, plan.sample):
+        for (seq, _), n, samples in zip(scheduled, plan.query_lens, plan.sample):
             token = next(sampled) if samples else None
             req = self._requests.get(seq.request_id)
             if req is None or req.seq is not seq:  # aborted while its step was in flight
@@ -167,6 +174,42 @@ class LLMEngine:
                 outputs.append(self._append_token(req, token, now))
         return outputs
 
+    def _process_speculative(self, scheduled: list[tuple[Sequence, int]], plan: StepPlan, result,
+                             now: float) -> list[RequestOutput]:
+        """Append each sequence's accepted tokens, and roll its KV back to what they cover."""
+        spec = self.spec.stats
+        spec.steps += 1
+        spec.draft_time_s += result.draft_time_s
+        spec.verify_time_s += result.verify_time_s
+        outputs = []
+        for i, (seq, _) in enumerate(scheduled):
+            req = self._requests.get(seq.request_id)
+            if req is None or req.seq is not seq:
+                continue
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = now
+            n, tokens, proposed = plan.query_lens[i], result.accepted[i], plan.spec.num_draft[i]
+            if seq.seq_id in result.logits:
+                self._keep_logits(req, seq.num_computed_tokens, result.logits[seq.seq_id])
+            length_before = seq.num_tokens
+            # The pending token and the accepted proposals are now in the cache; the rest is stale.
+            seq.num_computed_tokens += n - proposed + max(0, len(tokens) - 1)
+            if plan.sample[i] and proposed:
+                self.spec.record(seq, proposed, length_before, len(tokens))
+            if not tokens:
+                self.stats.prefill_tokens += n
+                continue
+            self.stats.decode_tokens += len(tokens)
+            update = None
+            for token in tokens:
+                update = self._append_token(req, token, now, combine=update)
+                if update.finished:
+                    break
+            if not seq.finished:
+                self.block_manager.trim(seq, seq.num_computed_tokens)
+            outputs.append(update)
+        return outputs
+
     def _keep_logits(self, req: _Request, start: int, rows: torch.Tensor) -> None:
         # A preempted sequence recomputes from position 0: drop what it had from `start` on.
         while req.logits_len > start:
@@ -178,7 +221,9 @@ class LLMEngine:
         req.logits.append(rows)
         req.logits_len += rows.shape[0]
 
-    def _append_token(self, req: _Request, token: int, now: float) -> RequestOutput:
+    def _append_token(self, req: _Request, token: int, now: float,
+                      combine: RequestOutput | None = None) -> RequestOutput:
+        """Append one token; `combine` (an earlier update of this step) is merged into the result."""
         seq = req.seq
         seq.output_token_ids.append(token)
         if seq.first_token_time is None:
@@ -197,10 +242,12 @@ class LLMEngine:
             seq.finish_time = now
             self.scheduler.finish(seq)
             del self._requests[seq.request_id]
+            if self.spec is not None:
+                self.spec.forget(seq)
         visible = len(req.text) if reason is not None else len(req.text) - partial_stop_suffix(req.text, stops)
         new_text = req.text[req.streamed : visible]
         req.streamed = max(req.streamed, visible)
-        return self._output(req, new_text)
+        return self._output(req, (combine.new_text if combine is not None else "") + new_text)
 
     def _output(self, req: _Request, new_text: str) -> RequestOutput:
         seq = req.seq

@@ -20,6 +20,7 @@ The scheduler sees sequences and block counts only, never tensors.
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable
 
 from llm_infer.config import SchedulerConfig
 from llm_infer.runtime.block_manager import BlockManager
@@ -40,10 +41,11 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self, busy: set[int] | frozenset[int] = frozenset(),
-                 max_seqs: int | None = None) -> list[tuple[Sequence, int]]:
+    def schedule(self, busy: set[int] | frozenset[int] = frozenset(), max_seqs: int | None = None,
+                 lookahead: Callable[[Sequence], int] | None = None) -> list[tuple[Sequence, int]]:
         """Pick (sequence, new tokens) pairs for one step, skipping sequences whose ids are
-        `busy`, and taking at most `max_seqs` sequences."""
+        `busy`, and taking at most `max_seqs` sequences. With `lookahead` (speculative decoding)
+        a decoding sequence gets room for its pending token plus lookahead(seq) proposals."""
         budget = self.config.max_num_batched_tokens
         limit = max_seqs or self.config.max_num_seqs
         scheduled: list[tuple[Sequence, int]] = []
@@ -58,6 +60,8 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
                 continue
             n = min(seq.num_pending_tokens, budget)
+            if lookahead is not None and seq.num_pending_tokens == 1:
+                n = min(1 + lookahead(seq), budget)
             if not self._make_room(seq, n, taken, busy):
                 continue
             self.blocks.allocate(seq, n)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from llm_infer.runtime.sequence import Sequence
+    from llm_infer.runtime.speculative.planner import SpecPlanner
 
 
 @dataclass
@@ -84,14 +85,25 @@ class StepOutput:
     verify_time_s: float = 0.0
 
 
-def build_step_plan(scheduled: list[tuple["Sequence", int]], step_id: int) -> StepPlan:
-    """Turn the scheduler's (sequence, new token count) decisions into a plan."""
+def build_step_plan(scheduled: list[tuple["Sequence", int]], step_id: int,
+                    speculation: "SpecPlanner | None" = None) -> StepPlan:
+    """Turn the scheduler's (sequence, new token count) decisions into a plan. A decoding
+    sequence given more than its pending token speculates: the planner supplies the tokens."""
     plan = StepPlan([], [], [], [], [], [], SamplingBatch(), [], step_id)
+    num_draft: list[int] = []
+    catch_up: list[list[int]] = []
     for seq, n in scheduled:
         start = seq.num_computed_tokens
-        samples = start + n == seq.num_tokens
+        extra = max(0, n - seq.num_pending_tokens)
+        tokens = seq.tokens_between(start, start + n - extra)
+        drafted, catch = (speculation.proposal(seq, extra) if extra else ([], []))
+        tokens += drafted
+        n = len(tokens)
+        num_draft.append(len(drafted))
+        catch_up.append(catch)
+        samples = start + n >= seq.num_tokens
         plan.seq_ids.append(seq.seq_id)
-        plan.input_ids.extend(seq.tokens_between(start, start + n))
+        plan.input_ids.extend(tokens)
         plan.query_lens.append(n)
         plan.seq_lens.append(start + n)
         plan.block_tables.append(list(seq.block_table))
@@ -105,4 +117,6 @@ def build_step_plan(scheduled: list[tuple["Sequence", int]], step_id: int) -> St
             s.min_p.append(float(p.min_p))
             s.seeds.append(seq.seed)
             s.output_index.append(len(seq.output_token_ids))
+    if speculation is not None and any(num_draft):
+        plan.spec = SpecPlan(speculation.config.method, num_draft, catch_up)
     return plan
