@@ -242,6 +242,9 @@ def _validate(cfg: EngineConfig) -> None:
         if spec.method != "ngram" and cfg.parallel.pipeline > 1:
             raise ConfigError(f"speculative.method: {spec.method} does not run with pipeline stages "
                               "(use ngram, or parallel.pipeline: 1)")
+        if spec.method == "layers" and cfg.parallel.tensor > 1:
+            raise ConfigError("speculative.method: layers runs the target's own layers on one rank, so it needs "
+                              "parallel.tensor: 1 (use ngram or draft)")
     if not 1 <= spec.num_tokens <= 15:
         raise ConfigError(f"speculative.num_tokens must be in 1..15, got {spec.num_tokens}")
     _check_positive("speculative.draft_layers", spec.draft_layers)

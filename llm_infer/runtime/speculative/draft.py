@@ -10,17 +10,18 @@ cache for its layers, where the verifying pass would write the same values anywa
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from llm_infer.config import QuantizationConfig
 from llm_infer.errors import UserError
 from llm_infer.parallel.state import ParallelState, get_parallel_state, set_parallel_state
 from llm_infer.runtime.kv_cache import KVCache, bytes_per_block
 from llm_infer.runtime.models.fused_decode import FusedDecode
-from llm_infer.runtime.sampler import Sampler, draw_seed
+from llm_infer.runtime.sampler import Sampler, draw, draw_seed
 from llm_infer.runtime.step_inputs import build_inputs
 from llm_infer.runtime.step_plan import SamplingBatch, StepPlan
 
@@ -77,8 +78,10 @@ class Drafter:
             return
         from llm_infer.runtime.model_runner import build_model
 
+        # The draft's head only shapes proposals (the target decides), so it is always int8.
+        draft_config = replace(runner.config, quantization=QuantizationConfig(lm_head="int8"))
         with single_rank():
-            self.model, config = build_model(runner.config, draft_dir, runner.device, runner.kernels, progress=False)
+            self.model, config = build_model(draft_config, draft_dir, runner.device, runner.kernels, progress=False)
         if config.vocab_size != runner.model_config.vocab_size:
             raise UserError(f"the draft model's vocabulary ({config.vocab_size}) differs from the target's "
                             f"({runner.model_config.vocab_size})")
@@ -136,7 +139,7 @@ class Drafter:
                     token = int(logits[j].argmax())
                 else:
                     q = self.sampler.probs(logits[j : j + 1], p)[0]
-                    token = _draw(q, draw_seed(p.seeds[0], p.output_index[0] + step, DRAFT))
+                    token = draw(q, draw_seed(p.seeds[0], p.output_index[0] + step, DRAFT))
                     dists[i].append(q)
                 tokens[i].append(token)
                 if step + 1 < spec.num_draft[i]:
@@ -161,8 +164,3 @@ def _rows_params(plan: StepPlan) -> dict[int, SamplingBatch]:
             row += 1
     return out
 
-
-def _draw(probs: torch.Tensor, seed: int) -> int:
-    gen = torch.Generator(device=probs.device).manual_seed(seed)
-    noise = torch.empty_like(probs).exponential_(generator=gen).clamp_(min=torch.finfo(probs.dtype).tiny)
-    return int((probs / noise).argmax())

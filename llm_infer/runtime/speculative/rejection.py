@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from llm_infer.runtime.sampler import draw_seed
+from llm_infer.runtime.sampler import draw, draw_seed
 
 ACCEPT, RESIDUAL = 1, 2  # purposes mixed into the seeds
 
 
-def _generator(seed: int, index: int, purpose: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(draw_seed(seed, index, purpose))
-
-
-def _draw(probs: torch.Tensor, gen: torch.Generator) -> int:
-    noise = torch.empty_like(probs).exponential_(generator=gen).clamp_(min=torch.finfo(probs.dtype).tiny)
-    return int((probs / noise).argmax())
+def _uniform(seed: int, index: int, device: torch.device) -> float:
+    gen = torch.Generator(device=device).manual_seed(draw_seed(seed, index, ACCEPT))
+    return float(torch.rand((), generator=gen, device=device))
 
 
 def verify_greedy(target_logits: torch.Tensor, draft: list[int]) -> list[int]:
@@ -42,7 +38,7 @@ def verify_sampled(p: torch.Tensor, draft: list[int], q: torch.Tensor | None, se
     accepted: list[int] = []
     for i, x in enumerate(draft):
         qx = 1.0 if q is None else float(q[i, x])
-        u = float(torch.rand((), generator=_generator(seed, output_index + i, ACCEPT, p.device), device=p.device))
+        u = _uniform(seed, output_index + i, p.device)
         if qx > 0 and u < min(1.0, float(p[i, x]) / qx):
             accepted.append(x)
             continue
@@ -51,6 +47,6 @@ def verify_sampled(p: torch.Tensor, draft: list[int], q: torch.Tensor | None, se
         residual = (p[i] - (point if q is None else q[i])).clamp(min=0)
         if float(residual.sum()) <= 0:  # p == q: any draw from p is exact
             residual = p[i]
-        return accepted + [_draw(residual / residual.sum(), _generator(seed, output_index + i, RESIDUAL, p.device))]
+        return accepted + [draw(residual / residual.sum(), draw_seed(seed, output_index + i, RESIDUAL))]
     # all accepted: the bonus token, drawn exactly as plain decoding would draw that output index
-    return accepted + [_draw(p[len(draft)], _generator(seed, output_index + len(draft), 0, p.device))]
+    return accepted + [draw(p[len(draft)], draw_seed(seed, output_index + len(draft)))]
