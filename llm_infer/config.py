@@ -66,6 +66,7 @@ class SpeculativeConfig:
     draft_model: str | None = None  # method draft: a model folder or "default"
     draft_layers: int = 8  # method layers: how many of the target's first layers draft
     ngram_max: int = 3  # method ngram: the longest suffix matched against earlier text
+    ngram_min: int = 2  # method ngram: the shortest suffix that may propose (1-token matches mislead)
 
 
 @dataclass
@@ -249,6 +250,9 @@ def _validate(cfg: EngineConfig) -> None:
         raise ConfigError(f"speculative.num_tokens must be in 1..15, got {spec.num_tokens}")
     _check_positive("speculative.draft_layers", spec.draft_layers)
     _check_positive("speculative.ngram_max", spec.ngram_max)
+    _check_positive("speculative.ngram_min", spec.ngram_min)
+    if spec.ngram_min > spec.ngram_max:
+        raise ConfigError(f"speculative.ngram_min ({spec.ngram_min}) must not exceed ngram_max ({spec.ngram_max})")
     if cfg.quantization.lm_head is not None:
         _check_choice("quantization.lm_head", cfg.quantization.lm_head, ("int8",))
     if not cfg.model:

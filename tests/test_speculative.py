@@ -179,17 +179,17 @@ def test_kv_cache_after_speculation_equals_plain_decoding(tiny, name):
     target, other, _ = tiny
     prompt = TINY_PROMPTS[0]
 
-    def run(spec: dict | None):
+    def run(spec: dict | None, computed: int):
         llm = LLM(tiny_engine_config(target, speculative=spec or {}), progress=False)
         rid = llm.engine.add_request(prompt, SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))
-        while len(llm.engine._requests[rid].seq.output_token_ids) < 50:
+        while llm.engine._requests[rid].seq.num_computed_tokens < computed:
             llm.engine.step()
         return llm, llm.engine._requests[rid].seq
 
-    spec_llm, spec_seq = run(_spec(name, target, other))
-    plain_llm, plain_seq = run(None)
+    spec_llm, spec_seq = run(_spec(name, target, other), len(prompt) + 50)
+    n = spec_seq.num_computed_tokens
+    plain_llm, plain_seq = run(None, n)
     try:
-        n = spec_seq.num_computed_tokens
         assert spec_llm.engine.spec.stats.steps > 5
         assert spec_seq.token_ids[:n] == plain_seq.token_ids[:n]
         # no block beyond what the computed tokens (and the pending one) need stays allocated
@@ -244,7 +244,7 @@ def test_sampled_tokens_follow_the_targets_distribution(tmp_path, method):
     poor = make_checkpoint(tmp_path / "d", "qwen2", seed=3, vocab_size=vocab, num_hidden_layers=1,
                            initializer_range=0.5)
     prompt = [1, 2, 3, 1, 2, 3, 1, 2]  # repetitive, so the n-gram proposer proposes [3 1 2 ...]
-    spec = {"method": "draft", "draft_model": str(poor)} if method == "draft-poor" else {"method": "ngram"}
+    spec = {"method": "draft", "draft_model": str(poor)} if method == "draft-poor" else {"method": "ngram", "ngram_min": 1}
     params = [SamplingParams(max_tokens=steps + 2, temperature=1.0, seed=s, ignore_eos=True) for s in range(runs)]
     cfg = tiny_engine_config(target, speculative=spec, scheduler={"max_num_seqs": 256},
                              cache={"block_size": 4, "num_blocks": 2048})

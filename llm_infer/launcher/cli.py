@@ -103,6 +103,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.speculative:
+        from llm_infer.launcher.bench_spec import run_spec_bench
+
+        return run_spec_bench(args, make_llm)
     from llm_infer.launcher.bench import run_bench
 
     return run_bench(args, make_llm)
@@ -141,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="llm-infer-bench.json", help="where to write the JSON results")
     p.add_argument("--ppl", metavar="FILE", help="instead of speed: perplexity of the model on this text file")
     p.add_argument("--ppl-window", type=int, default=512, help="tokens per perplexity window")
+    p.add_argument("--speculative", metavar="METHODS",
+                   help="instead: compare speculative methods (e.g. ngram,draft,layers) with speculation off")
+    p.add_argument("--draft-model", help="with --speculative draft: the draft model (a folder or default)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("submit", help="run an llm-infer command on a Ray cluster as a Ray job",

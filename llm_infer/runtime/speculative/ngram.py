@@ -7,8 +7,8 @@ from __future__ import annotations
 class NgramIndex:
     """Per sequence: for n = 1..max_n, where each n-gram last ended; updated as tokens arrive."""
 
-    def __init__(self, max_n: int):
-        self.max_n = max_n
+    def __init__(self, max_n: int, min_n: int = 1):
+        self.max_n, self.min_n = max_n, min_n
         self.tokens: list[int] = []
         self.last_end: list[dict[tuple[int, ...], int]] = [dict() for _ in range(max_n + 1)]
 
@@ -22,8 +22,9 @@ class NgramIndex:
                     self.last_end[n][tuple(self.tokens[end - 1 - n : end - 1])] = end - 1
 
     def propose(self, k: int) -> list[int]:
-        """Up to k tokens continuing the longest suffix seen before; [] when there is none."""
-        for n in range(min(self.max_n, len(self.tokens)), 0, -1):
+        """Up to k tokens continuing the longest suffix (of at least min_n tokens) seen before; []
+        when there is none."""
+        for n in range(min(self.max_n, len(self.tokens)), self.min_n - 1, -1):
             end = self.last_end[n].get(tuple(self.tokens[-n:]))
             if end is not None:
                 return self.tokens[end : end + k]

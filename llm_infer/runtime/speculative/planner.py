@@ -71,7 +71,7 @@ class SpecPlanner:
         state = self._state(seq)
         if self.config.method == "ngram":
             if state.ngrams is None:
-                state.ngrams = NgramIndex(self.config.ngram_max)
+                state.ngrams = NgramIndex(self.config.ngram_max, self.config.ngram_min)
             state.ngrams.extend(seq.token_ids[len(state.ngrams.tokens) :])
             return state.ngrams.propose(k), []
         if self.config.method == "layers":  # the target's cache already holds every computed token

@@ -156,10 +156,21 @@ void gemv(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int
 
 }  // namespace
 
+// Up to 8 x rows (a decode batch, or a speculative step's pending token and proposals) are
+// covered by one tile, so each weight row is loaded once for all of them; the tile width R
+// keeps MB * R accumulators within the 32 vector registers.
 void gemv_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M, int64_t N,
                int64_t K) {
-  if (M == 1) gemv<Bf16Tiles, 8, 1>(x, w, bias, y, M, N, K);
-  else gemv<Bf16Tiles, 4, 4>(x, w, bias, y, M, N, K);
+  switch (M) {
+    case 1: return gemv<Bf16Tiles, 8, 1>(x, w, bias, y, M, N, K);
+    case 2: return gemv<Bf16Tiles, 8, 2>(x, w, bias, y, M, N, K);
+    case 3: return gemv<Bf16Tiles, 6, 3>(x, w, bias, y, M, N, K);
+    case 5: return gemv<Bf16Tiles, 4, 5>(x, w, bias, y, M, N, K);
+    case 6: return gemv<Bf16Tiles, 3, 6>(x, w, bias, y, M, N, K);
+    case 7: return gemv<Bf16Tiles, 3, 7>(x, w, bias, y, M, N, K);
+    case 8: return gemv<Bf16Tiles, 2, 8>(x, w, bias, y, M, N, K);
+    default: return gemv<Bf16Tiles, 4, 4>(x, w, bias, y, M, N, K);
+  }
 }
 
 void gemv_f32(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
