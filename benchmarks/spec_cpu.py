@@ -6,7 +6,7 @@ ngram, draft and layers against speculation off, in three configurations:
 - fp32-target: an fp32 target (a step twice as costly) with the same AWQ draft, K=2/4,
   to show where a model draft starts to pay.
 
-Writes benchmarks/results/spec_cpu.json. Usage: python benchmarks/spec_cpu.py [--repeat 3]
+Writes benchmarks/results/spec_cpu.json. Usage: python benchmarks/spec_cpu.py [--repeat 3] [--only RUN ...]
 """
 
 from __future__ import annotations
@@ -35,10 +35,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--gen-len", type=int, default=64)
+    parser.add_argument("--only", nargs="*", choices=list(RUNS), help="rerun these, keeping the others' results")
     args = parser.parse_args()
     draft = quantized_models()["awq"]
-    results = {}
+    path = RESULTS / "spec_cpu.json"
+    results = json.loads(path.read_text()) if args.only and path.is_file() else {}
     for name, (methods, sets) in RUNS.items():
+        if args.only and name not in args.only:
+            continue
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             cmd = [sys.executable, "-m", "llm_infer.launcher.cli", "bench", "--speculative", methods,
                    "--draft-model", str(draft), "--repeat", str(args.repeat), "--gen-len", str(args.gen_len),
@@ -49,8 +53,8 @@ def main() -> None:
             subprocess.run(cmd, check=True, cwd=ROOT)
             results[name] = json.loads(Path(out.name).read_text())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "spec_cpu.json").write_text(json.dumps(results, indent=2))
-    print(f"wrote {RESULTS / 'spec_cpu.json'}")
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ class SpeculativeConfig:
     num_tokens: int = 4  # K: tokens proposed per step (the maximum when adaptive)
     adaptive: bool = False  # adjust K per sequence from its running acceptance rate
     draft_model: str | None = None  # method draft: a model folder or "default"
+    draft_dtype: str = "auto"  # method draft: the draft's own dtype (its precision only affects acceptance)
     draft_layers: int = 8  # method layers: how many of the target's first layers draft
     ngram_max: int = 3  # method ngram: the longest suffix matched against earlier text
     ngram_min: int = 2  # method ngram: the shortest suffix that may propose (1-token matches mislead)
@@ -249,6 +250,7 @@ def _validate(cfg: EngineConfig) -> None:
     if not 1 <= spec.num_tokens <= 15:
         raise ConfigError(f"speculative.num_tokens must be in 1..15, got {spec.num_tokens}")
     _check_positive("speculative.draft_layers", spec.draft_layers)
+    _check_choice("speculative.draft_dtype", spec.draft_dtype, DTYPES)
     _check_positive("speculative.ngram_max", spec.ngram_max)
     _check_positive("speculative.ngram_min", spec.ngram_min)
     if spec.ngram_min > spec.ngram_max:

@@ -112,6 +112,7 @@ def _spec(name: str, target, other) -> dict:
     spec = dict(TINY_METHODS[name])
     if "draft_model" in spec:
         spec["draft_model"] = str(target if spec["draft_model"] == "TARGET" else other)
+        spec["draft_dtype"] = "float32"  # like the target, so a self-draft proposes exactly its choices
     return spec
 
 
@@ -155,7 +156,8 @@ def test_preemption_and_stop_strings_with_speculation(tiny):
     with LLM(tiny_engine_config(target, **small), progress=False) as llm:
         plain = llm.generate(prompts, params)
         plain_stop = llm.generate(prompts, stopped)
-    with LLM(tiny_engine_config(target, speculative={"method": "draft", "draft_model": str(target)}, **small),
+    self_draft = {"method": "draft", "draft_model": str(target), "draft_dtype": "float32"}
+    with LLM(tiny_engine_config(target, speculative=self_draft, **small),
              progress=False) as llm:
         spec = llm.generate(prompts, params)
         spec_stop = llm.generate(prompts, stopped)
@@ -244,7 +246,8 @@ def test_sampled_tokens_follow_the_targets_distribution(tmp_path, method):
     poor = make_checkpoint(tmp_path / "d", "qwen2", seed=3, vocab_size=vocab, num_hidden_layers=1,
                            initializer_range=0.5)
     prompt = [1, 2, 3, 1, 2, 3, 1, 2]  # repetitive, so the n-gram proposer proposes [3 1 2 ...]
-    spec = {"method": "draft", "draft_model": str(poor)} if method == "draft-poor" else {"method": "ngram", "ngram_min": 1}
+    spec = ({"method": "draft", "draft_model": str(poor), "draft_dtype": "float32"} if method == "draft-poor"
+            else {"method": "ngram", "ngram_min": 1})
     params = [SamplingParams(max_tokens=steps + 2, temperature=1.0, seed=s, ignore_eos=True) for s in range(runs)]
     cfg = tiny_engine_config(target, speculative=spec, scheduler={"max_num_seqs": 256},
                              cache={"block_size": 4, "num_blocks": 2048})

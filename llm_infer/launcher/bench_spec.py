@@ -145,7 +145,8 @@ def run_spec_bench(args: argparse.Namespace, make_llm: Callable[..., Any]) -> in
                     runs[group][name].append(_round(llm, group_prompts, params))
         config = off_llm.config
         result: dict[str, Any] = {
-            "model": config.model, "dtype": str(off_llm.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+            "model": config.model, "dtype": str(off_llm.dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
             "num_tokens": k, "draft_model": args.draft_model, "gen_len": args.gen_len, "repeat": args.repeat,
             "draft_layers": config.speculative.draft_layers, "overrides": args.overrides, "groups": {},
         }
@@ -168,7 +169,8 @@ def run_spec_bench(args: argparse.Namespace, make_llm: Callable[..., Any]) -> in
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"batch 1, greedy, K={result['num_tokens']}, {result['threads']} threads, median of {result['repeat']} rounds")
+    print(f"batch 1, greedy, K={result['num_tokens']}, {result['threads']} threads, "
+          f"median of {result['repeat']} rounds")
     for group, table in result["groups"].items():
         off = table["off"]
         print(f"[{group}] off: {off['decode_tok_s']:.1f} tok/s, target step {off.get('target_step_ms', 0):.2f} ms")

@@ -18,9 +18,11 @@ from torch import nn
 
 from llm_infer.config import QuantizationConfig
 from llm_infer.errors import UserError
+from llm_infer.kernels import dispatch
 from llm_infer.parallel.state import ParallelState, get_parallel_state, set_parallel_state
 from llm_infer.runtime.kv_cache import KVCache, bytes_per_block
 from llm_infer.runtime.models.fused_decode import FusedDecode
+from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.sampler import Sampler, draw, draw_seed
 from llm_infer.runtime.step_inputs import build_inputs
 from llm_infer.runtime.step_plan import SamplingBatch, StepPlan
@@ -75,13 +77,19 @@ class Drafter:
         self.sampler = Sampler()
         if method == "layers":
             self.model = LayerDraft(runner.model, layers)
+            self.dtype, self.kernels = runner.dtype, runner.kernels
             return
-        from llm_infer.runtime.model_runner import build_model
+        from llm_infer.runtime.model_runner import build_model, resolve_dtype
 
-        # The draft's head only shapes proposals (the target decides), so it is always int8.
-        draft_config = replace(runner.config, quantization=QuantizationConfig(lm_head="int8"))
+        # The draft's precision only shapes proposals (the target decides what is kept), so it
+        # has its own dtype (speculative.draft_dtype, auto: bf16 for full-precision checkpoints)
+        # and always an int8 head.
+        dtype = runner.config.speculative.draft_dtype
+        draft_config = replace(runner.config, dtype=dtype, quantization=QuantizationConfig(lm_head="int8"))
+        self.dtype = resolve_dtype(dtype, ModelConfig.from_dir(draft_dir), runner.device)
+        self.kernels = dispatch.select_kernels(runner.config.kernels, runner.device, self.dtype)
         with single_rank():
-            self.model, config = build_model(draft_config, draft_dir, runner.device, runner.kernels, progress=False)
+            self.model, config = build_model(draft_config, draft_dir, runner.device, self.kernels, progress=False)
         if config.vocab_size != runner.model_config.vocab_size:
             raise UserError(f"the draft model's vocabulary ({config.vocab_size}) differs from the target's "
                             f"({runner.model_config.vocab_size})")
@@ -93,7 +101,7 @@ class Drafter:
             return 0
         attn = self.model.attention_layers()
         return bytes_per_block(len(attn), self.runner.block_size, attn[0].num_kv_heads, attn[0].head_dim,
-                               self.runner.dtype)
+                               self.dtype)
 
     def init_cache(self, num_blocks: int) -> None:
         if self.method == "layers":
@@ -101,14 +109,14 @@ class Drafter:
         with single_rank():
             attn = self.model.attention_layers()
             self.cache = KVCache(len(attn), num_blocks, self.runner.block_size, attn[0].num_kv_heads,
-                                 attn[0].head_dim, self.runner.dtype, self.runner.device)
+                                 attn[0].head_dim, self.dtype, self.runner.device)
             for layer, kv in zip(attn, self.cache.layers):
                 layer.k_cache, layer.v_cache = kv[0], kv[1]
-            if FusedDecode.supported(self.model, self.runner.kernels.name, 1):
-                self.model.model.fused = FusedDecode(self.model, self.runner.kernels.attention.ext)
+            if FusedDecode.supported(self.model, self.kernels.name, 1):
+                self.model.model.fused = FusedDecode(self.model, self.kernels.attention.ext)
 
     def _forward_logits(self, batch: _DraftBatch) -> torch.Tensor:
-        ids, positions, meta = build_inputs(batch, self.runner.block_size, self.runner.backend, self.runner.device)
+        ids, positions, meta = build_inputs(batch, self.runner.block_size, self.kernels.attention, self.runner.device)
         with single_rank():
             hidden = self.model(ids, positions, meta)
             last = torch.tensor([sum(batch.query_lens[: i + 1]) - 1 for i in range(len(batch.query_lens))],
