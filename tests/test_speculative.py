@@ -325,3 +325,12 @@ def test_default_model_greedy_identical_at_batch_1_and_8(default_plain, name):
         assert [o.token_ids for o in llm.generate(prompts[:8], params)] == eight
         assert llm.engine.spec.stats.accepted > 0
 
+
+
+def test_bench_speculative_user_mistakes_exit_2(capsys):
+    from llm_infer.launcher.cli import main
+
+    assert main(["bench", "--speculative", "ngram,lookahead"]) == 2
+    assert "--speculative takes" in capsys.readouterr().err
+    assert main(["bench", "--speculative", "draft"]) == 2
+    assert "--draft-model" in capsys.readouterr().err
