@@ -10,7 +10,7 @@ all K proposals survive, between 1 and num_tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llm_infer.config import SpeculativeConfig
 from llm_infer.runtime.sequence import Sequence
@@ -35,7 +35,7 @@ class SpecStats:
     accepted: int = 0
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
-    per_step: list[int] = field(default_factory=list)  # tokens emitted by each speculating sequence-step
+    max_emitted: int = 0  # most tokens one sequence emitted in one step (K + 1: all accepted + bonus)
 
     @property
     def acceptance(self) -> float:
@@ -89,7 +89,7 @@ class SpecPlanner:
         s = self.stats
         s.proposed += proposed
         s.accepted += accepted
-        s.per_step.append(emitted)
+        s.max_emitted = max(s.max_emitted, emitted)
 
     def forget(self, seq: Sequence) -> None:
         self._states.pop(seq.seq_id, None)
