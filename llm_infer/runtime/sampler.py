@@ -83,7 +83,7 @@ class Sampler:
         if batch.all_greedy:
             return greedy.tolist()
         rows = [i for i, t in enumerate(batch.temperature) if t > 0]
-        sub = _select(batch, rows)
+        sub = select_rows(batch, rows)
         probs = self.probs(logits[rows], sub)
         noise = torch.empty_like(probs)
         for j, (seed, index) in enumerate(zip(sub.seeds, sub.output_index)):
@@ -96,6 +96,15 @@ class Sampler:
         return out
 
 
-def _select(batch: SamplingBatch, rows: list[int]) -> SamplingBatch:
+def select_rows(batch: SamplingBatch, rows: list[int]) -> SamplingBatch:
+    """The batch's entries at `rows` (repeats allowed), as a batch."""
     return SamplingBatch(*([getattr(batch, f)[i] for i in rows] for f in
                            ("temperature", "top_k", "top_p", "min_p", "seeds", "output_index")))
+
+
+def per_sequence(batch: SamplingBatch, samples: list[bool]) -> dict[int, SamplingBatch]:
+    """Each sampling sequence's parameters as a one-row batch, keyed by its index in the plan
+    (`batch` holds one row per sequence whose `samples` is true, in order)."""
+    rows = [i for i, sample in enumerate(samples) if sample]
+    return {i: select_rows(batch, [row]) for row, i in enumerate(rows)}
+

@@ -23,9 +23,9 @@ from llm_infer.parallel.state import ParallelState, get_parallel_state, set_para
 from llm_infer.runtime.kv_cache import KVCache, bytes_per_block
 from llm_infer.runtime.models.fused_decode import FusedDecode
 from llm_infer.runtime.models.model_config import ModelConfig
-from llm_infer.runtime.sampler import Sampler, draw, draw_seed
+from llm_infer.runtime.sampler import Sampler, draw, draw_seed, per_sequence
 from llm_infer.runtime.step_inputs import build_inputs
-from llm_infer.runtime.step_plan import SamplingBatch, StepPlan
+from llm_infer.runtime.step_plan import StepPlan
 
 DRAFT = 3  # purpose of the draft's own draws (see sampler.draw_seed)
 
@@ -131,7 +131,7 @@ class Drafter:
         rows = [i for i, k in enumerate(spec.num_draft) if k > 0]
         tokens: list[list[int]] = [[] for _ in plan.seq_ids]
         dists: list[list[torch.Tensor]] = [[] for _ in plan.seq_ids]
-        params = _rows_params(plan)
+        params = per_sequence(plan.sampling, plan.sample)
         # positions: the catch-up tokens end with the pending token at (seq_len - query_len)
         pending_pos = {i: plan.seq_lens[i] - plan.query_lens[i] for i in rows}
         batch = _DraftBatch([t for i in rows for t in spec.catch_up[i]], [len(spec.catch_up[i]) for i in rows],
@@ -159,16 +159,4 @@ class Drafter:
                                 [plan.block_tables[i] for i in live])
             rows = live
         return tokens, [torch.stack(d) if d else None for d in dists]
-
-
-def _rows_params(plan: StepPlan) -> dict[int, SamplingBatch]:
-    """Each sampling sequence's parameters as a one-row batch."""
-    out, row = {}, 0
-    s = plan.sampling
-    for i, samples in enumerate(plan.sample):
-        if samples:
-            out[i] = SamplingBatch([s.temperature[row]], [s.top_k[row]], [s.top_p[row]], [s.min_p[row]],
-                                   [s.seeds[row]], [s.output_index[row]])
-            row += 1
-    return out
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from llm_infer.runtime.sampler import Sampler
-from llm_infer.runtime.speculative.draft import _rows_params
+from llm_infer.runtime.sampler import Sampler, per_sequence, select_rows
 from llm_infer.runtime.speculative.rejection import verify_greedy, verify_sampled
 from llm_infer.runtime.step_plan import StepPlan
 
@@ -52,7 +51,7 @@ def verify_step(plan: StepPlan, logits: torch.Tensor, spans: list[tuple[int, int
                 sampler: Sampler) -> list[list[int]]:
     """Per sequence, the tokens to append: for a speculating one, its accepted proposals plus one
     target token; for the others, one sampled token; [] for sequences that do not sample."""
-    params = _rows_params(plan)
+    params = per_sequence(plan.sampling, plan.sample)
     proposed = proposals(plan)
     dists = drafted[1] if drafted is not None else [None] * plan.num_seqs
     out: list[list[int]] = []
@@ -69,12 +68,7 @@ def verify_step(plan: StepPlan, logits: torch.Tensor, spans: list[tuple[int, int
         elif p.temperature[0] == 0:
             out.append(verify_greedy(rows, proposed[i]))
         else:
-            probs = sampler.probs(rows, _repeat(p, k + 1))
+            probs = sampler.probs(rows, select_rows(p, [0] * (k + 1)))
             out.append(verify_sampled(probs, proposed[i], dists[i], p.seeds[0], p.output_index[0]))
     return out
 
-
-def _repeat(p, n: int):
-    from llm_infer.runtime.step_plan import SamplingBatch
-
-    return SamplingBatch(p.temperature * n, p.top_k * n, p.top_p * n, p.min_p * n, p.seeds * n, p.output_index * n)
