@@ -33,6 +33,9 @@ class CacheConfig:
     # after the weights are loaded (CPU: MemAvailable; CUDA: free device memory).
     num_blocks: int | None = None
     memory_fraction: float = 0.1
+    # Reuse the KV of full blocks whose token prefix was computed before (shared system prompts,
+    # multi-turn chats). Not used with speculative method draft/layers (the draft's cache is not shared).
+    prefix_caching: bool = True
 
 
 @dataclass

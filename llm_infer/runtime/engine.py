@@ -49,6 +49,8 @@ class EngineStats:
     steps: int = 0
     prefill_tokens: int = 0  # tokens computed by prefill (including recomputation)
     decode_tokens: int = 0
+    prefix_query_tokens: int = 0  # prompt tokens of admitted requests looked up in the prefix cache
+    prefix_hit_tokens: int = 0  # of which found there (their KV was reused, not computed)
     last_worker_time_s: float = 0.0  # sampling rank's time for the last finished step
     last_comm_time_s: float = 0.0
 
@@ -70,7 +72,9 @@ class LLMEngine:
                 "raise cache.memory_fraction or cache.num_blocks, or lower scheduler.max_model_len"
             )
         executor.init_cache(num_blocks)
-        self.block_manager = BlockManager(num_blocks, bs)
+        # The draft model of draft/layers speculation keeps its own cache, which prefix caching would not fill.
+        prefix_caching = config.cache.prefix_caching and config.speculative.method not in ("draft", "layers")
+        self.block_manager = BlockManager(num_blocks, bs, prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.block_manager)
         self.stats = EngineStats()
         self._rng = random.Random(config.seed)
@@ -143,6 +147,9 @@ class LLMEngine:
             if not scheduled:
                 return
             plan = build_step_plan(scheduled, self.stats.steps, self.spec)
+            plan.block_copies = self.block_manager.take_copies()
+            self.stats.prefix_query_tokens = self.block_manager.query_tokens
+            self.stats.prefix_hit_tokens = self.block_manager.hit_tokens
             self.stats.steps += 1
             self.executor.submit(plan)
             self._inflight.append((scheduled, plan))
@@ -163,13 +170,14 @@ class LLMEngine:
                 continue
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
-            if seq.num_pending_tokens == 1 and n == 1:
+            if seq.num_pending_tokens == 1 and n == 1 and seq.output_token_ids:
                 self.stats.decode_tokens += 1
             else:
                 self.stats.prefill_tokens += n
             if seq.seq_id in result.logits:
                 self._keep_logits(req, seq.num_computed_tokens, result.logits[seq.seq_id])
             seq.num_computed_tokens += n
+            self.block_manager.register(seq)
             if samples:
                 outputs.append(self._append_token(req, token, now))
         return outputs
@@ -206,6 +214,7 @@ class LLMEngine:
                 if update.finished:
                     break
             if not seq.finished:
+                self.block_manager.register(seq)
                 self.block_manager.trim(seq, seq.num_computed_tokens)
             outputs.append(update)
         return outputs

@@ -48,3 +48,10 @@ class KVCache:
         # Zeroed: padded key positions are masked, but a NaN there would still poison SDPA.
         self.layers = [zeros((2, num_blocks, block_size, num_kv_heads, head_dim), dtype, device)
                        for _ in range(num_layers)]
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy whole blocks (K and V of every layer): copy-on-write of shared prefix blocks."""
+        src = torch.tensor([s for s, _ in copies], device=self.layers[0].device)
+        dst = torch.tensor([d for _, d in copies], device=self.layers[0].device)
+        for layer in self.layers:
+            layer[:, dst] = layer[:, src]

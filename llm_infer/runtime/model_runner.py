@@ -126,6 +126,8 @@ class ModelRunner:
                 ) -> StepOutput | IntermediateTensors | None:
         """Run one step. Non-final pipeline stages return what the next stage needs;
         the sampling rank returns the sampled tokens; other ranks return None."""
+        if plan.block_copies:
+            self.kv_cache.copy_blocks(plan.block_copies)
         draft_time, drafted = 0.0, None
         if plan.spec is not None and plan.spec.method != "ngram":
             start = time.perf_counter()

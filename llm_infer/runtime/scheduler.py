@@ -4,7 +4,8 @@ Every step has a token budget (`max_num_batched_tokens`). Running sequences
 go first: decodes (one pending token) before partial prefills, so a long
 prompt never stalls the streams already producing tokens. Waiting sequences
 are then admitted in arrival order while the budget, `max_num_seqs` and free
-KV blocks allow; a prompt larger than the remaining budget is prefilled in
+KV blocks allow, each starting after the longest prefix of its tokens whose
+KV blocks are cached (prefix caching); a prompt larger than the remaining budget is prefilled in
 chunks over several steps. When a running sequence needs a block and none is
 free, the most recently admitted sequence is preempted: its blocks are freed
 and it goes back to the front of the queue to be recomputed later (its
@@ -72,10 +73,12 @@ class Scheduler:
         while (self.waiting and budget > 0 and not preempted and len(scheduled) < limit
                and len(self.running) < self.config.max_num_seqs):
             seq = self.waiting[0]
-            n = min(seq.num_pending_tokens, budget)
-            if not self.blocks.can_allocate(seq, n):
+            prefix = self.blocks.cached_prefix(seq)
+            n = min(seq.num_tokens - self.blocks.prefix_tokens(seq, prefix), budget)
+            if not self.blocks.can_allocate(seq, n, prefix):
                 break
             self.waiting.popleft()
+            self.blocks.admit(seq, prefix)
             self.blocks.allocate(seq, n)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)

@@ -28,6 +28,10 @@ class Sequence:
     # Tokens whose K/V are in the cache; the rest are computed by coming steps.
     num_computed_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
+    # Prefix caching: keys of the full blocks of token_ids (as far as computed), and how many
+    # leading blocks of block_table were already offered to the cache.
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_cached_blocks: int = 0
     finish_reason: str | None = None
     num_preemptions: int = 0
     arrival_time: float = field(default_factory=time.perf_counter)

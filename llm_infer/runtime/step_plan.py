@@ -61,6 +61,8 @@ class StepPlan:
     return_logits: list[bool]  # whether to return the logits of every new position
     step_id: int = 0
     spec: SpecPlan | None = None
+    # KV blocks to copy (source, destination) before the forward: copy-on-write of shared blocks.
+    block_copies: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_seqs(self) -> int:
