@@ -111,6 +111,8 @@ def test_prompt_errors_leave_the_engine_usable(llm):
         llm.generate([[1, 5000]], SamplingParams(max_tokens=4))
     with pytest.raises(UserError, match="messages must be a non-empty list"):
         llm.chat([])
+    with pytest.raises(UserError, match="unpaired surrogate"):
+        llm.generate("lone \ud800 surrogate", SamplingParams(max_tokens=4))
     out = llm.generate("still works", SamplingParams(max_tokens=4, temperature=0))[0]
     assert len(out.token_ids) == 4 and not llm.engine.has_unfinished()
 

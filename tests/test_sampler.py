@@ -75,6 +75,9 @@ def test_greedy_rows_take_the_argmax_and_seeds_fix_draws():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"temperature": -1}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"top_p": float("nan")}, "top_p"),
+    ({"top_k": 2**64}, "top_k"),
     ({"top_p": 0}, "top_p"),
     ({"top_k": -3}, "top_k"),
     ({"min_p": 1.5}, "min_p"),

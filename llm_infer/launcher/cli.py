@@ -1,4 +1,4 @@
-"""`llm-infer`: generate, chat, bench (and the commands later issues add).
+"""`llm-infer`: generate, chat, bench, serve (and the commands later issues add).
 
 Every command takes `--config FILE` (default: configs/local.yaml) and repeated
 `--set dotted.key=value`. A user mistake prints one `error:` line and exits 2.
@@ -112,6 +112,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, make_llm)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llm_infer.launcher.server.serve import serve
+
+    return serve(args, make_llm)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from llm_infer.launcher.submit import submit
 
@@ -149,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: compare speculative methods (e.g. ngram,draft,layers) with speculation off")
     p.add_argument("--draft-model", help="with --speculative draft: the draft model (a folder or default)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
+    _engine_args(p)
+    from llm_infer.launcher.server.serve import add_serve_args
+
+    add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("submit", help="run an llm-infer command on a Ray cluster as a Ray job",
                        usage="llm-infer submit --address URL --config FILE [--wait] -- COMMAND [ARGS...]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from llm_infer.errors import UserError
@@ -35,8 +36,9 @@ class SamplingParams:
             self.top_k = 0
         checks = [
             (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
-            (_number(self.temperature) and self.temperature >= 0, "temperature must be >= 0"),
-            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer >= 0 (or -1 to disable)"),
+            (_number(self.temperature) and 0 <= self.temperature < math.inf, "temperature must be a finite number >= 0"),
+            (isinstance(self.top_k, int) and 0 <= self.top_k < 2**31,
+             "top_k must be an integer in [0, 2^31) (or -1 to disable)"),
             (_number(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (_number(self.min_p) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
             (self.seed is None or isinstance(self.seed, int), "seed must be an integer"),
@@ -53,4 +55,4 @@ class SamplingParams:
 
 
 def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)

@@ -1,0 +1,26 @@
+"""An OpenAI-compatible HTTP server over one `LLM`: `llm-infer serve`.
+
+Data flows: `app.py` (routes) -> `protocol.py` (request body -> prompt ids and
+SamplingParams) -> `async_engine.py` (the engine thread) -> `responses.py`
+(OpenAI-shaped JSON and stream chunks). `metrics.py` serves /metrics,
+`errors.py` turns every failure into an OpenAI error body, `serve.py` is the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["AsyncEngine", "EngineDeadError", "build_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that the CLI's parser (which imports serve.py) does not load FastAPI for every command.
+    if name == "build_app":
+        from llm_infer.launcher.server.app import build_app
+
+        return build_app
+    if name in ("AsyncEngine", "EngineDeadError"):
+        from llm_infer.launcher.server import async_engine
+
+        return getattr(async_engine, name)
+    raise AttributeError(name)

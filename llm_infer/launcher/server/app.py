@@ -1,0 +1,179 @@
+"""The FastAPI app: OpenAI routes over an AsyncEngine, plus /health and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from llm_infer.errors import UserError
+from llm_infer.launcher.server.async_engine import AsyncEngine, EngineDeadError
+from llm_infer.launcher.server.errors import ApiError, error_body, install_error_handlers
+from llm_infer.launcher.server.metrics import RequestCounter, ServerMetrics
+from llm_infer.launcher.server.protocol import GenerationRequest, check_model, parse_chat, parse_completion
+from llm_infer.launcher.server.responses import Responder, sse
+from llm_infer.runtime.outputs import RequestOutput
+
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection"
+_DISCONNECT_POLL_S = 0.2
+
+
+class ClientGone(Exception):
+    pass
+
+
+def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | None = None,
+              max_body_bytes: int = 1 << 20) -> FastAPI:
+    llm = async_engine.llm
+    model_names = {served_model_name, str(llm.config.model)}
+    created = int(time.time())
+    metrics = ServerMetrics(lambda: async_engine.snapshot, async_engine.speculative)
+
+    async def require_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                           code="invalid_api_key")
+
+    app = FastAPI(title="llm-infer", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.add_middleware(RequestCounter, metrics=metrics,
+                       endpoints={"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"})
+    app.state.async_engine, app.state.metrics = async_engine, metrics
+    authorized = [Depends(require_key)]
+
+    async def generate(request: Request, parse: Callable[..., GenerationRequest]) -> Response:
+        body = await read_json(request, max_body_bytes)
+        check_model(body, model_names)
+        req = parse(body, llm.tokenizer, async_engine.max_model_len, llm.model_config.vocab_size)
+        responder = Responder(req.chat, served_model_name)
+        outputs = async_engine.generate(req.prompt_ids, req.params, request_id=responder.id)
+        try:
+            first = await unless_disconnected(request, anext(outputs))
+            if req.stream:
+                return StreamingResponse(stream(first, outputs, req, responder, metrics),
+                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            if first.finished:
+                await outputs.aclose()
+                final = first
+            else:
+                final = await unless_disconnected(request, last(outputs))
+        except UserError as e:
+            raise ApiError(400, str(e), param="messages" if req.chat else "prompt") from None
+        except EngineDeadError as e:
+            raise ApiError(503, str(e), type="server_error") from None
+        except ClientGone:
+            metrics.observe_aborted()
+            return Response(status_code=CLIENT_CLOSED)
+        metrics.observe_finished(final)
+        return JSONResponse(responder.full(final))
+
+    @app.post("/v1/completions", dependencies=authorized)
+    async def completions(request: Request) -> Response:
+        return await generate(request, parse_completion)
+
+    @app.post("/v1/chat/completions", dependencies=authorized)
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, parse_chat)
+
+    @app.get("/v1/models", dependencies=authorized)
+    async def models() -> dict[str, Any]:
+        card = {"id": served_model_name, "object": "model", "created": created, "owned_by": "llm-infer",
+                "max_model_len": async_engine.max_model_len}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/health")
+    async def health() -> Response:
+        if async_engine.healthy:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse(error_body(f"the engine stopped: {async_engine.error}", "server_error"), status_code=503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object; 413 past `max_bytes`, 400 when it is not a JSON object."""
+    too_large = ApiError(413, f"the request body is larger than {max_bytes} bytes")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    try:
+        data = json.loads(body)
+        # "\ud800" is valid JSON but no text: it would fail in the tokenizer or when echoed in an error.
+        json.dumps(data, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ApiError(400, "the request body is not valid JSON (UTF-8 text, no unpaired surrogates)") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return data
+
+
+async def unless_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable`, cancelling it (so the request is aborted) if the client goes away."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+    final = None
+    async for final in outputs:
+        pass
+    assert final is not None and final.finished
+    return final
+
+
+async def stream(first: RequestOutput, outputs: AsyncIterator[RequestOutput], req: GenerationRequest,
+                 responder: Responder, metrics: ServerMetrics) -> AsyncIterator[str]:
+    """The SSE body: chunks as tokens come, a usage chunk if asked, then [DONE]."""
+    final = None
+    async with aclosing(outputs):  # closing the stream early (client gone) aborts the request
+        try:
+            if req.chat:
+                yield sse(responder.role_chunk())
+            out = first
+            while True:
+                if out.new_text or out.finished:
+                    yield sse(responder.chunk(out))
+                if out.finished:
+                    final = out
+                    break
+                out = await anext(outputs)
+        except EngineDeadError as e:
+            yield sse(error_body(str(e), "server_error"))
+        finally:
+            if final is not None:
+                metrics.observe_finished(final)
+            else:
+                metrics.observe_aborted()
+    if final is not None and req.include_usage:
+        yield sse(responder.usage_chunk(final))
+    yield sse("[DONE]")

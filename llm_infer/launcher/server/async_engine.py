@@ -1,0 +1,213 @@
+"""The engine thread: one thread owns the (not thread-safe) LLMEngine; asyncio code talks to it.
+
+Requests and aborts go in through a thread-safe command queue; each step's outputs
+come back to the waiting coroutines through their event loop (`call_soon_threadsafe`).
+If a step fails (a worker died) every open request gets the error, the engine is
+marked dead and the thread stops; nothing a client sends can do that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from llm_infer.runtime.outputs import RequestOutput
+from llm_infer.runtime.sampling_params import SamplingParams
+
+log = logging.getLogger("llm_infer.server")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread stopped (a step failed, or the server is shutting down)."""
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """What /metrics shows, published by the engine thread each loop (read from any thread)."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+    prefix_query_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    spec_proposed: int = 0
+    spec_accepted: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
+
+    @property
+    def spec_acceptance(self) -> float:
+        return self.spec_accepted / self.spec_proposed if self.spec_proposed else 0.0
+
+
+@dataclass
+class _Sink:
+    """Where one request's outputs go: an asyncio queue on the caller's loop."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the caller's loop is closed: nobody is listening any more
+            pass
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt: str | list[int]
+    params: SamplingParams
+    added: concurrent.futures.Future
+    sink: _Sink
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+class AsyncEngine:
+    def __init__(self, llm: Any):
+        self.llm = llm
+        self.speculative = llm.engine.spec is not None
+        self.max_model_len: int = llm.engine.max_model_len
+        self.snapshot = EngineSnapshot()
+        self.error: BaseException | None = None
+        self._commands: queue.SimpleQueue[_Add | _Abort] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # orders "enqueue if alive" against "mark dead, drain"
+        self._stopping = False
+        self._sinks: dict[str, _Sink] = {}  # engine thread only
+        self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None and self._thread.is_alive()
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield the request's updates until it finishes. A prompt the engine rejects raises
+        UserError before anything is yielded; stopping early (or being cancelled) aborts it."""
+        request_id = request_id or uuid.uuid4().hex
+        sink = _Sink(asyncio.get_running_loop(), asyncio.Queue())
+        added: concurrent.futures.Future = concurrent.futures.Future()
+        self._send(_Add(request_id, prompt, params, added, sink))
+        done = False  # true once the engine holds nothing of this request
+        try:
+            try:
+                await asyncio.wrap_future(added)
+            except BaseException:
+                done = added.done() and not added.cancelled() and added.exception() is not None  # refused
+                raise
+            while True:
+                item = await sink.queue.get()
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                if item.finished:
+                    done = True
+                yield item
+                if done:
+                    return
+        finally:
+            if not done:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its KV blocks (a no-op once it finished or the engine stopped)."""
+        try:
+            self._send(_Abort(request_id))
+        except EngineDeadError:
+            pass
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _send(self, command: _Add | _Abort) -> None:
+        with self._lock:
+            if self.error is not None:
+                raise EngineDeadError(f"the engine stopped: {self.error}")
+            self._commands.put(command)
+        self._wake.set()
+
+    # -- engine thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        engine = self.llm.engine
+        while not self._stopping:
+            self._wake.clear()
+            self._drain(engine)
+            self._publish(engine)
+            if not engine.has_unfinished():
+                self._wake.wait()
+                continue
+            try:
+                outputs = engine.step()
+            except BaseException as e:  # a worker died, or a bug: the engine state is unknown now
+                log.exception("engine step failed; the server stops generating")
+                self._die(e)
+                return
+            for out in outputs:
+                sink = self._sinks.get(out.request_id)
+                if sink is not None:
+                    sink.put(out)
+                    if out.finished:
+                        del self._sinks[out.request_id]
+        self._die(EngineDeadError("the server is shutting down"))
+
+    def _drain(self, engine: Any) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, _Abort):
+                engine.abort(command.request_id)
+                self._sinks.pop(command.request_id, None)
+            elif command.added.set_running_or_notify_cancel():
+                try:
+                    engine.add_request(command.prompt, command.params, request_id=command.request_id)
+                except Exception as e:  # noqa: BLE001 (UserError, or anything else: still only this request's)
+                    command.added.set_exception(e)
+                else:
+                    self._sinks[command.request_id] = command.sink
+                    command.added.set_result(command.request_id)
+
+    def _publish(self, engine: Any) -> None:
+        spec = engine.spec.stats if engine.spec is not None else None
+        self.snapshot = EngineSnapshot(
+            running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting),
+            kv_usage=engine.block_manager.usage(),
+            prefix_query_tokens=engine.stats.prefix_query_tokens, prefix_hit_tokens=engine.stats.prefix_hit_tokens,
+            spec_proposed=spec.proposed if spec else 0, spec_accepted=spec.accepted if spec else 0)
+
+    def _die(self, error: BaseException) -> None:
+        with self._lock:
+            self.error = error
+            pending = []
+            while True:
+                try:
+                    pending.append(self._commands.get_nowait())
+                except queue.Empty:
+                    break
+        message = f"the engine stopped: {error}"
+        for command in pending:
+            if isinstance(command, _Add) and command.added.set_running_or_notify_cancel():
+                command.added.set_exception(EngineDeadError(message))
+        for sink in self._sinks.values():
+            sink.put(EngineDeadError(message))
+        self._sinks.clear()
