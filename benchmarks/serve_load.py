@@ -195,8 +195,9 @@ def chart(path: Path, rows: list[dict], title: str) -> None:
             values = [r[f"{metric}_{q}_ms"] or 0 for r in rows]
             bars = ax.barh([i + offset for i in y], values, height=0.4, color=color, label=q)
             ax.bar_label(bars, fmt="%.0f", padding=3, fontsize=8)
-        ax.set_title(f"{metric.upper()} (ms)", fontsize=10)
+        ax.set_title(f"{metric.upper()} (ms{', log scale' if metric == 'ttft' else ''})", fontsize=10)
         ax.legend(fontsize=8)
+    axes[0].set_xscale("log")  # queueing makes one-at-a-time TTFT 100x the others
     bars = axes[2].barh(list(y), [r["output_tok_s"] for r in rows], color="#2a7")
     axes[2].bar_label(bars, fmt="%.0f", padding=3, fontsize=8)
     axes[2].set_title("output tokens/s", fontsize=10)
