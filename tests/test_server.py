@@ -486,3 +486,22 @@ def test_serve_on_a_busy_port_exits_2_before_loading_the_model(capsys):
         assert cli_main(["serve", "--config", "/no/such.yaml", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_the_server_over_a_tensor_parallel_engine_streams_tp1s_text(tiny_models, offline):
+    """Any parallel layout serves: TP=2 workers behind the same routes give TP=1's greedy text."""
+    prompts = prompt_ids(3, seed=5)
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    want = [o.text for o in offline.generate(prompts, params)]
+    with LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2}), progress=False) as llm:
+        async_engine = AsyncEngine(llm)
+        try:
+            with TestClient(build_app(async_engine, MODEL), raise_server_exceptions=False) as c:
+                for prompt, text in zip(prompts, want):
+                    body = {"prompt": prompt, "max_tokens": 10, "ignore_eos": True, "stream": True, **GREEDY}
+                    with c.stream("POST", COMPLETIONS, json=body) as r:
+                        lines = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+                    assert lines[-1] == "[DONE]"
+                    assert "".join(json.loads(x)["choices"][0]["text"] for x in lines[:-1]) == text
+        finally:
+            async_engine.shutdown()
