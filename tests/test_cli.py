@@ -53,7 +53,7 @@ def test_bench_writes_json(config, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--set", "cache.blok_size=3"], "error: unknown config key 'cache.blok_size' (did you mean 'cache.block_size'?)"),
     (["--set", "model=/no/such/dir"], "error: model folder not found: /no/such/dir"),
-    (["--temperature", "-1"], "error: invalid sampling parameters: temperature must be >= 0"),
+    (["--temperature", "-1"], "error: invalid sampling parameters: temperature must be a finite number >= 0"),
     (["--set", "scheduler.max_model_len=4"], "error: the prompt has"),
 ])
 def test_user_mistakes_exit_2_with_one_line(config, args, message):
