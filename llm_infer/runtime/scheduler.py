@@ -5,8 +5,8 @@ go first: decodes (one pending token) before partial prefills, so a long
 prompt never stalls the streams already producing tokens. Waiting sequences
 are then admitted in arrival order while the budget, `max_num_seqs` and free
 KV blocks allow, each starting after the longest prefix of its tokens whose
-KV blocks are cached (prefix caching); a prompt larger than the remaining budget is prefilled in
-chunks over several steps. When a running sequence needs a block and none is
+KV blocks are cached (prefix caching); a prompt larger than the remaining
+budget is prefilled in chunks over several steps. When a running sequence needs a block and none is
 free, the most recently admitted sequence is preempted: its blocks are freed
 and it goes back to the front of the queue to be recomputed later (its
 output so far is kept, so the result is unchanged).
