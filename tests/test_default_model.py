@@ -42,9 +42,9 @@ def test_greedy_tokens_match_transformers_for_chat_prompts(llm, hf):
             ref = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, len(prompt):].tolist()
         assert out.token_ids == ref
     assert "cach" in ours[0].text.lower(), ours[0].text
-    hits = llm.engine.stats.prefix_hit_tokens
+    hits = llm.engine.block_manager.hit_tokens
     again = llm.generate(prompts, SamplingParams(max_tokens=32, temperature=0))
-    assert llm.engine.stats.prefix_hit_tokens - hits >= sum(len(p) for p in prompts) - 3 * 16
+    assert llm.engine.block_manager.hit_tokens - hits >= sum(len(p) for p in prompts) - 3 * 16
     assert [o.token_ids for o in again] == [o.token_ids for o in ours], "with the prompts' blocks cached"
 
 

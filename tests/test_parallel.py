@@ -58,7 +58,7 @@ def test_layout_matches_tp1(references, model, tp, pp):
         assert llm.generate([PROMPT], GREEDY32)[0].token_ids == ref_tokens
         # A batch: with pipeline stages it runs as micro-batches in flight at once.
         assert [o.token_ids for o in llm.generate(BATCH, GREEDY32)] == ref_batch
-        assert llm.engine.stats.prefix_hit_tokens > 0, "the repeated PROMPT reused cached blocks on every rank"
+        assert llm.engine.block_manager.hit_tokens > 0, "the repeated PROMPT reused cached blocks on every rank"
     assert worker_children() == []
 
 

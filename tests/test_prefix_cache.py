@@ -114,7 +114,7 @@ def test_outputs_are_identical_with_prefix_caching_on_and_off(pair):
         want = [o.token_ids for o in off.generate(prompts, params)]
         assert [o.token_ids for o in on.generate(prompts, params)] == want
         assert [on.generate(p, params)[0].token_ids for p in prompts] == want, "one at a time, all hits"
-    assert on.engine.stats.prefix_hit_tokens > 0 and off.engine.stats.prefix_hit_tokens == 0
+    assert on.engine.block_manager.hit_tokens > 0 and off.engine.block_manager.hit_tokens == 0
 
 
 def test_a_repeated_long_prompt_computes_only_its_uncached_tail(pair):
@@ -157,7 +157,7 @@ def test_copy_on_write_while_the_owner_is_still_running(tiny_models, tp):
                 for out in engine.step():
                     if out.finished:
                         done[out.request_id] = out.token_ids
-            results[name] = (done[a], done[b], engine.stats.prefix_hit_tokens, len(copies))
+            results[name] = (done[a], done[b], engine.block_manager.hit_tokens, len(copies))
     (a_on, b_on, hits, copied), (a_off, b_off, _, _) = results["on"], results["off"]
     assert (a_on, b_on) == (a_off, b_off)
     assert b_on == a_on[:8]

@@ -49,8 +49,6 @@ class EngineStats:
     steps: int = 0
     prefill_tokens: int = 0  # tokens computed by prefill (including recomputation)
     decode_tokens: int = 0
-    prefix_query_tokens: int = 0  # prompt tokens of admitted requests looked up in the prefix cache
-    prefix_hit_tokens: int = 0  # of which found there (their KV was reused, not computed)
     last_worker_time_s: float = 0.0  # sampling rank's time for the last finished step
     last_comm_time_s: float = 0.0
 
@@ -148,8 +146,6 @@ class LLMEngine:
                 return
             plan = build_step_plan(scheduled, self.stats.steps, self.spec)
             plan.block_copies = self.block_manager.take_copies()
-            self.stats.prefix_query_tokens = self.block_manager.query_tokens
-            self.stats.prefix_hit_tokens = self.block_manager.hit_tokens
             self.stats.steps += 1
             self.executor.submit(plan)
             self._inflight.append((scheduled, plan))

@@ -192,7 +192,7 @@ class AsyncEngine:
         self.snapshot = EngineSnapshot(
             running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting),
             kv_usage=engine.block_manager.usage(),
-            prefix_query_tokens=engine.stats.prefix_query_tokens, prefix_hit_tokens=engine.stats.prefix_hit_tokens,
+            prefix_query_tokens=engine.block_manager.query_tokens, prefix_hit_tokens=engine.block_manager.hit_tokens,
             spec_proposed=spec.proposed if spec else 0, spec_accepted=spec.accepted if spec else 0)
 
     def _die(self, error: BaseException) -> None:
