@@ -24,11 +24,12 @@ from llm_infer.kernels.cpu_extension import cache_home
 CSRC = Path(__file__).parent / "csrc" / "cuda"
 SOURCES = ["cuda_bindings.cpp", "cache_ops.cu", "decode_attention.cu", "prefill_attention.cu", "awq_gemv.cu",
            "awq_gemm.cu", "rms_norm.cu"]
+HEADERS = sorted(p.name for p in CSRC.iterdir() if p.suffix in (".h", ".cuh"))  # hashed into the build key
 
 
 def _build_key(arch: str) -> str:
     h = hashlib.sha256()
-    for name in SOURCES + ["cuda_kernels.h"]:
+    for name in SOURCES + HEADERS:
         h.update((CSRC / name).read_bytes())
     h.update(f"{arch} {torch.__version__} {torch.version.cuda} {sys.version} {CSRC}".encode())
     return h.hexdigest()[:16]

@@ -29,7 +29,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "awq_pack.cuh"
 #include "cuda_kernels.h"
+#include "device_utils.cuh"
 
 namespace llm_infer_cuda {
 namespace {
@@ -69,19 +71,6 @@ constexpr int kQChunks = kBK * kQCols * 4 / kChunk;    // 64
 constexpr int kSChunks = kBN * 2 / kChunk;             // 8
 constexpr int kZChunks = kQCols * 4 / kChunk;          // 2
 static_assert(kXChunks % kThreads == 0 && kQChunks + kSChunks + kZChunks <= kThreads, "chunk split");
-
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-// Bit shift of natural column c (0..7) in a packed word: nibble (c / 2) + 4 (c % 2).
-__device__ __forceinline__ int column_shift(int c) { return 4 * ((c >> 1) + 4 * (c & 1)); }
 
 template <typename T>
 struct Args {
@@ -148,7 +137,7 @@ __device__ void dequantize_tile(const Smem<T>& sm, int buf) {
   float zero[8], scale[8];
 #pragma unroll
   for (int c = 0; c < 8; ++c) {
-    zero[c] = static_cast<float>((zword >> column_shift(c)) & 0xFu);
+    zero[c] = static_cast<float>(awq_column(zword, c));
     scale[c] = __half2float(sm.s[buf * kBN + 8 * j + c]);
   }
 #pragma unroll
@@ -157,7 +146,7 @@ __device__ void dequantize_tile(const Smem<T>& sm, int buf) {
     alignas(16) T w[8];
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
-      w[c] = from_float<T>((static_cast<float>((q >> column_shift(c)) & 0xFu) - zero[c]) * scale[c]);
+      w[c] = from_f32<T>((static_cast<float>(awq_column(q, c)) - zero[c]) * scale[c]);
     }
     *reinterpret_cast<uint4*>(sm.w + r * kWLd + 8 * j) = *reinterpret_cast<const uint4*>(w);
   }
@@ -203,8 +192,8 @@ __device__ void store_output(const Args<T>& a, const Smem<T>& sm, const Acc (&ac
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       float sum = sm.out[row * kOutLd + col + e];
-      if (a.bias != nullptr) sum += to_float(a.bias[n0 + col + e]);
-      v[e] = from_float<T>(sum);
+      if (a.bias != nullptr) sum += to_f32(a.bias[n0 + col + e]);
+      v[e] = from_f32<T>(sum);
     }
     *reinterpret_cast<uint4*>(a.y + static_cast<size_t>(m) * a.N + n0 + col) = *reinterpret_cast<const uint4*>(v);
   }
@@ -246,8 +235,6 @@ void launch(const AwqProblem& p, cudaStream_t stream) {
   const dim3 grid(p.N / kBN, (p.M + kBM - 1) / kBM);
   awq_gemm_kernel<T><<<grid, kThreads, 0, stream>>>(a);
 }
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 bool valid(const AwqProblem& p) {
   return p.M >= 0 && p.M <= kMaxGridY * kBM && p.N > 0 && p.N % kBN == 0 &&

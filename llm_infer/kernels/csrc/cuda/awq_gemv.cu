@@ -32,7 +32,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "awq_pack.cuh"
 #include "cuda_kernels.h"
+#include "device_utils.cuh"
 
 namespace llm_infer_cuda {
 namespace {
@@ -43,7 +45,6 @@ constexpr int kWarps = 8;                     // K slices per block
 constexpr int kColsPerBlock = kLanes * 8;     // outputs per block
 constexpr int kLoadBatch = 8;                 // qweight rows loaded before they are used
 constexpr int kFinishThreads = 256;
-constexpr uint32_t kTwo23Bits = 0x4B000000u;  // bit pattern of 2^23
 
 __host__ __device__ constexpr int rows_per_warp(int M) { return M <= 2 ? 16 : 32; }
 __host__ __device__ constexpr int chunk_rows(int M) { return kWarps * rows_per_warp(M); }
@@ -53,24 +54,6 @@ static_assert(rows_per_warp(1) % kLoadBatch == 0 && rows_per_warp(kMaxRows) % kL
 
 int num_splits(int M, int K) { return (K + chunk_rows(M) - 1) / chunk_rows(M); }
 
-// Output column (within the 8) of nibble i: AutoAWQ order {0, 2, 4, 6, 1, 3, 5, 7}.
-__device__ __forceinline__ int nibble_column(int i) { return 2 * (i & 3) + (i >> 2); }
-
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-// 2^23 + nibble i of q, exactly.
-__device__ __forceinline__ float biased_nibble(uint32_t q, int i) {
-  return __uint_as_float(((q >> (4 * i)) & 0xFu) | kTwo23Bits);
-}
-
 // xs[kk * M + m] = x[m, k_begin + kk] as fp32, zero past K.
 template <typename T, int M>
 __device__ void stage_x(const T* x, float* xs, int K, int k_begin) {
@@ -78,11 +61,11 @@ __device__ void stage_x(const T* x, float* xs, int K, int k_begin) {
   const int tid = threadIdx.y * kLanes + threadIdx.x;
   for (int idx = tid; idx < M * kChunk; idx += kLanes * kWarps) {
     const int m = idx / kChunk, kk = idx % kChunk, k = k_begin + kk;
-    xs[kk * M + m] = k < K ? to_float(x[static_cast<size_t>(m) * K + k]) : 0.0f;
+    xs[kk * M + m] = k < K ? to_f32(x[static_cast<size_t>(m) * K + k]) : 0.0f;
   }
 }
 
-// The group's zero points (as 2^23 + z, matching biased_nibble) and scales, in nibble order.
+// The group's zero points (as 2^23 + z, matching awq_biased_nibble) and scales, in nibble order.
 struct GroupParams {
   float zero[8];
   float scale[8];
@@ -94,8 +77,8 @@ __device__ GroupParams load_group(const int32_t* qzeros, const __half* scales, i
   GroupParams gp;
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    gp.zero[i] = biased_nibble(z, i);
-    gp.scale[i] = __half2float(scales[static_cast<size_t>(g) * N + 8 * j + nibble_column(i)]);
+    gp.zero[i] = awq_biased_nibble(z, i);
+    gp.scale[i] = __half2float(scales[static_cast<size_t>(g) * N + 8 * j + awq_nibble_column(i)]);
   }
   return gp;
 }
@@ -108,7 +91,7 @@ __device__ __forceinline__ void fma_row(float (&acc)[M][8], uint32_t q, const Gr
   for (int m = 0; m < M; ++m) xv[m] = xrow[m];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const float w = (biased_nibble(q, i) - gp.zero[i]) * gp.scale[i];
+    const float w = (awq_biased_nibble(q, i) - gp.zero[i]) * gp.scale[i];
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m][i] = fmaf(xv[m], w, acc[m][i]);
   }
@@ -139,7 +122,7 @@ __device__ void reduce_to_partial(const float (&acc)[M][8], float* red, float* p
 #pragma unroll
   for (int m = 0; m < M; ++m) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) red[threadIdx.y * kLanes * 9 + threadIdx.x * 9 + nibble_column(i)] = acc[m][i];
+    for (int i = 0; i < 8; ++i) red[threadIdx.y * kLanes * 9 + threadIdx.x * 9 + awq_nibble_column(i)] = acc[m][i];
     __syncthreads();
     float sum = 0.0f;
 #pragma unroll
@@ -186,8 +169,8 @@ __global__ void __launch_bounds__(kFinishThreads)
   if (idx >= MN) return;
   float sum = 0.0f;
   for (int s = 0; s < splits; ++s) sum += workspace[static_cast<size_t>(s) * MN + idx];
-  if (bias != nullptr) sum += to_float(bias[idx % N]);
-  y[idx] = from_float<T>(sum);
+  if (bias != nullptr) sum += to_f32(bias[idx % N]);
+  y[idx] = from_f32<T>(sum);
 }
 
 template <typename T, int M>

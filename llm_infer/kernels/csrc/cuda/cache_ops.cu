@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "cuda_kernels.h"
+#include "device_utils.cuh"
 
 namespace llm_infer_cuda {
 namespace {
@@ -31,8 +32,6 @@ __global__ void __launch_bounds__(kThreads)
     v_dst[i] = v_src[i];
   }
 }
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 template <typename U>
 cudaError_t launch(const void* k, const void* v, void* k_cache, void* v_cache, const int32_t* slot_mapping,

@@ -24,37 +24,14 @@
 #include <cstdint>
 
 #include "cuda_kernels.h"
+#include "device_utils.cuh"
+#include "paged_kv.cuh"
 
 namespace llm_infer_cuda {
 namespace {
 
 constexpr int kTile = 32;  // positions per shared-memory tile; equals the warp size (lane j owns score j)
 constexpr int kMaxWarps = 8;
-constexpr unsigned kFullMask = 0xffffffffu;
-
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float x);
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
-  return v;
-}
 
 struct Workspace {
   float* out;  // [R, head_dim]
@@ -64,41 +41,6 @@ struct Workspace {
 
 __host__ __device__ inline int64_t partial_rows(int num_seqs, int max_q_len, int heads, int splits) {
   return static_cast<int64_t>(num_seqs) * max_q_len * heads * splits;
-}
-
-// Copies positions [n0, n0 + kTile) of KV head kvh into k_s / v_s as fp32, positions >= end as
-// zeros (a masked position has weight 0, and 0 * garbage could be NaN). 16-byte global loads.
-template <typename T, int D>
-__device__ void load_tile(float (*k_s)[D], float (*v_s)[D], const PagedAttention& p, const int32_t* table, int kvh,
-                          int n0, int end) {
-  constexpr int kVec = 8;  // elements of T per 16 bytes
-  constexpr int kPerRow = D / kVec;
-  const T* k_cache = static_cast<const T*>(p.k_cache);
-  const T* v_cache = static_cast<const T*>(p.v_cache);
-  for (int idx = threadIdx.x; idx < kTile * kPerRow; idx += blockDim.x) {
-    const int j = idx / kPerRow;
-    const int c = (idx % kPerRow) * kVec;
-    const int pos = n0 + j;
-    float kf[kVec] = {}, vf[kVec] = {};
-    if (pos < end) {
-      const int64_t slot = static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
-      const int64_t offset = (slot * p.kv_heads + kvh) * D + c;
-      const uint4 k_raw = *reinterpret_cast<const uint4*>(k_cache + offset);
-      const uint4 v_raw = *reinterpret_cast<const uint4*>(v_cache + offset);
-      const T* k_el = reinterpret_cast<const T*>(&k_raw);
-      const T* v_el = reinterpret_cast<const T*>(&v_raw);
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        kf[e] = to_f32(k_el[e]);
-        vf[e] = to_f32(v_el[e]);
-      }
-    }
-#pragma unroll
-    for (int e = 0; e < kVec; e += 4) {
-      *reinterpret_cast<float4*>(&k_s[j][c + e]) = make_float4(kf[e], kf[e + 1], kf[e + 2], kf[e + 3]);
-      *reinterpret_cast<float4*>(&v_s[j][c + e]) = make_float4(vf[e], vf[e + 1], vf[e + 2], vf[e + 3]);
-    }
-  }
 }
 
 // Online-softmax state of one (query row, head) pair, held by one warp; lane owns dims
@@ -191,7 +133,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1)
   }
   __shared__ __align__(16) float k_s[kTile][D];
   __shared__ __align__(16) float v_s[kTile][D];
-  const int32_t* table = p.block_tables + static_cast<int64_t>(b) * p.max_blocks;
+  const int32_t* table = block_table(p, b);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int first = 0; first < pairs; first += warps) {  // block-uniform: every thread takes each round
     const int pair = first + warp;
@@ -201,7 +143,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1)
     if (active) init_pair<T, D>(st, p, b, i, h, q_len, seq_len, end, lane);
     for (int n0 = begin; n0 < end; n0 += kTile) {
       __syncthreads();  // the previous tile is consumed
-      load_tile<T, D>(k_s, v_s, p, table, kvh, n0, end);
+      load_kv_tile<T, D, kTile>(k_s, v_s, p, table, kvh, n0, end);
       __syncthreads();
       if (active) attend_tile<D>(st, k_s, v_s, n0, lane);
     }
@@ -255,11 +197,7 @@ cudaError_t dispatch_head_dim(const PagedAttention& p, int max_q_len, int splits
 }
 
 bool valid(const PagedAttention& p, int max_q_len, int splits) {
-  const bool aligned =
-      reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0;
-  return (p.head_dim == 64 || p.head_dim == 128) && p.kv_heads > 0 && p.heads % p.kv_heads == 0 &&
-         p.heads <= 65535 && p.block_size > 0 && p.num_seqs >= 0 && p.num_seqs <= 65535 && max_q_len > 0 &&
-         splits > 0 && aligned;
+  return paged_attention_ok(p) && max_q_len > 0 && splits > 0;
 }
 
 }  // namespace

@@ -21,6 +21,8 @@
 #include <cstdint>
 
 #include "cuda_kernels.h"
+#include "device_utils.cuh"
+#include "paged_kv.cuh"
 
 namespace llm_infer_cuda {
 namespace {
@@ -29,21 +31,6 @@ constexpr int kRows = 64;          // BLOCK_M: query rows per block
 constexpr int kCols = 32;          // BLOCK_N: key positions per tile
 constexpr int kThreadsPerRow = 4;  // consecutive lanes of one warp
 constexpr int kThreads = kRows * kThreadsPerRow;
-constexpr unsigned kFullMask = 0xffffffffu;
-
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float x);
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 __device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
 
@@ -59,41 +46,6 @@ __device__ __forceinline__ void scale4(float4& acc, float w) {
   acc.y *= w;
   acc.z *= w;
   acc.w *= w;
-}
-
-// Copies positions [n0, n0 + kCols) of KV head kvh into k_s / v_s as fp32, positions >= end as
-// zeros (a masked position has weight 0, and 0 * garbage could be NaN). 16-byte global loads.
-template <typename T, int D>
-__device__ void load_tile(float (*k_s)[D], float (*v_s)[D], const PagedAttention& p, const int32_t* table, int kvh,
-                          int n0, int end) {
-  constexpr int kVec = 8;  // elements of T per 16 bytes
-  constexpr int kPerRow = D / kVec;
-  const T* k_cache = static_cast<const T*>(p.k_cache);
-  const T* v_cache = static_cast<const T*>(p.v_cache);
-  for (int idx = threadIdx.x; idx < kCols * kPerRow; idx += blockDim.x) {
-    const int j = idx / kPerRow;
-    const int c = (idx % kPerRow) * kVec;
-    const int pos = n0 + j;
-    float kf[kVec] = {}, vf[kVec] = {};
-    if (pos < end) {
-      const int64_t slot = static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
-      const int64_t offset = (slot * p.kv_heads + kvh) * D + c;
-      const uint4 k_raw = *reinterpret_cast<const uint4*>(k_cache + offset);
-      const uint4 v_raw = *reinterpret_cast<const uint4*>(v_cache + offset);
-      const T* k_el = reinterpret_cast<const T*>(&k_raw);
-      const T* v_el = reinterpret_cast<const T*>(&v_raw);
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        kf[e] = to_f32(k_el[e]);
-        vf[e] = to_f32(v_el[e]);
-      }
-    }
-#pragma unroll
-    for (int e = 0; e < kVec; e += 4) {
-      *reinterpret_cast<float4*>(&k_s[j][c + e]) = make_float4(kf[e], kf[e + 1], kf[e + 2], kf[e + 3]);
-      *reinterpret_cast<float4*>(&v_s[j][c + e]) = make_float4(vf[e], vf[e + 1], vf[e + 2], vf[e + 3]);
-    }
-  }
 }
 
 // State of one query row as seen by one of its lanes: lane_in_row owns the float4 groups at
@@ -203,10 +155,10 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PagedAttention p) {
 
   __shared__ __align__(16) float k_s[kCols][D];
   __shared__ __align__(16) float v_s[kCols][D];
-  const int32_t* table = p.block_tables + static_cast<int64_t>(b) * p.max_blocks;
+  const int32_t* table = block_table(p, b);
   for (int n0 = 0; n0 < end; n0 += kCols) {
     __syncthreads();  // the previous tile is consumed
-    load_tile<T, D>(k_s, v_s, p, table, kvh, n0, end);
+    load_kv_tile<T, D, kCols>(k_s, v_s, p, table, kvh, n0, end);
     __syncthreads();
     float s[kCols];
     tile_scores<D>(s, st, k_s, n0, lane_in_row);
@@ -234,10 +186,7 @@ cudaError_t dispatch_head_dim(const PagedAttention& p, int max_q_len, cudaStream
 }
 
 bool valid(const PagedAttention& p, int max_q_len) {
-  const bool aligned =
-      reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0;
-  return (p.head_dim == 64 || p.head_dim == 128) && p.kv_heads > 0 && p.heads % p.kv_heads == 0 &&
-         p.heads <= 65535 && p.block_size > 0 && p.num_seqs >= 0 && p.num_seqs <= 65535 && max_q_len >= 0 && aligned;
+  return paged_attention_ok(p) && max_q_len >= 0;
 }
 
 }  // namespace

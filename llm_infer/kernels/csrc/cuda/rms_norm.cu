@@ -12,26 +12,12 @@
 #include <cstdint>
 
 #include "cuda_kernels.h"
+#include "device_utils.cuh"
 
 namespace llm_infer_cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr unsigned kFullMask = 0xffffffffu;
-
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float x);
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 template <typename T>
 __device__ __forceinline__ float round_to(float x) {
@@ -41,7 +27,7 @@ __device__ __forceinline__ float round_to(float x) {
 // Sum over the block; called once per kernel (warp_sums is not reused).
 __device__ float block_sum(float v) {
   __shared__ float warp_sums[kThreads / 32];
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  v = warp_sum(v);
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
   __syncthreads();
   float total = 0.f;
