@@ -98,7 +98,7 @@ def micro(threads: int, rounds: int) -> list[dict]:
 
 def worker(args: argparse.Namespace) -> None:
     if args.worker == "llama_cpp":
-        from llm_infer.runtime.models.gguf_convert import find_default_gguf
+        from llm_infer.runtime.models.default_model import find_default_gguf
 
         emit(time_llama_cpp(str(find_default_gguf()), args.n_batch, args.threads, args.gen_len, args.repeat))
     elif args.worker == "engine":

@@ -47,7 +47,7 @@ def summarize(ttfts: list[float], totals: list[float], prompt_len: int, gen_len:
 
 
 def chat_prompt_ids() -> list[int]:
-    from llm_infer.runtime.models.gguf_convert import ensure_default_model
+    from llm_infer.runtime.models.default_model import ensure_default_model
     from llm_infer.runtime.tokenizer import Tokenizer
 
     return Tokenizer(ensure_default_model()).encode_chat(CHAT)

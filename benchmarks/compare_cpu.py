@@ -29,7 +29,7 @@ def run_transformers(dtype: str, threads: int, gen_len: int, repeat: int) -> dic
     import torch
     import transformers
 
-    from llm_infer.runtime.models.gguf_convert import ensure_default_model
+    from llm_infer.runtime.models.default_model import ensure_default_model
 
     torch.set_num_threads(threads)
     model = transformers.AutoModelForCausalLM.from_pretrained(ensure_default_model(), dtype=getattr(torch, dtype))
@@ -54,7 +54,7 @@ def worker(args: argparse.Namespace) -> None:
     elif args.worker == "transformers":
         emit(run_transformers(args.dtype, args.threads, args.gen_len, args.repeat))
     else:
-        from llm_infer.runtime.models.gguf_convert import find_default_gguf
+        from llm_infer.runtime.models.default_model import find_default_gguf
 
         emit(time_llama_cpp(str(find_default_gguf()), args.n_batch, args.threads, args.gen_len, args.repeat))
 

@@ -25,7 +25,7 @@ from benchmarks.common import RESULTS, ROOT  # noqa: E402
 def early_exit_agreement(layers: list[int]) -> dict[int, float]:
     import transformers
 
-    from llm_infer.runtime.models.gguf_convert import ensure_default_model
+    from llm_infer.runtime.models.default_model import ensure_default_model
 
     path = ensure_default_model()
     tok = transformers.AutoTokenizer.from_pretrained(path)

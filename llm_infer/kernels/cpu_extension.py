@@ -20,13 +20,14 @@ from types import ModuleType
 
 import torch
 
+from llm_infer.paths import llm_infer_home
+
 CSRC = Path(__file__).parent / "csrc" / "cpu"
 SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "awq_gemv.cpp", "elementwise.cpp", "attention.cpp", "decode_stack.cpp",
            "int8_gemv.cpp"]
 
 
-def cache_home() -> Path:
-    return Path(os.environ.get("LLM_INFER_HOME", Path.home() / ".cache" / "llm_infer"))
+cache_home = llm_infer_home  # the kernel builds live under cache_home() / "build"
 
 
 def _cpu_flags() -> str:
@@ -51,16 +52,46 @@ def _build_key() -> str:
     return h.hexdigest()[:16]
 
 
+# Why the last load_cpu_extension() returned None (shown by `llm-infer env`).
+unavailable_reason: str | None = None
+
+
+def build_path() -> Path:
+    """Where the kernels of these sources for this CPU and torch are (or would be) built."""
+    return cache_home() / "build" / f"cpu-{_build_key()}"
+
+
+def ensure_ninja_on_path() -> None:
+    """torch's extension builder runs `ninja` from PATH; the `ninja` wheel (a dependency) puts it in
+    its own folder, which is not on PATH when the interpreter is run without activating its venv."""
+    if shutil.which("ninja") is not None:
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _unavailable(reason: str) -> None:
+    global unavailable_reason
+    unavailable_reason = reason
+    warnings.warn(f"llm-infer: {reason}; the CPU kernels fall back to the torch reference (slower decode)")
+
+
 @functools.cache
 def load_cpu_extension() -> ModuleType | None:
-    """The compiled module, or None (after a warning) when it cannot be built."""
+    """The compiled module, or None (after a warning, reason in `unavailable_reason`) when it cannot be built."""
+    global unavailable_reason
     if os.environ.get("LLM_INFER_NO_CPU_EXT"):
+        unavailable_reason = "disabled by LLM_INFER_NO_CPU_EXT"
         return None
     if shutil.which(os.environ.get("CXX", "c++")) is None:
-        warnings.warn("llm-infer: no C++ compiler found; CPU kernels fall back to torch (slower decode)")
+        _unavailable("no C++ compiler found")
         return None
-    key = _build_key()
-    build_dir = cache_home() / "build" / f"cpu-{key}"
+    ensure_ninja_on_path()
+    build_dir = build_path()
+    key = build_dir.name.removeprefix("cpu-")
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         from torch.utils.cpp_extension import load
@@ -85,5 +116,5 @@ def load_cpu_extension() -> ModuleType | None:
         lines = text.splitlines()
         first = next((ln for ln in lines if "error:" in ln), None) or next(
             (ln for ln in lines if "error" in ln.lower()), lines[0] if lines else type(e).__name__)
-        warnings.warn(f"llm-infer: CPU kernels failed to build ({first.strip()[:300]}); using the torch path")
+        _unavailable(f"CPU kernels failed to build ({first.strip()[:300]})")
         return None

@@ -118,6 +118,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args, make_llm)
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_infer.launcher.env_report import collect, format_report
+
+    report = collect()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from llm_infer.launcher.submit import submit
 
@@ -162,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_args(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("env", help="versions, device, kernels in use, caches: what a bug report needs")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("submit", help="run an llm-infer command on a Ray cluster as a Ray job",
                        usage="llm-infer submit --address URL --config FILE [--wait] -- COMMAND [ARGS...]")

@@ -32,4 +32,4 @@ class InProcessExecutor:
         return {0: self.worker.stats()}
 
     def shutdown(self) -> None:
-        pass
+        self.worker = None  # the model and KV cache go with it

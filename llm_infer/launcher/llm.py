@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -47,10 +48,14 @@ class LLM:
         mc = self.model_config
         check_layout(mc.num_heads, mc.num_kv_heads, mc.intermediate_size, mc.num_layers, self.config.parallel)
         self._executor = make_executor(self.config, progress=progress)
+        # Workers (processes, Ray actors and placement groups) are released by close(), or when this
+        # object is garbage collected, or at interpreter exit, whichever comes first. The finalizer
+        # holds the executor, never the LLM, so dropping the LLM is enough.
+        self._release = weakref.finalize(self, self._executor.shutdown)
         try:
             self.engine = LLMEngine(self.config, self._executor, self.tokenizer, self.model_config)
         except BaseException:
-            self._executor.shutdown()
+            self._release()
             raise
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
@@ -73,6 +78,7 @@ class LLM:
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Yield an update (with `new_text`) every step until the request finishes."""
+        self._check_open()
         request_id = self.engine.add_request(prompt, params)
         try:
             while True:
@@ -90,6 +96,7 @@ class LLM:
         return out.logits[: len(token_ids)]
 
     def _run(self, requests: list[tuple[Prompt, SamplingParams, bool]]) -> list[RequestOutput]:
+        self._check_open()
         ids = []
         try:
             for prompt, sp, want_logits in requests:
@@ -105,7 +112,16 @@ class LLM:
                 self.engine.abort(i)
 
     def close(self) -> None:
-        self._executor.shutdown()
+        """Stop the workers and release what they hold. Idempotent; the LLM cannot be used afterwards."""
+        self._release()
+
+    @property
+    def closed(self) -> bool:
+        return not self._release.alive
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UserError("this LLM has been closed; create a new one")
 
     def __enter__(self) -> "LLM":
         return self

