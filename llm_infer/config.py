@@ -1,105 +1,149 @@
 """Engine configuration: the one place where configuration is parsed and validated.
 
 A config comes from a YAML file, a dict, or an `EngineConfig`, plus dotted
-overrides (`scheduler.max_num_seqs=8`). Every mistake (unknown key, wrong type,
-value out of range) is a `ConfigError` with one line naming the key.
+overrides (`scheduler.max_num_seqs=8`). The sections are pydantic dataclasses:
+choices are `Literal`s, ranges `Field` bounds, unknown keys are refused, and the
+rules that relate keys live in one validator. `load_config` turns pydantic's
+report into a `ConfigError` with one line naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
+import json
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Iterator, Literal, Mapping
 
 import yaml
+from pydantic import (ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError,
+                      model_validator)
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
 
 from llm_infer.errors import ConfigError
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
-LAUNCHERS = ("local", "ray")
-BACKENDS = ("auto", "nccl", "gloo")
-KERNELS = ("auto", "cuda", "torch")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+# Unknown keys are refused; Strict* types keep bools from passing as ints and strings as numbers.
+_SECTION = ConfigDict(extra="forbid")
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class CacheConfig:
-    block_size: int = 16
-    # Either a fixed number of KV blocks, or a share of the memory left free
-    # after the weights are loaded (CPU: MemAvailable; CUDA: free device memory).
-    num_blocks: int | None = None
-    memory_fraction: float = 0.1
-    # Reuse the KV of full blocks whose token prefix was computed before (shared system prompts,
-    # multi-turn chats). Not used with speculative method draft/layers (the draft's cache is not shared).
-    prefix_caching: bool = True
+    """The KV cache: block size, and a fixed block count or a share of free memory."""
+
+    block_size: StrictInt = Field(16, ge=1, description="tokens per KV block")
+    num_blocks: StrictInt | None = Field(None, ge=1, description="fixed block count; null: sized by memory_fraction")
+    memory_fraction: StrictFloat = Field(0.1, gt=0, le=1, description="share of the memory free after the weights "
+                                         "(CPU: MemAvailable; CUDA: free device memory) given to the KV cache")
+    prefix_caching: StrictBool = Field(True, description="reuse the KV blocks of prompt prefixes computed before "
+                                       "(see Prefix caching)")
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class SchedulerConfig:
-    max_num_seqs: int = 16
-    max_num_batched_tokens: int = 2048
-    # None: the model's max_position_embeddings.
-    max_model_len: int | None = None
+    """How many sequences and tokens one engine step may carry."""
+
+    max_num_seqs: StrictInt = Field(16, ge=1, description="sequences in the running batch")
+    max_num_batched_tokens: StrictInt = Field(2048, ge=1, description="tokens per step; longer prompts are "
+                                              "prefilled in chunks")
+    max_model_len: StrictInt | None = Field(None, ge=1, description="null: the model's `max_position_embeddings`")
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class ParallelConfig:
-    tensor: int = 1
-    pipeline: int = 1
-    launcher: str = "local"
-    backend: str = "auto"
-    # Layers per pipeline stage; None splits evenly (remainder on the first stages).
-    pipeline_layers: list[int] | None = None
-    # For launcher=ray: "auto", an address, or None to start a local instance.
-    ray_address: str | None = None
-    # Seconds a collective or a worker reply may take before the run is declared dead.
-    timeout_s: float = 120.0
+    """Tensor and pipeline layout, and how the workers are started and reached."""
+
+    tensor: StrictInt = Field(1, ge=1, description="tensor-parallel ranks per stage")
+    pipeline: StrictInt = Field(1, ge=1, description="pipeline stages")
+    launcher: Literal["local", "ray"] = Field("local", description="`local` (in-process for one rank, child "
+                                              "processes otherwise) or `ray`")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="`auto` (NCCL on CUDA, gloo on CPU), "
+                                                     "`nccl`, `gloo`")
+    pipeline_layers: list[Annotated[StrictInt, Field(ge=1)]] | None = Field(
+        None, strict=True, description="layers per stage, e.g. `[16, 8]`; null splits evenly, remainder first")
+    ray_address: StrictStr | None = Field(None, description="`auto`, `host:port`, or null for a private local Ray "
+                                          "on 127.0.0.1")
+    timeout_s: StrictFloat = Field(120.0, gt=0, description="collectives and worker replies; past it the run stops "
+                                   "with the rank named")
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class SpeculativeConfig:
-    # null (off) | ngram (prompt lookup) | draft (a separate draft model) | layers (the target's first layers)
-    method: str | None = None
-    num_tokens: int = 4  # K: tokens proposed per step (the maximum when adaptive)
-    adaptive: bool = False  # adjust K per sequence from its running acceptance rate
-    draft_model: str | None = None  # method draft: a model folder or "default"
-    draft_dtype: str = "auto"  # method draft: the draft's own dtype (its precision only affects acceptance)
-    draft_layers: int = 8  # method layers: how many of the target's first layers draft
-    ngram_max: int = 3  # method ngram: the longest suffix matched against earlier text
-    ngram_min: int = 2  # method ngram: the shortest suffix that may propose (1-token matches mislead)
+    """Speculative decoding: who proposes tokens, and how many per step."""
+
+    method: Literal["ngram", "draft", "layers"] | None = Field(None, description="`ngram`, `draft`, `layers` "
+                                                               "(see Speculative decoding)")
+    num_tokens: StrictInt = Field(4, ge=1, le=15, description="K proposals per step (the maximum when adaptive)")
+    adaptive: StrictBool = Field(False, description="adapt K per sequence from its running acceptance rate")
+    draft_model: StrictStr | None = Field(None, description="method `draft`: a model folder (may be AWQ) or "
+                                          "`default`")
+    draft_dtype: Dtype = Field("auto", description="method `draft`: the draft's own dtype (its precision only "
+                               "affects acceptance)")
+    draft_layers: StrictInt = Field(8, ge=1, description="method `layers`: the target's first N layers draft")
+    ngram_min: StrictInt = Field(2, ge=1, description="method `ngram`: the shortest suffix that may propose")
+    ngram_max: StrictInt = Field(3, ge=1, description="method `ngram`: the longest suffix matched against "
+                                 "earlier text")
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class QuantizationConfig:
-    # int8: quantize the LM head at load time (one scale per vocabulary row); null keeps it as loaded.
-    lm_head: str | None = None
+    """Quantization applied at load time."""
+
+    lm_head: Literal["int8"] | None = Field(None, description="`int8`: quantize the LM head at load (one scale "
+                                            "per vocabulary row)")
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class EngineConfig:
-    model: str = "default"
-    tokenizer: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    # CPU threads per worker; None: all cores divided among local workers.
-    threads: int | None = None
-    kernels: str = "auto"
-    # Capture decode steps as CUDA graphs (one per batch-size bucket) when our CUDA kernels run.
-    cuda_graphs: bool = True
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
-    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    """The whole configuration: top-level keys, then one section per concern."""
+
+    model: StrictStr = Field("default", min_length=1, description="Hugging Face folder (config.json + "
+                             "safetensors), or `default`")
+    tokenizer: StrictStr | None = Field(None, description="tokenizer folder (default: the model's)")
+    dtype: Dtype = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: StrictInt = Field(0, description="seeds requests that bring none")
+    threads: StrictInt | None = Field(None, ge=1, description="CPU threads per worker; null: all cores divided "
+                                      "among local workers")
+    kernels: Literal["auto", "cuda", "torch"] = Field("auto", description="`auto` (our compiled kernels where "
+                                                      "built), `torch` (reference), `cuda`")
+    cuda_graphs: StrictBool = Field(True, description="capture decode steps as CUDA graphs (CUDA, our kernels, "
+                                    "one process)")
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
 
     @property
     def world_size(self) -> int:
+        """Ranks in all: tensor ranks per stage times pipeline stages."""
         return self.parallel.tensor * self.parallel.pipeline
+
+    @model_validator(mode="after")
+    def _rules_across_keys(self) -> EngineConfig:
+        """Every rule that relates two keys, in one place (each failure is one line)."""
+        spec, parallel = self.speculative, self.parallel
+        if spec.method == "draft" and not spec.draft_model:
+            raise ValueError("speculative.method: draft needs speculative.draft_model (a model folder or default)")
+        if spec.method in ("draft", "layers") and parallel.pipeline > 1:
+            raise ValueError(f"speculative.method: {spec.method} does not run with pipeline stages "
+                             "(use ngram, or parallel.pipeline: 1)")
+        if spec.method == "layers" and parallel.tensor > 1:
+            raise ValueError("speculative.method: layers runs the target's own layers on one rank, so it needs "
+                             "parallel.tensor: 1 (use ngram or draft)")
+        if spec.ngram_min > spec.ngram_max:
+            raise ValueError(f"speculative.ngram_min ({spec.ngram_min}) must not exceed ngram_max ({spec.ngram_max})")
+        layers = parallel.pipeline_layers
+        if layers is not None and len(layers) != parallel.pipeline:
+            raise ValueError(f"parallel.pipeline_layers has {len(layers)} entries for {parallel.pipeline} "
+                             "pipeline stages")
+        return self
+
+
+_ENGINE_CONFIG = TypeAdapter(EngineConfig)
 
 
 def load_config(
@@ -121,9 +165,28 @@ def load_config(
         data = _read_yaml(Path(config))
     for key, value in _parse_overrides(overrides).items():
         _set_dotted(data, key, value)
-    cfg = _build(EngineConfig, data, prefix="")
-    _validate(cfg)
-    return cfg
+    try:
+        return _ENGINE_CONFIG.validate_python(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e.errors()[0])) from None
+
+
+def config_table() -> str:
+    """The README's key table (key | default | meaning), rendered from the schema."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, info in _leaves(EngineConfig, ""):
+        meaning = info.description or ", ".join(f"`{c}`" for c in _choices(info.annotation))
+        default = info.default if isinstance(info.default, str) else json.dumps(info.default)
+        rows.append(f"| `{key}` | `{default}` | {meaning} |")
+    return "\n".join(rows)
+
+
+def _leaves(section: type, prefix: str) -> Iterator[tuple[str, FieldInfo]]:
+    for name, info in section.__pydantic_fields__.items():
+        if dataclasses.is_dataclass(info.annotation):
+            yield from _leaves(info.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name, info
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -174,111 +237,68 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "config"
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown config key {prefix + str(key)!r}{hint}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, prefix=f"{prefix}{key}.")
-        else:
-            kwargs[key] = _check_type(f"{prefix}{key}", value, hint)
-    return cls(**kwargs)
+# -- pydantic's error -> one line naming the dotted key ---------------------------------------
+
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str",
+               "list_type": "a list"}
+_BOUNDS = ("ge", "gt", "le", "lt")
 
 
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(key, value, arg)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is list:
-        (item_type,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_check_type(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
-    if not isinstance(value, hint):
-        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
-    return value
+def _one_line(error: Mapping[str, Any]) -> str:
+    """pydantic's error as one line: the dotted key, what it must be, what it got."""
+    loc, kind, value = error["loc"], error["type"], error["input"]
+    if kind == "invalid_key":  # a YAML key that is not a string (`1: x`) names itself
+        loc = (*loc[:-1], str(loc[-1]))
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    section, info = _locate(loc)
+    if kind in ("unexpected_keyword_argument", "invalid_key"):
+        prefix = key[: len(key) - len(str(loc[-1]))]
+        close = difflib.get_close_matches(str(loc[-1]), list(section.__pydantic_fields__), n=1) if section else []
+        hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+        return f"unknown config key {key!r}{hint}"
+    if kind == "value_error":  # a rule across keys: its message is the line
+        return str(error["ctx"]["error"])
+    if kind == "literal_error" and info is not None:
+        return f"{key} must be one of {', '.join(_choices(info.annotation))}; got {value!r}"
+    if kind in _TYPE_NAMES:
+        return f"{key} must be {_TYPE_NAMES[kind]}, got {value!r}"
+    if kind == "dataclass_type":
+        return f"{key} must be a mapping, got {type(value).__name__}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        limits = {**error.get("ctx", {}), **(_limits(info) if info else {})}
+        return f"{key} must be {_range(limits)}, got {value}"
+    if kind == "string_too_short":
+        return f"{key} must not be empty"
+    return f"{key}: {error['msg']}"
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+def _locate(loc: tuple[int | str, ...]) -> tuple[type | None, FieldInfo | None]:
+    """The section holding the last key of `loc` and that key's field (None inside a list)."""
+    section: type | None = EngineConfig
+    parent, info = None, None
+    for part in loc:
+        parent = section
+        info = section.__pydantic_fields__.get(part) if section and isinstance(part, str) else None
+        section = info.annotation if info and dataclasses.is_dataclass(info.annotation) else None
+    return parent, info
 
 
-def _check_positive(key: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ConfigError(f"{key} must be at least 1, got {value}")
+def _choices(annotation: Any) -> list[str]:
+    if typing.get_origin(annotation) is Literal:
+        return list(typing.get_args(annotation))
+    return [c for arg in typing.get_args(annotation) for c in _choices(arg)]
 
 
-def _validate(cfg: EngineConfig) -> None:
-    _check_choice("dtype", cfg.dtype, DTYPES)
-    _check_choice("device", cfg.device, DEVICES)
-    _check_choice("kernels", cfg.kernels, KERNELS)
-    _check_choice("parallel.launcher", cfg.parallel.launcher, LAUNCHERS)
-    _check_choice("parallel.backend", cfg.parallel.backend, BACKENDS)
-    spec = cfg.speculative
-    if spec.method is not None:
-        _check_choice("speculative.method", spec.method, ("ngram", "draft", "layers"))
-        if spec.method == "draft" and not spec.draft_model:
-            raise ConfigError("speculative.method: draft needs speculative.draft_model (a model folder or default)")
-        if spec.method != "ngram" and cfg.parallel.pipeline > 1:
-            raise ConfigError(f"speculative.method: {spec.method} does not run with pipeline stages "
-                              "(use ngram, or parallel.pipeline: 1)")
-        if spec.method == "layers" and cfg.parallel.tensor > 1:
-            raise ConfigError("speculative.method: layers runs the target's own layers on one rank, so it needs "
-                              "parallel.tensor: 1 (use ngram or draft)")
-    if not 1 <= spec.num_tokens <= 15:
-        raise ConfigError(f"speculative.num_tokens must be in 1..15, got {spec.num_tokens}")
-    _check_positive("speculative.draft_layers", spec.draft_layers)
-    _check_choice("speculative.draft_dtype", spec.draft_dtype, DTYPES)
-    _check_positive("speculative.ngram_max", spec.ngram_max)
-    _check_positive("speculative.ngram_min", spec.ngram_min)
-    if spec.ngram_min > spec.ngram_max:
-        raise ConfigError(f"speculative.ngram_min ({spec.ngram_min}) must not exceed ngram_max ({spec.ngram_max})")
-    if cfg.quantization.lm_head is not None:
-        _check_choice("quantization.lm_head", cfg.quantization.lm_head, ("int8",))
-    if not cfg.model:
-        raise ConfigError("model must name a model folder or 'default'")
-    _check_positive("threads", cfg.threads)
-    _check_positive("cache.block_size", cfg.cache.block_size)
-    _check_positive("cache.num_blocks", cfg.cache.num_blocks)
-    if not 0.0 < cfg.cache.memory_fraction <= 1.0:
-        raise ConfigError(f"cache.memory_fraction must be in (0, 1], got {cfg.cache.memory_fraction}")
-    _check_positive("scheduler.max_num_seqs", cfg.scheduler.max_num_seqs)
-    _check_positive("scheduler.max_num_batched_tokens", cfg.scheduler.max_num_batched_tokens)
-    _check_positive("scheduler.max_model_len", cfg.scheduler.max_model_len)
-    _check_positive("parallel.tensor", cfg.parallel.tensor)
-    _check_positive("parallel.pipeline", cfg.parallel.pipeline)
-    if cfg.parallel.timeout_s <= 0:
-        raise ConfigError(f"parallel.timeout_s must be positive, got {cfg.parallel.timeout_s}")
-    layers = cfg.parallel.pipeline_layers
-    if layers is not None:
-        if len(layers) != cfg.parallel.pipeline:
-            raise ConfigError(
-                f"parallel.pipeline_layers has {len(layers)} entries for {cfg.parallel.pipeline} pipeline stages"
-            )
-        for i, n in enumerate(layers):
-            _check_positive(f"parallel.pipeline_layers[{i}]", n)
+def _limits(info: FieldInfo) -> dict[str, Any]:
+    return {name: getattr(m, name) for m in info.metadata for name in _BOUNDS if hasattr(m, name)}
+
+
+def _range(limits: Mapping[str, Any]) -> str:
+    """`at least 1`, `greater than 0`, `in (0, 1]`, ... from Field bounds."""
+    low = ("[", limits["ge"]) if "ge" in limits else ("(", limits["gt"]) if "gt" in limits else None
+    high = ("]", limits["le"]) if "le" in limits else (")", limits["lt"]) if "lt" in limits else None
+    if low and high:
+        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low:
+        return f"at least {low[1]}" if low[0] == "[" else f"greater than {low[1]}"
+    return f"at most {high[1]}" if high[0] == "]" else f"less than {high[1]}"

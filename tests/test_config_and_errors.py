@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llm_infer import LLM, SamplingParams
-from llm_infer.config import EngineConfig, load_config
+from llm_infer.config import EngineConfig, config_table, load_config
 from llm_infer.errors import ConfigError, UserError
 from tests.conftest import tiny_engine_config
 
@@ -44,12 +45,49 @@ def test_dict_yaml_and_overrides(tmp_path):
     (["cache=3"], "cache must be a mapping"),
     (["noequals"], "not of the form dotted.key=value"),
     (["parallel.pipeline_layers=[3]", "parallel.pipeline=2"], "has 1 entries for 2 pipeline stages"),
+    (["scheduler.max_num_seqs=true"], "scheduler.max_num_seqs must be int, got True"),  # a bool is not an int
+    (["cache.memory_fraction=true"], "cache.memory_fraction must be float, got True"),
+    (["cache.memory_fraction='0.5'"], "cache.memory_fraction must be float, got '0.5'"),  # nor a string a number
+    (["parallel.pipeline_layers=7"], "parallel.pipeline_layers must be a list, got 7"),
+    (["parallel.pipeline_layers=[2, 0]", "parallel.pipeline=2"],
+     "parallel.pipeline_layers[1] must be at least 1, got 0"),
+    (["parallel.timeout_s=0"], "parallel.timeout_s must be greater than 0, got 0"),
+    (["speculative.num_tokens=16"], "speculative.num_tokens must be in [1, 15], got 16"),
+    (["speculative.method=ngrams"], "speculative.method must be one of ngram, draft, layers; got 'ngrams'"),
+    (["speculative.ngram_min=4"], "speculative.ngram_min (4) must not exceed ngram_max (3)"),
+    (["speculative.method=draft"], "speculative.method: draft needs speculative.draft_model"),
+    (["speculative.method=layers", "parallel.tensor=2"], "speculative.method: layers runs the target's own layers"),
+    (["model=''"], "model must not be empty"),
+    (["tokenizer=3"], "tokenizer must be str, got 3"),
 ])
 def test_config_mistakes_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_an_int_is_accepted_for_a_float_and_keys_must_be_strings():
+    cfg = load_config(None, ["cache.memory_fraction=1", "parallel.timeout_s=30"])
+    assert cfg.cache.memory_fraction == 1.0 and isinstance(cfg.parallel.timeout_s, float)
+    with pytest.raises(ConfigError, match="^unknown config key 'cache.1'$"):
+        load_config({"cache": {1: 2}})
+
+
+def test_configs_travel_as_dataclasses():
+    """Workers get configs pickled (processes, Ray actors) or as dicts; executors `replace` fields."""
+    cfg = load_config(None, ["speculative.method=ngram", "parallel.pipeline_layers=[3]"])
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert load_config(dataclasses.asdict(cfg)) == cfg
+    assert dataclasses.replace(cfg, threads=2).threads == 2 and cfg.world_size == 1
+
+
+def test_readme_config_table_is_rendered_from_the_schema():
+    """The README's table lists exactly the schema's keys, defaults and meanings (regenerate: config_table())."""
+    lines = (ROOT / "README.md").read_text().split("\n")
+    start = next(i for i in range(lines.index("## Configuration"), len(lines)) if lines[i].startswith("|"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    assert "\n".join(lines[start:end]) == config_table()
 
 
 def test_yaml_syntax_and_missing_file(tmp_path):

@@ -1,4 +1,4 @@
-"""Per-request sampling parameters."""
+"""Per-request sampling parameters: the one place where their ranges are checked."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ import math
 from dataclasses import dataclass, field
 
 from llm_infer.errors import UserError
+
+
+class SamplingParamsError(UserError):
+    """An invalid sampling value; `param` names the field (the server's 400 reports it)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"invalid sampling parameters: {message}")
+        self.param = param
 
 
 @dataclass
@@ -35,23 +43,31 @@ class SamplingParams:
         if self.top_k == -1:
             self.top_k = 0
         checks = [
-            (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
-            (_number(self.temperature) and 0 <= self.temperature < math.inf, "temperature must be a finite number >= 0"),
-            (isinstance(self.top_k, int) and 0 <= self.top_k < 2**31,
+            ("max_tokens", _integer(self.max_tokens) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
+            ("temperature", _number(self.temperature) and 0 <= self.temperature < math.inf,
+             "temperature must be a finite number >= 0"),
+            ("top_k", _integer(self.top_k) and 0 <= self.top_k < 2**31,
              "top_k must be an integer in [0, 2^31) (or -1 to disable)"),
-            (_number(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (_number(self.min_p) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (self.seed is None or isinstance(self.seed, int), "seed must be an integer"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
-            (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids"),
+            ("top_p", _number(self.top_p) and 0 < self.top_p <= 1, "top_p must be a number in (0, 1]"),
+            ("min_p", _number(self.min_p) and 0 <= self.min_p <= 1, "min_p must be a number in [0, 1]"),
+            ("seed", self.seed is None or _integer(self.seed) and -2**63 <= self.seed < 2**64,
+             "seed must be an integer in [-2^63, 2^64)"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
+            ("stop_token_ids", all(_integer(t) and t >= 0 for t in self.stop_token_ids),
+             "stop_token_ids must be token ids"),
         ]
-        for ok, message in checks:
+        for param, ok, message in checks:
             if not ok:
-                raise UserError(f"invalid sampling parameters: {message}")
+                raise SamplingParamsError(param, message)
 
     @property
     def greedy(self) -> bool:
+        """Temperature 0: always the most likely token."""
         return self.temperature == 0
+
+
+def _integer(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _number(x: object) -> bool:

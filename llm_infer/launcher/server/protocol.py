@@ -1,25 +1,32 @@
 """Request bodies of /v1/completions and /v1/chat/completions -> prompt token ids + SamplingParams.
 
-Explicit checks rather than a schema library, so every mistake becomes a 400 that
-names the field. Fields we do not know are ignored (clients send e.g. `user`).
+pydantic models declare each field's type (strictly: "5" is not an integer, true is
+not 1); fields we do not know are ignored (clients send e.g. `user`). The sampling
+ranges are `SamplingParams`' alone: its error names the field, and so does the 400.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_infer.errors import UserError
-from llm_infer.launcher.server.errors import ApiError
-from llm_infer.runtime.sampling_params import SamplingParams
+from llm_infer.launcher.server.errors import ApiError, bad_request
+from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError
 from llm_infer.runtime.tokenizer import Tokenizer
 
-_INT64 = 1 << 63
+_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_BODY = ConfigDict(strict=True, extra="ignore")
+_SAMPLING = {"temperature", "top_p", "top_k", "min_p", "seed", "stop", "ignore_eos"}
+_Body = TypeVar("_Body", bound=BaseModel)
 
 
 @dataclass
 class GenerationRequest:
+    """A parsed request: what to generate, and how to answer."""
+
     chat: bool
     prompt_ids: list[int]
     params: SamplingParams
@@ -27,40 +34,87 @@ class GenerationRequest:
     include_usage: bool
 
 
-def _bad(param: str, message: str) -> ApiError:
-    return ApiError(400, f"'{param}': {message}", param=param)
+class StreamOptions(BaseModel):
+    """`stream_options`: a final chunk with the token counts when `include_usage`."""
+
+    model_config = _BODY
+    include_usage: bool | None = None
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+class SamplingFields(BaseModel):
+    """Fields both routes share. null means the default, as an absent field does."""
+
+    model_config = _BODY
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = Field(None, description="a string or a list of strings")
+    ignore_eos: bool | None = None
+    n: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = Field(None, description="an object like {include_usage: true}")
+
+    def sampling_params(self, max_tokens: int, vocab_size: int) -> SamplingParams:
+        """SamplingParams from the fields sent; its range errors become a 400 naming the field."""
+        if self.n not in (None, 1):
+            raise ApiError(400, "'n': only n=1 is supported (send one request per completion)", param="n")
+        given: dict[str, Any] = self.model_dump(include=_SAMPLING, exclude_none=True)
+        if "top_k" in given:
+            given["top_k"] = min(given["top_k"], vocab_size)  # k > vocabulary keeps every token, as k = vocab does
+        try:
+            return SamplingParams(max_tokens=max_tokens, **given)
+        except SamplingParamsError as e:
+            raise ApiError(400, str(e), param=e.param) from None
+
+    def streaming(self) -> tuple[bool, bool]:
+        """(stream, include_usage)."""
+        return bool(self.stream), bool(self.stream_options and self.stream_options.include_usage)
 
 
-def _int(body: dict, name: str, default: int | None, low: int, high: int = _INT64 - 1) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not _is_int(value) or not low <= value <= high:
-        raise _bad(name, f"must be an integer in [{low}, {high}]")
-    return value
+class CompletionRequest(SamplingFields):
+    """The body of /v1/completions."""
+
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(
+        description="a string, a list of token ids, or a one-element list of either")
+    max_tokens: int | None = None
+    echo: bool | None = None
 
 
-def _float(body: dict, name: str, default: float, low: float, high: float = math.inf) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise _bad(name, f"must be a number in [{low}, {high}]")
-    return float(value)
+class TextPart(BaseModel):
+    """One part of a message's content; only text parts are supported."""
+
+    model_config = _BODY
+    type: Literal["text"]
+    text: str
 
 
-def _bool(body: dict, name: str, default: bool = False) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise _bad(name, "must be true or false")
-    return value
+class ChatMessage(BaseModel):
+    """One chat message: `content` is a string or a list of text parts (joined by newlines)."""
+
+    model_config = _BODY
+    role: str
+    content: str | list[TextPart] = Field(description="a string or a list of {type: 'text', text: string} parts")
+
+    def text(self) -> str:
+        """The content as one string."""
+        return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """The body of /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1, description="a non-empty list of {role, content} objects")
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # OpenAI's newer name; it wins over max_tokens
+
+
+def _validate(model: type[_Body], body: dict) -> _Body:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise bad_request(e, model) from None
 
 
 def check_model(body: dict, names: set[str]) -> None:
@@ -69,49 +123,10 @@ def check_model(body: dict, names: set[str]) -> None:
     if model is None:
         return
     if not isinstance(model, str):
-        raise _bad("model", "must be a string")
+        raise ApiError(400, "'model': must be a string", param="model")
     if model not in names:
         raise ApiError(404, f"the model '{model}' does not exist; this server serves {sorted(names)}",
                        param="model", code="model_not_found")
-
-
-def _stop(body: dict) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise _bad("stop", "must be a non-empty string or a list of non-empty strings")
-    return stops
-
-
-def _stream(body: dict) -> tuple[bool, bool]:
-    stream = _bool(body, "stream")
-    options = body.get("stream_options")
-    if options is None:
-        return stream, False
-    if not isinstance(options, dict):
-        raise _bad("stream_options", "must be an object")
-    return stream, _bool(options, "include_usage")
-
-
-def _params(body: dict, max_tokens: int, vocab_size: int) -> SamplingParams:
-    if _int(body, "n", 1, 1, 1 << 31) != 1:
-        raise _bad("n", "only n=1 is supported (send one request per completion)")
-    top_k = _int(body, "top_k", 0, -1)
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=_float(body, "temperature", 1.0, 0.0),
-            top_p=_float(body, "top_p", 1.0, 0.0, 1.0),
-            top_k=min(top_k, vocab_size),  # more than the vocabulary keeps every token, as k = vocab does
-            min_p=_float(body, "min_p", 0.0, 0.0, 1.0),
-            seed=_int(body, "seed", None, -_INT64, (1 << 64) - 1),
-            stop=_stop(body),
-            ignore_eos=_bool(body, "ignore_eos"),
-        )
-    except UserError as e:
-        raise ApiError(400, str(e)) from None
 
 
 def _fit(prompt_ids: list[int], max_tokens: int | None, max_model_len: int, param: str) -> int:
@@ -129,59 +144,35 @@ def _fit(prompt_ids: list[int], max_tokens: int | None, max_model_len: int, para
     return max_tokens
 
 
-def _prompt_ids(prompt: Any, tokenizer: Tokenizer) -> list[int]:
-    """`prompt`: a string, a token-id list, or a one-element list of either."""
-    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+def _prompt_ids(prompt: str | list[int] | list[str] | list[list[int]], tokenizer: Tokenizer) -> list[int]:
+    """The token ids of the one prompt (a one-element list of prompts is unwrapped)."""
+    if prompt and isinstance(prompt, list) and not isinstance(prompt[0], int):
         if len(prompt) > 1:
-            raise _bad("prompt", f"got {len(prompt)} prompts; this server takes one prompt per request")
+            raise ApiError(400, f"'prompt': got {len(prompt)} prompts; this server takes one prompt per request",
+                           param="prompt")
         prompt = prompt[0]
-    if isinstance(prompt, str):
-        ids = tokenizer.encode(prompt)
-    elif isinstance(prompt, list) and all(_is_int(t) for t in prompt):
-        ids = prompt
-    else:
-        raise _bad("prompt", "must be a string, a list of token ids, or a one-element list of either")
-    return ids  # the engine refuses empty prompts and ids outside the vocabulary (a 400 naming `prompt`)
+    # The engine refuses empty prompts and ids outside the vocabulary (a 400 naming `prompt`).
+    return tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
 
 
 def parse_completion(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size: int) -> GenerationRequest:
-    if "prompt" not in body:
-        raise _bad("prompt", "is required")
-    if body.get("echo") not in (None, False):
-        raise _bad("echo", "only echo=false is supported")
-    ids = _prompt_ids(body["prompt"], tokenizer)
-    max_tokens = _fit(ids, _int(body, "max_tokens", 16, 1), max_model_len, "prompt")
-    return GenerationRequest(False, ids, _params(body, max_tokens, vocab_size), *_stream(body))
-
-
-def _messages(body: dict) -> list[dict[str, str]]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages", "must be a non-empty list of {role, content} objects")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise _bad("messages", f"message {i} must be an object with a string 'role'")
-        content = m.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise _bad("messages", f"message {i}: content parts must be {{type: 'text', text: string}}")
-            content = "\n".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise _bad("messages", f"message {i} must have a string 'content' (or a list of text parts)")
-        out.append({"role": m["role"], "content": content})
-    return out
+    """A /v1/completions body as a GenerationRequest; any mistake is a 400 naming the field."""
+    req = _validate(CompletionRequest, body)
+    if req.echo:
+        raise ApiError(400, "'echo': only echo=false is supported", param="echo")
+    ids = _prompt_ids(req.prompt, tokenizer)
+    asked = _COMPLETION_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+    max_tokens = _fit(ids, asked, max_model_len, "prompt")
+    return GenerationRequest(False, ids, req.sampling_params(max_tokens, vocab_size), *req.streaming())
 
 
 def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size: int) -> GenerationRequest:
-    messages = _messages(body)
+    """A /v1/chat/completions body as a GenerationRequest; any mistake is a 400 naming the field."""
+    req = _validate(ChatCompletionRequest, body)
     try:
-        ids = tokenizer.encode_chat(messages)
+        ids = tokenizer.encode_chat([{"role": m.role, "content": m.text()} for m in req.messages])
     except UserError as e:
-        raise _bad("messages", str(e)) from None
-    max_tokens = _int(body, "max_completion_tokens", None, 1)
-    if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", None, 1)
-    max_tokens = _fit(ids, max_tokens, max_model_len, "messages")
-    return GenerationRequest(True, ids, _params(body, max_tokens, vocab_size), *_stream(body))
+        raise ApiError(400, f"'messages': {e}", param="messages") from None
+    asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    max_tokens = _fit(ids, asked, max_model_len, "messages")
+    return GenerationRequest(True, ids, req.sampling_params(max_tokens, vocab_size), *req.streaming())
