@@ -33,7 +33,7 @@ llm-infer generate --prompt "Explain KV caching in two sentences." > /dev/null
 t4=$(now)
 env_report=$(llm-infer env --json)
 
-tests_s=null
+tests_s=None
 if [[ $run_tests == 1 ]]; then
   t5=$(now)
   pip install -q torch==2.13.0 -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
