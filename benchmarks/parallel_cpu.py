@@ -7,6 +7,7 @@ Layouts: TP=1 (one process, 2 threads), TP=2 and PP=2 (two processes, 1 thread
 each), TP=2 under Ray. Each layout runs in its own subprocess; medians of --repeat.
 
     python benchmarks/parallel_cpu.py
+    python benchmarks/parallel_cpu.py --overhead-only   # the control-overhead table alone (about a minute)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ LAYOUTS = {
     "PP=2 layers 16+8": {"tensor": 1, "pipeline": 2, "launcher": "local", "threads": 1, "pipeline_layers": [16, 8]},
     "TP=2 Ray (1 thread each)": {"tensor": 2, "pipeline": 1, "launcher": "ray", "threads": 1},
 }
+OVERHEAD_LAUNCHERS = ["local,1,1", "local,2,1", "local,1,2", "ray,2,1"]  # launcher, tensor, pipeline
 
 
 def ensure_model() -> Path:
@@ -49,9 +51,11 @@ def ensure_model() -> Path:
 
 
 class StepClock:
-    """Wraps an executor to time each step from submit to collect, next to the worker's own time."""
+    """Wraps an executor to time each step from submit to collect, next to the worker's own time
+    (it turns the workers' profiling on, which attaches that time to each step's output)."""
 
     def __init__(self, executor):
+        executor.set_profiling(True)
         self.executor, self.samples = executor, []
         self._submit, self._collect, self._starts = executor.submit, executor.collect, []
         executor.submit, executor.collect = self.submit, self.collect
@@ -62,7 +66,7 @@ class StepClock:
 
     def collect(self):
         out = self._collect()
-        self.samples.append((time.perf_counter() - self._starts.pop(0), out.worker_time_s, out.comm_time_s))
+        self.samples.append((time.perf_counter() - self._starts.pop(0), out.timing.worker_s, out.timing.comm_s))
         return out
 
 
@@ -76,12 +80,7 @@ def run_layout(name: str, model: Path, prompt_len: int, gen_len: int, batch: int
                "cache": {"num_blocks": 512}, "scheduler": {"max_model_len": 2048}}, progress=False)
     load_s = time.perf_counter() - t0
     executor = llm._executor
-    if hasattr(executor, "worker_memory_mb"):
-        memory = executor.worker_memory_mb
-    else:
-        from llm_infer.launcher.worker_process import memory_mb
-
-        memory = {0: memory_mb()}
+    memory = dict(enumerate(executor.collective_rpc("memory_mb")))  # after the KV cache is allocated
     clock = StepClock(executor)
     prompt = [(i * 7919) % 150000 + 10 for i in range(prompt_len)]
     greedy = SamplingParams(max_tokens=gen_len, temperature=0, ignore_eos=True)
@@ -173,6 +172,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--overhead-steps", type=int, default=200)
+    p.add_argument("--overhead-only", action="store_true",
+                   help="measure only the control overhead per step (tiny model, every launcher)")
     p.add_argument("--out", default=str(RESULTS / "parallel_cpu.json"))
     p.add_argument("--layout", help=argparse.SUPPRESS)
     p.add_argument("--overhead", help=argparse.SUPPRESS)
@@ -184,12 +185,15 @@ def main() -> None:
         launcher, tp, pp = args.overhead.split(",")
         emit(run_overhead(launcher, int(tp), int(pp), args.overhead_steps))
         return
+    overheads = [r for spec in tqdm(OVERHEAD_LAUNCHERS, desc="overhead")
+                 if (r := spawn(__file__, ["--overhead", spec, "--overhead-steps", str(args.overhead_steps)]))]
+    if args.overhead_only:
+        _print_overheads(overheads)
+        return
     ensure_model()
     common = ["--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--batch", str(args.batch),
               "--repeat", str(args.repeat)]
     layouts = [r for name in tqdm(LAYOUTS, desc="layouts") if (r := spawn(__file__, ["--layout", name, *common]))]
-    overheads = [r for spec in tqdm(["local,1,1", "local,2,1", "local,1,2", "ray,2,1"], desc="overhead")
-                 if (r := spawn(__file__, ["--overhead", spec, "--overhead-steps", str(args.overhead_steps)]))]
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
               "prompt_len": args.prompt_len, "gen_len": args.gen_len, "batch": args.batch, "repeat": args.repeat,
               "statistic": "median", "layouts": layouts, "control_overhead_tiny_model": overheads}
@@ -202,10 +206,14 @@ def main() -> None:
               f"b{args.batch} {r[f'throughput_tok_s_batch{args.batch}']:6.2f} tok/s  comm {r['comm_share_decode']:.0%}"
               f"  ctl {r['control_overhead_ms']:.2f} ms  bubble {r['pipeline_bubble_batch']}  "
               f"memory {r['memory_mb_per_rank']}")
+    _print_overheads(overheads)
+    print(f"wrote {out}")
+
+
+def _print_overheads(overheads: list[dict]) -> None:
     for r in overheads:
         print(f"overhead {r['launcher']} tp={r['tp']} pp={r['pp']}: {r['overhead_ms']:.3f} ms "
               f"(round trip {r['round_trip_ms']:.2f} ms, worker {r['worker_ms']:.2f} ms)")
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

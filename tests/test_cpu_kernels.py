@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llm_infer.kernels import torch_ref
-from llm_infer.kernels.attention_metadata import AttentionMetadata
+from llm_infer.kernels.attention_metadata import AttentionMetadata, query_start_loc
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 from tests.conftest import cpu_extension_or_skip
 
@@ -87,7 +87,7 @@ def _paged_case(q_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, 
     positions = torch.cat([torch.arange(s - n, s) for n, s in zip(q_lens, seq_lens)])
     seq_of = torch.repeat_interleave(torch.arange(len(q_lens)), torch.tensor(q_lens))
     slots = bt[seq_of, positions // block_size] * block_size + positions % block_size
-    meta = AttentionMetadata(list(q_lens), list(seq_lens), slots, bt, block_size, None)
+    meta = AttentionMetadata(list(q_lens), list(seq_lens), query_start_loc(list(q_lens)), slots, bt, block_size, None)
     return q, k_cache, v_cache, meta
 
 

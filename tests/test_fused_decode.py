@@ -34,10 +34,10 @@ def test_fused_stack_matches_the_layer_modules(tiny_models, model, dtype):
     results = []
     for fused in (True, False):
         with LLM(tiny_engine_config(path, dtype=dtype), progress=False) as llm:
-            decoder = llm._executor.worker.runner.model.model
-            assert decoder.fused is not None
+            runner = llm._executor.worker.runner
+            assert runner.forward.name == "fused-cpu"
             if not fused:
-                decoder.fused = None
+                runner.forward = runner.reference
             results.append(decode_logits(llm))
     tol = 1e-4 if dtype == "float32" else 0.05 * results[1].abs().max()
     torch.testing.assert_close(results[0], results[1], atol=tol, rtol=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_infer.kernels.attention_metadata import AttentionMetadata
+from llm_infer.kernels.attention_metadata import AttentionMetadata, query_start_loc
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 from llm_infer.kernels.awq_torch import dequantize_awq, pack_awq
 from llm_infer.kernels import torch_ref
@@ -43,7 +43,7 @@ def paged_case(q_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, s
     seq_of = torch.repeat_interleave(torch.arange(len(q_lens)), torch.tensor(q_lens))
     slots = tables[seq_of, positions // block_size] * block_size + positions % block_size
     starts = torch.tensor([0] + q_lens[:-1]).cumsum(0)
-    meta = AttentionMetadata(list(q_lens), list(seq_lens), slots.to(dev), tables.to(dev), block_size, None)
+    meta = AttentionMetadata(list(q_lens), list(seq_lens), query_start_loc(list(q_lens)), slots.to(dev), tables.to(dev), block_size, None)
     int32 = dict(dtype=torch.int32, device=dev)
     dev_meta = (tables.to(**int32), starts.to(**int32), torch.tensor(q_lens, **int32), torch.tensor(seq_lens, **int32))
     return q, k_cache, v_cache, meta, dev_meta

@@ -13,6 +13,7 @@ import torch
 
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import ConfigError, UserError, WorkerError
+from llm_infer.executor.processes import WORKER_MODULE
 from tests.checkpoints import make_checkpoint
 from tests.conftest import default_model_or_skip, tiny_engine_config
 
@@ -23,7 +24,7 @@ GREEDY32 = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
 
 def worker_children() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True)
-            if "llm_infer.launcher.worker_process" in " ".join(p.cmdline())]
+            if WORKER_MODULE in " ".join(p.cmdline())]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from llm_infer import LLM, SamplingParams
 from llm_infer.runtime.block_manager import BlockManager
 from llm_infer.runtime.prefix_hash import extend_block_hashes
-from llm_infer.runtime.sequence import Sequence
+from llm_infer.runtime.request import Request
 from tests.conftest import tiny_engine_config
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
@@ -19,11 +19,11 @@ SYSTEM = list(range(200, 241))  # 41 tokens: 10 full blocks of 4 and one more
 QUESTIONS = [[11, 12, 13], [14], [15, 16, 17, 18, 19, 20, 21], [22, 23], [11, 12, 13]]
 
 
-def _seq(i: int, tokens: list[int]) -> Sequence:
-    return Sequence(i, str(i), list(tokens), SamplingParams(), seed=0)
+def _seq(i: int, tokens: list[int]) -> Request:
+    return Request(i, str(i), list(tokens), SamplingParams(), seed=0)
 
 
-def _admit(blocks: BlockManager, seq: Sequence) -> None:
+def _admit(blocks: BlockManager, seq: Request) -> None:
     """What the scheduler does for a waiting sequence, then 'computes' its whole prompt."""
     prefix = blocks.cached_prefix(seq)
     n = seq.num_tokens - blocks.prefix_tokens(seq, prefix)

@@ -19,6 +19,7 @@ import pytest
 
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import UserError
+from llm_infer.executor.processes import WORKER_MODULE
 from tests.conftest import tiny_engine_config
 
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 def worker_processes() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True)
-            if "llm_infer.launcher.worker_process" in " ".join(p.cmdline())]
+            if WORKER_MODULE in " ".join(p.cmdline())]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from llm_infer.config import SpeculativeConfig
 from llm_infer.errors import ConfigError
 from llm_infer.runtime.block_manager import BlockManager
 from llm_infer.runtime.sampling_params import SamplingParams as Params
-from llm_infer.runtime.sequence import Sequence
+from llm_infer.runtime.request import Request
 from llm_infer.runtime.speculative.ngram import NgramIndex
 from llm_infer.runtime.speculative.planner import SpecPlanner
 from llm_infer.runtime.speculative.rejection import verify_greedy, verify_sampled
@@ -55,22 +55,23 @@ def test_verify_sampled_never_keeps_a_token_the_target_rules_out():
 
 def test_planner_adaptive_k_shrinks_with_acceptance_and_respects_max_tokens():
     planner = SpecPlanner(SpeculativeConfig(method="ngram", num_tokens=6, adaptive=True), max_model_len=100)
-    seq = Sequence(0, "r", [1, 2, 3], Params(max_tokens=50), seed=0)
+    seq = Request(0, "r", [1, 2, 3], Params(max_tokens=50), seed=0)
+    seq.spec = planner.new_state(seq)
     seq.output_token_ids.append(4)
-    assert planner.lookahead(seq) == 4  # starting rate 0.7: 0.7^4 >= 0.2 > 0.7^5
+    assert planner.num_tokens(seq) == 4  # starting rate 0.7: 0.7^4 >= 0.2 > 0.7^5
     for _ in range(10):
-        planner.record(seq, proposed=4, length_before=seq.num_tokens, emitted=1)  # nothing accepted
-    assert planner.lookahead(seq) == 1
+        planner.after_step(seq, proposed=4, appended=1, drafted=None)  # nothing accepted
+    assert planner.num_tokens(seq) == 1
     for _ in range(20):
-        planner.record(seq, proposed=1, length_before=seq.num_tokens, emitted=2)
-    assert planner.lookahead(seq) == 6
+        planner.after_step(seq, proposed=1, appended=2, drafted=None)
+    assert planner.num_tokens(seq) == 6
     seq.params.max_tokens = 3  # 1 emitted, 2 left: the pending token's step emits one, one proposal
-    assert planner.lookahead(seq) == 1
+    assert planner.num_tokens(seq) == 1
 
 
 def test_block_manager_trim_frees_whole_blocks_past_the_kept_tokens():
     blocks = BlockManager(num_blocks=8, block_size=4)
-    seq = Sequence(0, "r", list(range(5)), Params(), seed=0)
+    seq = Request(0, "r", list(range(5)), Params(), seed=0)
     blocks.allocate(seq, 13)  # 4 blocks
     assert len(seq.block_table) == 4 and blocks.num_free_blocks == 4
     blocks.trim(seq, 6)
@@ -169,7 +170,7 @@ def test_preemption_and_stop_strings_with_speculation(tiny):
 
 # ---- KV rollback --------------------------------------------------------------------------
 
-def _cache_rows(llm: LLM, cache, seq: Sequence, n: int) -> torch.Tensor:
+def _cache_rows(llm: LLM, cache, seq: Request, n: int) -> torch.Tensor:
     """K and V of every layer at positions 0..n-1 of `seq`, from the paged cache."""
     bs = llm.engine.block_manager.block_size
     rows = [(seq.block_table[p // bs], p % bs) for p in range(n)]
@@ -184,9 +185,9 @@ def test_kv_cache_after_speculation_equals_plain_decoding(tiny, name):
     def run(spec: dict | None, computed: int):
         llm = LLM(tiny_engine_config(target, speculative=spec or {}), progress=False)
         rid = llm.engine.add_request(prompt, SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))
-        while llm.engine._requests[rid].seq.num_computed_tokens < computed:
+        while llm.engine._requests[rid].num_computed_tokens < computed:
             llm.engine.step()
-        return llm, llm.engine._requests[rid].seq
+        return llm, llm.engine._requests[rid]
 
     spec_llm, spec_seq = run(_spec(name, target, other), len(prompt) + 50)
     n = spec_seq.num_computed_tokens
@@ -201,11 +202,11 @@ def test_kv_cache_after_speculation_equals_plain_decoding(tiny, name):
         want = _cache_rows(plain_llm, plain_llm.engine.executor.worker.runner.kv_cache, plain_seq, n)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         if name == "draft-poor":  # the draft's cache, up to what the draft has seen, equals its own plain run
-            drafted = spec_llm.engine.spec._states[spec_seq.seq_id].draft_from
+            drafted = spec_seq.spec.draft_from
             draft_llm = LLM(tiny_engine_config(other), progress=False)
             draft_llm.engine.add_request(spec_seq.token_ids[:drafted], SamplingParams(max_tokens=2))
             draft_llm.engine.step()
-            draft_seq = next(iter(draft_llm.engine._requests.values())).seq
+            draft_seq = next(iter(draft_llm.engine._requests.values()))
             got = _cache_rows(spec_llm, runner.drafter.cache, spec_seq, drafted)
             want = _cache_rows(draft_llm, draft_llm.engine.executor.worker.runner.kv_cache, draft_seq, drafted)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -26,11 +26,11 @@ class CpuAttentionBackend(TorchAttentionBackend):
     def __init__(self, ext: Any):
         self.ext = ext
 
-    def prepare_short(self, meta: AttentionMetadata, rows: list[int], starts: list[int]) -> CpuShortBatch:
+    def prepare_short(self, meta: AttentionMetadata, rows: list[int]) -> CpuShortBatch:
         tables = meta.block_tables if len(rows) == len(meta.query_lens) else meta.block_tables[rows]
         return CpuShortBatch(
             tables.contiguous(),
-            torch.tensor([starts[i] for i in rows], dtype=torch.int64),
+            torch.tensor([meta.query_start_loc[i] for i in rows], dtype=torch.int64),
             torch.tensor([meta.query_lens[i] for i in rows], dtype=torch.int64),
             torch.tensor([meta.seq_lens[i] for i in rows], dtype=torch.int64),
         )

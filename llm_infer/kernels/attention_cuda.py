@@ -1,6 +1,6 @@
 """CUDA attention over the paged cache: our decode (flash-decoding) and prefill (flash-style)
 kernels. Metadata becomes int32 device tensors once per step (`prepare`); a CUDA-graph runner
-can instead point the metadata at its own static buffers (`StaticCudaMetadata`)."""
+can instead fill a `CudaPrepared` with its own static buffers (`runtime/cuda_graphs.py`)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,7 @@ class CudaAttentionBackend:
 
     def prepare(self, meta: AttentionMetadata) -> None:
         device = meta.slot_mapping.device
-        starts, start = [], 0
-        for n in meta.query_lens:
-            starts.append(start)
-            start += n
-        host = torch.tensor([starts, meta.query_lens, meta.seq_lens], dtype=torch.int32)
+        host = torch.tensor([meta.query_start_loc[:-1], meta.query_lens, meta.seq_lens], dtype=torch.int32)
         meta_dev = host.to(device, non_blocking=True)
         meta.prepared = CudaPrepared(
             slots=meta.slot_mapping.to(torch.int32), block_tables=meta.block_tables.to(torch.int32),

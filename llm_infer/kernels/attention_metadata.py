@@ -3,24 +3,58 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from itertools import accumulate
+from typing import TYPE_CHECKING, Protocol, Union
 
 import torch
+
+if TYPE_CHECKING:
+    from llm_infer.kernels.attention_cuda import CudaPrepared
+    from llm_infer.kernels.attention_torch import Prepared
+
+    # What a backend's `prepare` computed once per step for every layer to reuse.
+    PreparedAttention = Union[Prepared, CudaPrepared]
+
+
+def query_start_loc(query_lens: list[int]) -> list[int]:
+    """Cumulative query offsets `[num_seqs + 1]`: sequence i's tokens are rows
+    `query_start_loc[i]:query_start_loc[i + 1]` of the flattened batch."""
+    return [0, *accumulate(query_lens)]
+
+
+class AttentionBackend(Protocol):
+    """Paged attention for one kernel set (torch reference, C++ CPU, CUDA), chosen in `dispatch`."""
+
+    name: str
+
+    def prepare(self, meta: AttentionMetadata) -> None:
+        """Fill `meta.prepared` once per step (index tensors, masks, kernel arguments)."""
+
+    def write_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 meta: AttentionMetadata) -> None:
+        """Scatter the step's keys/values `[tokens, kv_heads * head_dim]` into the cache slots."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+               v_cache: torch.Tensor, meta: AttentionMetadata, scale: float, num_heads: int) -> torch.Tensor:
+        """Causal attention of q `[tokens, heads * head_dim]` over each sequence's cached context
+        -> `[tokens, heads * head_dim]`."""
 
 
 @dataclass
 class AttentionMetadata:
-    """A flattened batch: sequence i contributes `query_lens[i]` new tokens whose
-    keys/values go to `slot_mapping`, and attends to its first `seq_lens[i]`
-    cached positions (earlier context plus the new tokens, causally)."""
+    """A flattened batch: sequence i contributes `query_lens[i]` new tokens (rows
+    `query_start_loc[i]:query_start_loc[i + 1]`) whose keys/values go to `slot_mapping`,
+    and attends to its first `seq_lens[i]` cached positions (earlier context plus the
+    new tokens, causally)."""
 
     query_lens: list[int]
     seq_lens: list[int]
+    query_start_loc: list[int]  # [num_seqs + 1], see query_start_loc()
     slot_mapping: torch.Tensor  # [num_tokens] int64: block * block_size + offset
     block_tables: torch.Tensor  # [num_seqs, max_blocks] int64, padded with 0
     block_size: int
-    backend: Any  # the attention backend chosen by kernels.dispatch
-    prepared: Any = None  # the backend's own precomputation for this step
+    backend: AttentionBackend
+    prepared: PreparedAttention | None = None  # the backend's own precomputation for this step
 
     @property
     def num_tokens(self) -> int:

@@ -13,12 +13,15 @@ Tensors: q `[tokens, heads * head_dim]`, k/v `[tokens, kv_heads * head_dim]`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from llm_infer.kernels.attention_metadata import AttentionMetadata
+
+if TYPE_CHECKING:
+    from llm_infer.kernels.attention_cpu import CpuShortBatch
 
 # Queries up to this length are batched; longer ones run per sequence.
 SHORT_QUERY = 16
@@ -43,7 +46,7 @@ class LongSeq:
 
 @dataclass
 class Prepared:
-    short: Any  # the backend's batch of short-query sequences, or None
+    short: ShortBatch | CpuShortBatch | None  # the short-query sequences, batched for this backend
     long: list[LongSeq]
 
 
@@ -56,23 +59,20 @@ class TorchAttentionBackend:
     name = "torch"
 
     def prepare(self, meta: AttentionMetadata) -> None:
-        starts = [0]
-        for n in meta.query_lens:
-            starts.append(starts[-1] + n)
         short = [i for i, q in enumerate(meta.query_lens) if q <= SHORT_QUERY]
         long = [i for i, q in enumerate(meta.query_lens) if q > SHORT_QUERY]
         meta.prepared = Prepared(
-            short=self.prepare_short(meta, short, starts) if short else None,
-            long=[self._prepare_long(meta, i, starts[i]) for i in long],
+            short=self.prepare_short(meta, short) if short else None,
+            long=[self._prepare_long(meta, i, meta.query_start_loc[i]) for i in long],
         )
 
-    def prepare_short(self, meta: AttentionMetadata, rows: list[int], starts: list[int]) -> ShortBatch:
+    def prepare_short(self, meta: AttentionMetadata, rows: list[int]) -> ShortBatch:
         device = meta.slot_mapping.device
         q_lens = torch.tensor([meta.query_lens[i] for i in rows], device=device)
         s_lens = torch.tensor([meta.seq_lens[i] for i in rows], device=device)
         q_max, s_max = int(q_lens.max()), int(s_lens.max())
         q_pos = torch.arange(q_max, device=device)
-        base = torch.tensor([starts[i] for i in rows], device=device)
+        base = torch.tensor([meta.query_start_loc[i] for i in rows], device=device)
         valid = q_pos[None, :] < q_lens[:, None]
         token_index = base[:, None] + torch.minimum(q_pos[None, :], q_lens[:, None] - 1)
         k_pos = torch.arange(s_max, device=device)

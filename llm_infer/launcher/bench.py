@@ -74,7 +74,7 @@ def run_ppl(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
         raise UserError(f"perplexity text not found: {path}")
     llm = make_llm(args)
     try:
-        result = {"model": llm.config.model, "dtype": str(llm.dtype).removeprefix("torch."), "file": str(path),
+        result = {"model": llm.config.model, "dtype": llm.worker_info()["dtype"], "file": str(path),
                   **perplexity(llm, path.read_text(errors="replace"), args.ppl_window)}
     finally:
         llm.close()
@@ -99,7 +99,7 @@ def run_bench(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
             runs[f"batch_{args.batch}"].append(measure(llm, prompts, args.gen_len))
         result = {
             "model": llm.config.model,
-            "dtype": str(llm.dtype).removeprefix("torch."),
+            "dtype": llm.worker_info()["dtype"],
             "device": llm.config.device,
             "threads": torch.get_num_threads(),
             "prompt_len": args.prompt_len,

@@ -75,7 +75,7 @@ def _round(llm, prompts: list[list[int]], params: SamplingParams) -> dict[str, A
                 first = now
                 continue
             if spec is None or spec.steps == before[0]:
-                out["step_s"].append(engine.stats.last_worker_time_s)
+                out["step_s"].append(engine.stats.last_step_timing.worker_s)
                 continue
             proposed, accepted = spec.proposed - before[1], spec.accepted - before[2]
             out["proposed"] += proposed
@@ -131,6 +131,7 @@ def run_spec_bench(args: argparse.Namespace, make_llm: Callable[..., Any]) -> in
             run_args = copy.copy(args)
             run_args.overrides = [*args.overrides, *extra]
             llms[name] = make_llm(run_args, progress=False)
+            llms[name].engine.executor.set_profiling(True)  # the per-step worker time read by _round
         off_llm = llms["off"]
         k = off_llm.config.speculative.num_tokens
         params = SamplingParams(max_tokens=args.gen_len, temperature=0)
@@ -145,7 +146,7 @@ def run_spec_bench(args: argparse.Namespace, make_llm: Callable[..., Any]) -> in
                     runs[group][name].append(_round(llm, group_prompts, params))
         config = off_llm.config
         result: dict[str, Any] = {
-            "model": config.model, "dtype": str(off_llm.dtype).removeprefix("torch."),
+            "model": config.model, "dtype": off_llm.worker_info()["dtype"],
             "threads": torch.get_num_threads(),
             "num_tokens": k, "draft_model": args.draft_model, "gen_len": args.gen_len, "repeat": args.repeat,
             "draft_layers": config.speculative.draft_layers, "overrides": args.overrides, "groups": {},

@@ -10,10 +10,9 @@ import torch
 
 from llm_infer.config import EngineConfig, load_config
 from llm_infer.errors import UserError
-from llm_infer.launcher.executors import make_executor
+from llm_infer.executor.factory import make_executor
 from llm_infer.parallel.layout import check_layout
 from llm_infer.runtime.engine import LLMEngine
-from llm_infer.runtime.model_runner import resolve_device, resolve_dtype
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.models.resolve import resolve_model_dir
 from llm_infer.runtime.outputs import RequestOutput
@@ -43,7 +42,6 @@ class LLM:
             self.config = load_config(self.config, flat)
         model_dir = resolve_model_dir(self.config.model)
         self.model_config = ModelConfig.from_dir(model_dir)
-        self.dtype = resolve_dtype(self.config.dtype, self.model_config, resolve_device(self.config.device))
         self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer) if self.config.tokenizer else model_dir)
         mc = self.model_config
         check_layout(mc.num_heads, mc.num_kv_heads, mc.intermediate_size, mc.num_layers, self.config.parallel)
@@ -110,6 +108,13 @@ class LLM:
         finally:
             for i in ids:
                 self.engine.abort(i)
+
+    def worker_info(self) -> dict[str, str]:
+        """What the sampling rank runs: device, dtype, kernel set (`cpu`, `cuda`, `torch`) and
+        forward path (`reference`, `fused-cpu`, `cuda-graphs`)."""
+        self._check_open()
+        p = self.config.parallel
+        return self._executor.collective_rpc("describe", reply_rank=(p.pipeline - 1) * p.tensor)
 
     def close(self) -> None:
         """Stop the workers and release what they hold. Idempotent; the LLM cannot be used afterwards."""

@@ -125,20 +125,6 @@ def _scaled(size: float, what: str) -> int:
     return int(size)
 
 
-class ReplicatedLinear(LinearBase):
-    """Every rank holds the whole weight."""
-
-    def __init__(self, input_size: int, output_size: int, bias: bool = False,
-                 dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None):
-        super().__init__(input_size, output_size, input_size, output_size, bias, dtype, linear_method)
-
-    def weight_loader(self, param, loaded, shard_id=None):
-        copy_checked(param.data, loaded)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_method.apply(self, x, self.bias)
-
-
 class ColumnParallelLinear(LinearBase):
     """Output features split across TP ranks; output stays sharded."""
 

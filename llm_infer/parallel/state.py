@@ -19,10 +19,6 @@ class ParallelState:
     tp_group: Any = None  # torch.distributed ProcessGroup of this stage, None when tp_size == 1
 
     @property
-    def rank(self) -> int:
-        return self.pp_rank * self.tp_size + self.tp_rank
-
-    @property
     def is_first_stage(self) -> bool:
         return self.pp_rank == 0
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 
 from llm_infer.runtime.prefix_hash import extend_block_hashes
-from llm_infer.runtime.sequence import Sequence
+from llm_infer.runtime.request import Request
 
 
 class BlockManager:
@@ -47,13 +47,13 @@ class BlockManager:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def num_new_blocks(self, seq: Sequence, num_new_tokens: int) -> int:
+    def num_new_blocks(self, seq: Request, num_new_tokens: int) -> int:
         """Blocks `seq` still needs to hold its computed tokens plus `num_new_tokens`."""
         return max(0, self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table))
 
     # -- prefix cache ------------------------------------------------------------------
 
-    def cached_prefix(self, seq: Sequence) -> list[int]:
+    def cached_prefix(self, seq: Request) -> list[int]:
         """The cached blocks holding the longest prefix of `seq`'s tokens (none when caching is
         off, or when the sequence wants the logits of every position, which a hit would skip)."""
         if not self.prefix_caching or seq.return_logits:
@@ -68,12 +68,12 @@ class BlockManager:
             blocks.append(block)
         return blocks
 
-    def prefix_tokens(self, seq: Sequence, prefix: list[int]) -> int:
+    def prefix_tokens(self, seq: Request, prefix: list[int]) -> int:
         """Tokens a sequence starting from `prefix` need not compute: at least one is left,
         because the step that computes it produces the logits of the next token."""
         return min(len(prefix) * self.block_size, seq.num_tokens - 1)
 
-    def admit(self, seq: Sequence, prefix: list[int]) -> None:
+    def admit(self, seq: Request, prefix: list[int]) -> None:
         """Start a waiting sequence from the cached `prefix` (possibly empty)."""
         for block in prefix:
             if self._ref[block] == 0:
@@ -85,7 +85,7 @@ class BlockManager:
         self.query_tokens += seq.num_tokens
         self.hit_tokens += seq.num_computed_tokens
 
-    def register(self, seq: Sequence) -> None:
+    def register(self, seq: Request) -> None:
         """Make `seq`'s blocks whose tokens are all computed cache entries. (A speculative step
         may have computed accepted tokens a stop condition then dropped: those do not count.)"""
         full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size
@@ -103,7 +103,7 @@ class BlockManager:
 
     # -- allocation --------------------------------------------------------------------
 
-    def can_allocate(self, seq: Sequence, num_new_tokens: int, prefix: list[int] | None = None) -> bool:
+    def can_allocate(self, seq: Request, num_new_tokens: int, prefix: list[int] | None = None) -> bool:
         """Whether `seq` can grow by `num_new_tokens`; with `prefix`, whether the waiting `seq`
         can be admitted from that cached prefix and then grow by `num_new_tokens`."""
         if prefix is None:
@@ -119,14 +119,14 @@ class BlockManager:
             need += 1  # copy-on-write
         return need <= available
 
-    def allocate(self, seq: Sequence, num_new_tokens: int) -> None:
+    def allocate(self, seq: Request, num_new_tokens: int) -> None:
         first = seq.num_computed_tokens // self.block_size
         if num_new_tokens and first < len(seq.block_table):
             self._make_writable(seq, first)
         for _ in range(self.num_new_blocks(seq, num_new_tokens)):
             seq.block_table.append(self._take())
 
-    def _make_writable(self, seq: Sequence, index: int) -> None:
+    def _make_writable(self, seq: Request, index: int) -> None:
         block = seq.block_table[index]
         if self._ref[block] > 1:
             copy = self._take()
@@ -158,7 +158,7 @@ class BlockManager:
             else:
                 self._free.append(block)
 
-    def trim(self, seq: Sequence, num_tokens: int) -> None:
+    def trim(self, seq: Request, num_tokens: int) -> None:
         """Keep only the blocks holding the first `num_tokens` positions (speculative rollback:
         whole blocks past them are freed; stale entries in the last block are overwritten later)."""
         keep = self.blocks_for(num_tokens)
@@ -166,7 +166,7 @@ class BlockManager:
             self._release(block)
         del seq.block_table[keep:]
 
-    def free(self, seq: Sequence) -> None:
+    def free(self, seq: Request) -> None:
         self.register(seq)
         # Last blocks first: they become the least recently used, so eviction eats a cached
         # prefix from its end (a block is useless once the block before it is gone).

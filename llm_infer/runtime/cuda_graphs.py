@@ -50,7 +50,7 @@ class DecodeGraphs:
         self.pool = None
 
     def _meta(self, b: int) -> AttentionMetadata:
-        meta = AttentionMetadata([1] * b, [1] * b, self.slots[:b], self.tables[:b], self.block_size, self.backend)
+        meta = AttentionMetadata([1] * b, [1] * b, list(range(b + 1)), self.slots[:b], self.tables[:b], self.block_size, self.backend)
         meta.prepared = CudaPrepared(self.slots32[:b], self.tables[:b], self.q_start[:b], self.q_lens[:b],
                                      self.seq_lens[:b], 1, self.splits, self.workspace)
         return meta

@@ -19,7 +19,6 @@ class IncrementalDetokenizer:
         self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
         self._prefix = 0
         self._read = len(self._ids)
-        self.text = ""
 
     def add(self, token_id: int, final: bool = False) -> str:
         """Append a token; return the newly completed text (possibly empty)."""
@@ -37,5 +36,4 @@ class IncrementalDetokenizer:
             return ""
         delta = after[len(before) :]
         self._prefix, self._read = self._read, len(self._ids)
-        self.text += delta
         return delta

@@ -13,7 +13,8 @@ import itertools
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,27 +22,18 @@ from llm_infer.config import EngineConfig
 from llm_infer.errors import UserError
 from llm_infer.runtime.block_manager import BlockManager
 from llm_infer.runtime.detokenizer import IncrementalDetokenizer
-from llm_infer.runtime.executor import Executor
 from llm_infer.runtime.models.model_config import ModelConfig
-from llm_infer.runtime.outputs import RequestMetrics, RequestOutput
+from llm_infer.runtime.outputs import EngineSnapshot, RequestMetrics, RequestOutput
+from llm_infer.runtime.request import Request
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.scheduler import Scheduler
-from llm_infer.runtime.sequence import Sequence
 from llm_infer.runtime.speculative.planner import SpecPlanner
-from llm_infer.runtime.step_plan import StepPlan, build_step_plan
+from llm_infer.runtime.step_plan import StepOutput, StepPlan, StepTiming, build_step_plan
 from llm_infer.runtime.stop_checker import find_stop_string, partial_stop_suffix, token_stop_reason
 from llm_infer.runtime.tokenizer import Tokenizer
 
-
-@dataclass
-class _Request:
-    seq: Sequence
-    prompt: str | None
-    detok: IncrementalDetokenizer
-    text: str = ""
-    streamed: int = 0  # characters of `text` already reported as new_text
-    logits: list[torch.Tensor] = field(default_factory=list)
-    logits_len: int = 0
+if TYPE_CHECKING:
+    from llm_infer.executor.base import Executor
 
 
 @dataclass
@@ -49,8 +41,7 @@ class EngineStats:
     steps: int = 0
     prefill_tokens: int = 0  # tokens computed by prefill (including recomputation)
     decode_tokens: int = 0
-    last_worker_time_s: float = 0.0  # sampling rank's time for the last finished step
-    last_comm_time_s: float = 0.0
+    last_step_timing: StepTiming | None = None  # profiling only: StepOutput.timing of the last step
 
 
 class LLMEngine:
@@ -77,9 +68,10 @@ class LLMEngine:
         self.stats = EngineStats()
         self._rng = random.Random(config.seed)
         self._ids = itertools.count()
-        self._requests: dict[str, _Request] = {}
-        self._inflight: deque[tuple[list[tuple[Sequence, int]], StepPlan]] = deque()
+        self._requests: dict[str, Request] = {}
+        self._inflight: deque[tuple[list[tuple[Request, int]], StepPlan]] = deque()
         self._busy: set[int] = set()
+        self._finished_ids: list[int] = []  # told to the workers with the next plan
         self.spec = SpecPlanner(config.speculative, self.max_model_len) if config.speculative.method else None
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
@@ -95,9 +87,12 @@ class LLMEngine:
         if request_id in self._requests:
             raise UserError(f"request id {request_id!r} is already in use")
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        seq = Sequence(seq_id, request_id, ids, params, seed, return_logits)
-        self._requests[request_id] = _Request(seq, text, IncrementalDetokenizer(self.tokenizer, ids))
-        self.scheduler.add(seq)
+        req = Request(seq_id, request_id, ids, params, seed, return_logits, prompt=text,
+                      detokenizer=IncrementalDetokenizer(self.tokenizer, ids))
+        if self.spec is not None:
+            req.spec = self.spec.new_state(req)
+        self._requests[request_id] = req
+        self.scheduler.add(req)
         return request_id
 
     def _check_prompt(self, ids: list[int]) -> None:
@@ -116,11 +111,18 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> None:
         req = self._requests.pop(request_id, None)
-        if req is not None and not req.seq.finished:
-            req.seq.finish_reason = "abort"
-            self.scheduler.finish(req.seq)
-            if self.spec is not None:
-                self.spec.forget(req.seq)
+        if req is not None and not req.finished:
+            req.finish_reason = "abort"
+            self._release(req)
+
+    def snapshot(self) -> EngineSnapshot:
+        """The counters the server publishes: queue lengths, KV usage, prefix hits, acceptance."""
+        spec = self.spec.stats if self.spec is not None else None
+        blocks = self.block_manager
+        return EngineSnapshot(
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting), kv_usage=blocks.usage(),
+            prefix_query_tokens=blocks.query_tokens, prefix_hit_tokens=blocks.hit_tokens,
+            spec_proposed=spec.proposed if spec else 0, spec_accepted=spec.accepted if spec else 0)
 
     def step(self) -> list[RequestOutput]:
         """Run one step; return an update for every request that produced a token or finished."""
@@ -131,7 +133,7 @@ class LLMEngine:
             return []
         scheduled, plan = self._inflight.popleft()
         result = self.executor.collect()
-        self._busy.difference_update(seq.seq_id for seq, _ in scheduled)
+        self._busy.difference_update(req.seq_id for req, _ in scheduled)
         return self._process(scheduled, plan, result)
 
     def _fill_pipeline(self) -> None:
@@ -140,125 +142,92 @@ class LLMEngine:
             # Split the work into `depth` micro-batches so every stage gets a share.
             active = len(self.scheduler.running) + len(self.scheduler.waiting)
             cap = -(-active // depth) if depth > 1 else None
-            lookahead = self.spec.lookahead if self.spec is not None else None
-            scheduled = self.scheduler.schedule(busy=self._busy, max_seqs=cap, lookahead=lookahead)
+            scheduled = self.scheduler.schedule(busy=self._busy, max_seqs=cap)
             if not scheduled:
                 return
-            plan = build_step_plan(scheduled, self.stats.steps, self.spec)
-            plan.block_copies = self.block_manager.take_copies()
+            plan = build_step_plan(scheduled, self.stats.steps, self.block_manager.take_copies(),
+                                   self._finished_ids, self.spec.draft_method if self.spec is not None else None)
+            self._finished_ids = []
             self.stats.steps += 1
             self.executor.submit(plan)
             self._inflight.append((scheduled, plan))
-            self._busy.update(seq.seq_id for seq, _ in scheduled)
+            self._busy.update(req.seq_id for req, _ in scheduled)
 
-    def _process(self, scheduled: list[tuple[Sequence, int]], plan: StepPlan, result) -> list[RequestOutput]:
+    def _process(self, scheduled: list[tuple[Request, int]], plan: StepPlan,
+                 result: StepOutput) -> list[RequestOutput]:
+        """Append each request's tokens (one, or accepted proposals plus one), and roll its KV
+        back to what they cover. Plain decoding is speculation with no proposals."""
         now = time.perf_counter()
-        self.stats.last_worker_time_s = result.worker_time_s
-        self.stats.last_comm_time_s = result.comm_time_s
-        if result.accepted is not None:
-            return self._process_speculative(scheduled, plan, result, now)
-        sampled = iter(result.sampled)
+        self.stats.last_step_timing = result.timing
+        if plan.spec_lens is not None or plan.draft is not None:
+            self.spec.stats.steps += 1
+            if result.timing is not None:
+                self.spec.stats.draft_time_s += result.timing.draft_s
+                self.spec.stats.verify_time_s += result.timing.verify_s
         outputs = []
-        for (seq, _), n, samples in zip(scheduled, plan.query_lens, plan.sample):
-            token = next(sampled) if samples else None
-            req = self._requests.get(seq.request_id)
-            if req is None or req.seq is not seq:  # aborted while its step was in flight
+        for i, (req, n) in enumerate(scheduled):
+            if self._requests.get(req.request_id) is not req:  # aborted while its step was in flight
                 continue
-            if seq.first_scheduled_time is None:
-                seq.first_scheduled_time = now
-            if seq.num_pending_tokens == 1 and n == 1 and seq.output_token_ids:
-                self.stats.decode_tokens += 1
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = now
+            proposed, tokens = plan.spec_len(i), result.token_ids[i]
+            if req.seq_id in result.logits:
+                req.keep_logits(req.num_computed_tokens, result.logits[req.seq_id])
+            if tokens and n - proposed == 1 and req.output_token_ids:
+                self.stats.decode_tokens += len(tokens)
             else:
                 self.stats.prefill_tokens += n
-            if seq.seq_id in result.logits:
-                self._keep_logits(req, seq.num_computed_tokens, result.logits[seq.seq_id])
-            seq.num_computed_tokens += n
-            self.block_manager.register(seq)
-            if samples:
-                outputs.append(self._append_token(req, token, now))
-        return outputs
-
-    def _process_speculative(self, scheduled: list[tuple[Sequence, int]], plan: StepPlan, result,
-                             now: float) -> list[RequestOutput]:
-        """Append each sequence's accepted tokens, and roll its KV back to what they cover."""
-        spec = self.spec.stats
-        spec.steps += 1
-        spec.draft_time_s += result.draft_time_s
-        spec.verify_time_s += result.verify_time_s
-        outputs = []
-        for i, (seq, _) in enumerate(scheduled):
-            req = self._requests.get(seq.request_id)
-            if req is None or req.seq is not seq:
-                continue
-            if seq.first_scheduled_time is None:
-                seq.first_scheduled_time = now
-            n, tokens, proposed = plan.query_lens[i], result.accepted[i], plan.spec.num_draft[i]
-            if seq.seq_id in result.logits:
-                self._keep_logits(req, seq.num_computed_tokens, result.logits[seq.seq_id])
-            length_before = seq.num_tokens
-            # The pending token and the accepted proposals are now in the cache; the rest is stale.
-            seq.num_computed_tokens += n - proposed + max(0, len(tokens) - 1)
-            if plan.sample[i] and proposed:
-                self.spec.record(seq, proposed, length_before, len(tokens))
-            if not tokens:
-                self.stats.prefill_tokens += n
-                continue
-            self.stats.decode_tokens += len(tokens)
+            # The step's own tokens and the accepted proposals are now in the cache; the rest is stale.
+            req.num_computed_tokens += n - proposed + max(0, len(tokens) - 1)
             update = None
             for token in tokens:
                 update = self._append_token(req, token, now, combine=update)
                 if update.finished:
                     break
-            if not seq.finished:
-                self.block_manager.register(seq)
-                self.block_manager.trim(seq, seq.num_computed_tokens)
-            outputs.append(update)
+            if not req.finished:
+                self.block_manager.register(req)
+                self.block_manager.trim(req, req.num_computed_tokens)
+                if self.spec is not None and tokens:
+                    drafted = result.draft_token_ids[i] if plan.draft and plan.draft.num_draft[i] else None
+                    self.spec.after_step(req, proposed, len(tokens), drafted)
+            if update is not None:
+                outputs.append(update)
         return outputs
 
-    def _keep_logits(self, req: _Request, start: int, rows: torch.Tensor) -> None:
-        # A preempted sequence recomputes from position 0: drop what it had from `start` on.
-        while req.logits_len > start:
-            last = req.logits.pop()
-            req.logits_len -= last.shape[0]
-            if req.logits_len < start:
-                req.logits.append(last[: start - req.logits_len])
-                req.logits_len = start
-        req.logits.append(rows)
-        req.logits_len += rows.shape[0]
+    def _release(self, req: Request) -> None:
+        self.scheduler.finish(req)
+        if self.spec is not None and self.spec.draft_method is not None:
+            self._finished_ids.append(req.seq_id)
 
-    def _append_token(self, req: _Request, token: int, now: float,
+    def _append_token(self, req: Request, token: int, now: float,
                       combine: RequestOutput | None = None) -> RequestOutput:
         """Append one token; `combine` (an earlier update of this step) is merged into the result."""
-        seq = req.seq
-        seq.output_token_ids.append(token)
-        if seq.first_token_time is None:
-            seq.first_token_time = now
-        reason = token_stop_reason(seq.params, token, len(seq.output_token_ids), seq.num_tokens,
+        req.output_token_ids.append(token)
+        if req.first_token_time is None:
+            req.first_token_time = now
+        reason = token_stop_reason(req.params, token, len(req.output_token_ids), req.num_tokens,
                                    self.eos_token_ids, self.max_model_len)
-        delta = req.detok.add(token) if reason is None else req.detok.add(token) + req.detok.flush()
+        detok = req.detokenizer
+        delta = detok.add(token) if reason is None else detok.add(token) + detok.flush()
         req.text += delta
-        stops = seq.params.stop
+        stops = req.params.stop
         if stops and delta:
             at = find_stop_string(req.text, stops, len(delta))
             if at is not None:
                 req.text, reason = req.text[:at], "stop"
         if reason is not None:
-            seq.finish_reason = reason
-            seq.finish_time = now
-            self.scheduler.finish(seq)
-            del self._requests[seq.request_id]
-            if self.spec is not None:
-                self.spec.forget(seq)
+            req.finish_reason = reason
+            req.finish_time = now
+            del self._requests[req.request_id]
+            self._release(req)
         visible = len(req.text) if reason is not None else len(req.text) - partial_stop_suffix(req.text, stops)
         new_text = req.text[req.streamed : visible]
         req.streamed = max(req.streamed, visible)
         return self._output(req, (combine.new_text if combine is not None else "") + new_text)
 
-    def _output(self, req: _Request, new_text: str) -> RequestOutput:
-        seq = req.seq
-        metrics = RequestMetrics(seq.arrival_time, seq.first_scheduled_time, seq.first_token_time, seq.finish_time,
-                                 len(seq.prompt_token_ids), len(seq.output_token_ids), seq.num_preemptions)
-        logits = torch.cat(req.logits) if (seq.finished and req.logits) else None
-        return RequestOutput(seq.request_id, req.prompt, seq.prompt_token_ids, req.text,
-                             list(seq.output_token_ids), seq.finished, seq.finish_reason, new_text, metrics, logits)
-
+    def _output(self, req: Request, new_text: str) -> RequestOutput:
+        metrics = RequestMetrics(req.arrival_time, req.first_scheduled_time, req.first_token_time, req.finish_time,
+                                 len(req.prompt_token_ids), len(req.output_token_ids), req.num_preemptions)
+        logits = torch.cat(req.logits) if (req.finished and req.logits) else None
+        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, req.text,
+                             list(req.output_token_ids), req.finished, req.finish_reason, new_text, metrics, logits)

@@ -1,6 +1,8 @@
-"""The paged KV cache tensors of one worker, sized from a memory budget."""
+"""The paged KV cache tensors of one worker, sized from a memory budget, and bound to a model."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +40,29 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> t
     return raw.view(dtype).view(shape)
 
 
+def model_block_bytes(model: Any, block_size: int, dtype: torch.dtype) -> int:
+    """K and V bytes of one block for every attention layer `model` (a CausalLM shard) holds."""
+    layers = model.attention_layers()
+    return bytes_per_block(len(layers), block_size, layers[0].num_kv_heads, layers[0].head_dim, dtype)
+
+
+def bind_kv_cache(model: Any, cache: "KVCache") -> None:
+    """Point each attention layer of `model` at its K and V tensors in `cache`."""
+    for attn, kv in zip(model.attention_layers(), cache.layers, strict=True):
+        attn.k_cache, attn.v_cache = kv[0], kv[1]
+
+
 class KVCache:
     """One `[2, blocks, block_size, kv_heads, head_dim]` tensor per attention layer."""
+
+    @classmethod
+    def for_model(cls, model: Any, num_blocks: int, block_size: int, dtype: torch.dtype,
+                  device: torch.device) -> "KVCache":
+        """A cache shaped for `model`'s attention layers, bound to them."""
+        layers = model.attention_layers()
+        cache = cls(len(layers), num_blocks, block_size, layers[0].num_kv_heads, layers[0].head_dim, dtype, device)
+        bind_kv_cache(model, cache)
+        return cache
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):

@@ -1,8 +1,10 @@
-"""Turns a step plan into tensors, runs this worker's part of the model, samples.
+"""Turns a step plan into this worker's part of the forward pass, and logits into tokens.
 
-The model runner owns the model, its KV cache and the sampler. It never sees
-requests, only the plan's flat token lists; the model never sees the plan,
-only tensors and attention metadata.
+`execute` reads in the order data flows: copy shared blocks -> forward (the path chosen
+once in `init_cache`: reference, fused C++ stack or CUDA graphs; see `forward_paths.py`)
+-> logits of the rows that need them -> tokens (`Sampler.sample_step`) -> the drafter's
+proposals for the next step. The runner never sees requests, only the plan's flat lists;
+the model never sees the plan, only tensors and attention metadata.
 """
 
 from __future__ import annotations
@@ -12,83 +14,55 @@ import time
 import torch
 
 from llm_infer.config import EngineConfig
-from llm_infer.errors import UserError
-from llm_infer.parallel.communication import tp_broadcast_ints
-from llm_infer.parallel.state import get_parallel_state
 from llm_infer.kernels import dispatch
-from llm_infer.kernels.attention_metadata import AttentionMetadata
-from llm_infer.runtime.kv_cache import KVCache, available_memory, bytes_per_block
-from llm_infer.runtime.models.decoder import CausalLM, IntermediateTensors
-from llm_infer.runtime.models.fused_decode import FusedDecode
-from llm_infer.runtime.models.loader import load_weights
-from llm_infer.runtime.models.model_config import ModelConfig
-from llm_infer.runtime.quant.awq import AWQConfig
+from llm_infer.parallel.state import get_parallel_state
+from llm_infer.runtime.forward_paths import ReferenceForward, choose_forward
+from llm_infer.runtime.kv_cache import KVCache, available_memory, model_block_bytes
+from llm_infer.runtime.models.build import ResolvedModel, build_model
+from llm_infer.runtime.models.decoder import IntermediateTensors
 from llm_infer.runtime.sampler import Sampler
-from llm_infer.runtime.speculative.verify import fill_proposals, logit_rows, verify_step
-from llm_infer.runtime.step_inputs import build_inputs
-from llm_infer.runtime.step_plan import StepOutput, StepPlan
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) -> torch.dtype:
-    """`auto` follows vLLM: half precision for full-precision checkpoints (bf16, or fp16 when the
-    checkpoint is fp16 and the device is CUDA; CPU fp16 matmuls are slow)."""
-    if name != "auto":
-        return _DTYPES[name]
-    if model_config.torch_dtype == "float16" and device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("device: cuda was requested but no CUDA device is available")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def build_model(config: EngineConfig, model_dir: str, device: torch.device, kernels: dispatch.Kernels,
-                progress: bool = True, pipeline_layers: list[int] | None = None) -> tuple[CausalLM, ModelConfig]:
-    """This rank's part of the model in `model_dir`, with its weights (dense or AWQ) loaded."""
-    model_config = ModelConfig.from_dir(model_dir)
-    dtype = resolve_dtype(config.dtype, model_config, device)
-    awq = AWQConfig.from_model_dir(model_dir, model_config.quantization)
-    method_for = (lambda prefix: awq.method_for(prefix, kernels)) if awq else None
-    with torch.device(device):
-        model = CausalLM(model_config, dtype, kernels, method_for, pipeline_layers=pipeline_layers,
-                         lm_head_int8=config.quantization.lm_head == "int8")
-    load_weights(model, model_dir, progress=progress)
-    return model.eval(), model_config
+from llm_infer.runtime.step_inputs import logit_rows, spec_proposals
+from llm_infer.runtime.step_plan import StepOutput, StepPlan, StepTiming
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model_dir: str, device: torch.device, progress: bool = True):
+    def __init__(self, config: EngineConfig, resolved: ResolvedModel, device: torch.device, progress: bool = True):
         self.config = config
-        self.model_config = ModelConfig.from_dir(model_dir)
+        self.model_config = resolved.config
         self.device = device
-        self.dtype = resolve_dtype(config.dtype, self.model_config, device)
+        self.dtype = resolved.dtype
         self.block_size = config.cache.block_size
-        self.max_model_len = self.model_config.max_model_len(config.scheduler.max_model_len)
+        self.max_model_len = resolved.max_model_len
         self.kernels = dispatch.select_kernels(config.kernels, device, self.dtype)
-        self.model, _ = build_model(config, model_dir, device, self.kernels, progress, config.parallel.pipeline_layers)
-        self.backend = self.kernels.attention
+        self.model = build_model(resolved, device, self.kernels, config.quantization.lm_head == "int8", progress,
+                                 config.parallel.pipeline_layers)
         self.sampler = Sampler()
         self.kv_cache: KVCache | None = None
-        self.graphs = None
-        spec = config.speculative
-        self.drafter = None
-        if spec.method in ("draft", "layers") and get_parallel_state().samples:
-            from llm_infer.runtime.models.resolve import resolve_model_dir
-            from llm_infer.runtime.speculative.draft import Drafter
+        self.reference = ReferenceForward(self.model, self.kernels, self.block_size, device)
+        self.forward: ReferenceForward = self.reference  # replaced by a faster path in init_cache
+        self.drafter = self._make_drafter() if get_parallel_state().samples else None
+        self.profiling = False  # time the step's parts (StepOutput.timing); set by Worker.set_profiling
 
-            draft_dir = str(resolve_model_dir(spec.draft_model)) if spec.method == "draft" else None
-            self.drafter = Drafter(self, spec.method, draft_dir, spec.draft_layers)
+    def _make_drafter(self):
+        spec = self.config.speculative
+        if spec.method not in ("draft", "layers"):
+            return None
+        from llm_infer.runtime.models.resolve import resolve_model_dir
+        from llm_infer.runtime.speculative.draft import Drafter
+
+        if spec.method == "layers":
+            return Drafter.from_layers(self.model, spec.draft_layers, self.kernels, self.dtype, self.device,
+                                       self.block_size)
+        return Drafter.from_model_dir(resolve_model_dir(spec.draft_model), spec.draft_dtype, self.config.kernels,
+                                      self.model_config.vocab_size, self.device, self.block_size)
+
+    def describe(self) -> dict[str, str]:
+        """What runs here: device, dtype, kernel set and forward path (for reports and benchmarks)."""
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "kernels": self.kernels.name, "forward": self.forward.name}
 
     def block_bytes(self) -> int:
-        layers = self.model.attention_layers()
-        target = bytes_per_block(len(layers), self.block_size, layers[0].num_kv_heads, layers[0].head_dim, self.dtype)
+        target = model_block_bytes(self.model, self.block_size, self.dtype)
         return target + (self.drafter.block_bytes() if self.drafter is not None else 0)
 
     def available_blocks(self) -> int:
@@ -99,65 +73,44 @@ class ModelRunner:
         return int(budget // self.block_bytes())
 
     def init_cache(self, num_blocks: int) -> None:
-        layers = self.model.attention_layers()
-        self.kv_cache = KVCache(len(layers), num_blocks, self.block_size, layers[0].num_kv_heads,
-                                layers[0].head_dim, self.dtype, self.device)
-        for attn, kv in zip(layers, self.kv_cache.layers):
-            attn.k_cache, attn.v_cache = kv[0], kv[1]
-        if FusedDecode.supported(self.model, self.kernels.name, get_parallel_state().tp_size):
-            self.model.model.fused = FusedDecode(self.model, self.kernels.attention.ext)
+        """Allocate and bind the KV cache, then choose the forward path for the steps to come."""
+        self.kv_cache = KVCache.for_model(self.model, num_blocks, self.block_size, self.dtype, self.device)
         if self.drafter is not None:
             self.drafter.init_cache(num_blocks)
         state = get_parallel_state()
-        if self.config.cuda_graphs and self.kernels.name == "cuda" and state.tp_size * state.pp_size == 1:
-            from llm_infer.runtime.cuda_graphs import DecodeGraphs
-
-            first = layers[0]
-            self.graphs = DecodeGraphs(self.model, self.kernels.attention, self.device, self.block_size,
-                                       self.max_model_len, self.config.scheduler.max_num_seqs, first.num_heads,
-                                       first.head_dim)
-            self.graphs.capture()
-
-    def prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        return build_inputs(plan, self.block_size, self.backend, self.device)
+        self.forward = choose_forward(self.model, self.kernels, self.block_size, self.device,
+                                      state.tp_size * state.pp_size, state.tp_size, self.config.cuda_graphs,
+                                      self.max_model_len, self.config.scheduler.max_num_seqs)
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan, intermediate: IntermediateTensors | None = None
                 ) -> StepOutput | IntermediateTensors | None:
-        """Run one step. Non-final pipeline stages return what the next stage needs;
-        the sampling rank returns the sampled tokens; other ranks return None."""
+        """Run one step. Non-final pipeline stages return what the next stage needs; the
+        sampling rank returns the step's tokens; other ranks return None."""
         if plan.block_copies:
             self.kv_cache.copy_blocks(plan.block_copies)
-        draft_time, drafted = 0.0, None
-        if plan.spec is not None and plan.spec.method != "ngram":
-            start = time.perf_counter()
-            if self.drafter is not None:
-                drafted = self.drafter.propose(plan)
-                fill_proposals(plan, drafted[0])
-            if get_parallel_state().tp_size > 1:  # the other ranks need the proposals as input
-                plan.input_ids = tp_broadcast_ints(plan.input_ids)
-            draft_time = time.perf_counter() - start
-        start = time.perf_counter()
-        if self.graphs is not None and intermediate is None and self.graphs.handles(plan):
-            hidden = self.graphs.run(plan)
-        else:
-            input_ids, positions, meta = self.prepare(plan)
-            hidden = self.model(input_ids, positions, meta, intermediate)
+        if plan.finished_seq_ids and self.drafter is not None:
+            self.drafter.forget(plan.finished_seq_ids)
+        start = time.perf_counter() if self.profiling else 0.0
+        hidden = self.forward(plan, intermediate)
         if isinstance(hidden, IntermediateTensors):
             return hidden
         rows, spans = logit_rows(plan)
         logits = self.model.compute_logits(hidden[rows] if rows is not None else hidden)
         if logits is None:
             return None
-        out = StepOutput(plan.step_id, [])
-        if plan.spec is not None:
-            out.accepted = verify_step(plan, logits, spans, drafted, self.sampler)
-            out.draft_time_s, out.verify_time_s = draft_time, time.perf_counter() - start
-        else:
-            sample_rows = [spans[i][1] - 1 for i, s in enumerate(plan.sample) if s]
-            if sample_rows:
-                out.sampled = self.sampler(logits[sample_rows], plan.sampling)
+        proposals = spec_proposals(plan)
+        draft_probs = [self.drafter.probs_for(seq_id, len(p)) if p and self.drafter is not None else None
+                       for seq_id, p in zip(plan.seq_ids, proposals)]
+        out = StepOutput(plan.step_id, self.sampler.sample_step(plan, logits, spans, proposals, draft_probs))
         for i, want in enumerate(plan.return_logits):
             if want:
                 out.logits[plan.seq_ids[i]] = logits[spans[i][0] : spans[i][1]].cpu()
+        if self.profiling:
+            out.timing = StepTiming(verify_s=time.perf_counter() - start)
+        if plan.draft is not None and self.drafter is not None:
+            start = time.perf_counter() if self.profiling else 0.0
+            out.draft_token_ids = self.drafter.propose(plan, out.token_ids)
+            if self.profiling:
+                out.timing.draft_s = time.perf_counter() - start
         return out

@@ -41,3 +41,24 @@ class RequestOutput:
     new_text: str = ""  # text that became visible with this update (for streaming)
     metrics: RequestMetrics | None = None
     logits: torch.Tensor | None = field(default=None, repr=False)  # [positions, vocab] when requested
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """The engine's counters at one moment (what the server's /metrics shows; safe to read from any thread)."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+    prefix_query_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    spec_proposed: int = 0
+    spec_accepted: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
+
+    @property
+    def spec_acceptance(self) -> float:
+        return self.spec_accepted / self.spec_proposed if self.spec_proposed else 0.0

@@ -1,42 +1,20 @@
-"""Logits -> tokens, with per-row temperature, top-k, top-p, min-p and seed.
+"""Logits -> tokens: the one place where a step's logits become the tokens it appends.
 
-Each random draw comes from a generator seeded by (request seed, output
-index), so a seeded request samples the same tokens whether it runs alone,
-in a batch, or is preempted and recomputed. Sampling uses the exponential
-race (argmax of p / E with E ~ Exp(1)), which draws exactly from p.
+Per-row temperature, top-k, top-p, min-p and seed. Each random draw comes from a
+generator seeded by (request seed, output index) (`random_draws.py`), so a seeded
+request samples the same tokens whether it runs alone, in a batch, or is preempted
+and recomputed. A request verifying speculative proposals keeps the accepted prefix
+plus one token by the rejection rule (`speculative/rejection.py`); plain decoding is
+the case with no proposals.
 """
 
 from __future__ import annotations
 
 import torch
 
-from llm_infer.runtime.step_plan import SamplingBatch
-
-_MASK64 = (1 << 64) - 1
-PURPOSES = 4  # 0: the token itself; speculative decoding's extra draws use 1..3
-
-
-def _mix64(x: int) -> int:
-    """A 64-bit integer hash (splitmix64's finaliser)."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def draw_seed(seed: int, output_index: int, purpose: int = 0) -> int:
-    """The generator seed of one draw: (request seed, output index, purpose). torch's CPU
-    generator keeps only the low 32 bits of a seed, so the seed is 32 bits, and within one
-    request distinct (index, purpose) pairs give distinct seeds (a bijection of index*4+purpose)."""
-    return (_mix64(seed) ^ (output_index * PURPOSES + purpose)) & 0xFFFFFFFF
-
-
-def draw(probs: torch.Tensor, seed: int) -> int:
-    """One token from `probs` (a 1-D distribution), by the exponential race seeded with `seed`."""
-    gen = torch.Generator(device=probs.device).manual_seed(seed)
-    noise = torch.empty_like(probs).exponential_(generator=gen).clamp_(min=torch.finfo(probs.dtype).tiny)
-    return int((probs / noise).argmax())
-
+from llm_infer.runtime.random_draws import draw_seed
+from llm_infer.runtime.speculative.rejection import verify_greedy, verify_sampled
+from llm_infer.runtime.step_plan import SamplingBatch, StepPlan
 
 def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
     """Keep the `k` largest logits of each row (k == 0 keeps all); ties at the k-th value are kept."""
@@ -78,7 +56,7 @@ class Sampler:
         return logits.softmax(dim=-1)
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> list[int]:
-        """logits: float32 `[rows, vocab]`, one row per entry of `batch`."""
+        """One token per row: logits float32 `[rows, vocab]`, one row per entry of `batch`."""
         greedy = logits.argmax(dim=-1)
         if batch.all_greedy:
             return greedy.tolist()
@@ -95,6 +73,35 @@ class Sampler:
             out[i] = int(sampled[j])
         return out
 
+    def sample_step(self, plan: StepPlan, logits: torch.Tensor, spans: list[tuple[int, int]],
+                    proposals: list[list[int]], draft_probs: list[torch.Tensor | None]) -> list[list[int]]:
+        """Per request of the plan, the tokens it appends: none when it does not sample; one sampled
+        token without proposals (all such rows in one batched call); else the accepted prefix of
+        its `proposals` plus one token. `logits` float32 `[rows, vocab]`, request i's rows at
+        `spans[i]` (its proposals' and the row before them last); `draft_probs[i]`: the draft's
+        distributions `[k, vocab]` at its proposals (None: greedy, or a deterministic proposer)."""
+        params = per_sequence(plan.sampling, plan.sample)
+        out: list[list[int]] = [[] for _ in plan.seq_ids]
+        plain = [i for i, s in enumerate(plan.sample) if s and not proposals[i]]
+        if plain:
+            rows = [spans[i][1] - 1 for i in plain]
+            batch = plan.sampling if len(plain) == len(params) else select_rows(plan.sampling, [params[i] for i in plain])
+            tokens = self(logits[rows], batch)
+            for i, token in zip(plain, tokens):
+                out[i] = [token]
+        for i, draft in enumerate(proposals):
+            if not draft or not plan.sample[i]:
+                continue
+            row = params[i]
+            target = logits[spans[i][1] - 1 - len(draft) : spans[i][1]]
+            if plan.sampling.temperature[row] == 0:
+                out[i] = verify_greedy(target, draft)
+            else:
+                p = self.probs(target, select_rows(plan.sampling, [row] * len(target)))
+                out[i] = verify_sampled(p, draft, draft_probs[i], plan.sampling.seeds[row],
+                                        plan.sampling.output_index[row])
+        return out
+
 
 def select_rows(batch: SamplingBatch, rows: list[int]) -> SamplingBatch:
     """The batch's entries at `rows` (repeats allowed), as a batch."""
@@ -102,9 +109,7 @@ def select_rows(batch: SamplingBatch, rows: list[int]) -> SamplingBatch:
                            ("temperature", "top_k", "top_p", "min_p", "seeds", "output_index")))
 
 
-def per_sequence(batch: SamplingBatch, samples: list[bool]) -> dict[int, SamplingBatch]:
-    """Each sampling sequence's parameters as a one-row batch, keyed by its index in the plan
-    (`batch` holds one row per sequence whose `samples` is true, in order)."""
-    rows = [i for i, sample in enumerate(samples) if sample]
-    return {i: select_rows(batch, [row]) for row, i in enumerate(rows)}
-
+def per_sequence(batch: SamplingBatch, samples: list[bool]) -> dict[int, int]:
+    """Request index in the plan -> its row in `batch` (which holds one row per request whose
+    `samples` is true, in order)."""
+    return {i: row for row, i in enumerate(i for i, sample in enumerate(samples) if sample)}

@@ -60,11 +60,6 @@ class SamplingParams:
             if not ok:
                 raise SamplingParamsError(param, message)
 
-    @property
-    def greedy(self) -> bool:
-        """Temperature 0: always the most likely token."""
-        return self.temperature == 0
-
 
 def _integer(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)

@@ -11,45 +11,48 @@ free, the most recently admitted sequence is preempted: its blocks are freed
 and it goes back to the front of the queue to be recomputed later (its
 output so far is kept, so the result is unchanged).
 
+Speculative decoding needs no phase of its own: a request that carries proposed
+tokens (`spec_token_ids`) is given `num_tokens_with_spec - num_computed_tokens`
+tokens like any other, and a request whose drafter will propose at the end of
+the step gets room for those proposals too (`spec.num_draft` lookahead slots).
+
 Under pipeline parallelism several steps (micro-batches of disjoint sequences)
 are in flight at once: sequences in flight are `busy` and are neither
 scheduled nor preempted until their step returns.
 
-The scheduler sees sequences and block counts only, never tensors.
+The scheduler sees requests and block counts only, never tensors.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
 
 from llm_infer.config import SchedulerConfig
 from llm_infer.runtime.block_manager import BlockManager
-from llm_infer.runtime.sequence import Sequence, SequenceStatus
+from llm_infer.runtime.request import Request, RequestStatus
 
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
         self.config = config
         self.blocks = block_manager
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
         self.num_preemptions = 0
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: Request) -> None:
         self.waiting.append(seq)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self, busy: set[int] | frozenset[int] = frozenset(), max_seqs: int | None = None,
-                 lookahead: Callable[[Sequence], int] | None = None) -> list[tuple[Sequence, int]]:
-        """Pick (sequence, new tokens) pairs for one step, skipping sequences whose ids are
-        `busy`, and taking at most `max_seqs` sequences. With `lookahead` (speculative decoding)
-        a decoding sequence gets room for its pending token plus lookahead(seq) proposals."""
+    def schedule(self, busy: set[int] | frozenset[int] = frozenset(),
+                 max_seqs: int | None = None) -> list[tuple[Request, int]]:
+        """Pick (request, new tokens) pairs for one step, skipping requests whose ids are
+        `busy`, and taking at most `max_seqs` requests."""
         budget = self.config.max_num_batched_tokens
         limit = max_seqs or self.config.max_num_seqs
-        scheduled: list[tuple[Sequence, int]] = []
+        scheduled: list[tuple[Request, int]] = []
         taken: set[int] = set()
         preemptions_before = self.num_preemptions
         free = [s for s in self.running if s.seq_id not in busy]
@@ -58,14 +61,12 @@ class Scheduler:
         for seq in decodes + prefills:
             if budget == 0 or len(scheduled) == limit:
                 break
-            if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
+            if seq.status is not RequestStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            n = min(seq.num_pending_tokens, budget)
-            if lookahead is not None and seq.num_pending_tokens == 1:
-                n = min(1 + lookahead(seq), budget)
-            if not self._make_room(seq, n, taken, busy):
+            n = min(seq.num_tokens_with_spec - seq.num_computed_tokens, budget)
+            if not self._make_room(seq, n + _lookahead(seq, n), taken, busy):
                 continue
-            self.blocks.allocate(seq, n)
+            self.blocks.allocate(seq, n + _lookahead(seq, n))
             scheduled.append((seq, n))
             taken.add(seq.seq_id)
             budget -= n
@@ -75,18 +76,18 @@ class Scheduler:
             seq = self.waiting[0]
             prefix = self.blocks.cached_prefix(seq)
             n = min(seq.num_tokens - self.blocks.prefix_tokens(seq, prefix), budget)
-            if not self.blocks.can_allocate(seq, n, prefix):
+            if not self.blocks.can_allocate(seq, n + _lookahead(seq, n), prefix):
                 break
             self.waiting.popleft()
             self.blocks.admit(seq, prefix)
-            self.blocks.allocate(seq, n)
-            seq.status = SequenceStatus.RUNNING
+            self.blocks.allocate(seq, n + _lookahead(seq, n))
+            seq.status = RequestStatus.RUNNING
             self.running.append(seq)
             scheduled.append((seq, n))
             budget -= n
         return scheduled
 
-    def _make_room(self, seq: Sequence, n: int, taken: set[int], busy: set[int] | frozenset[int]) -> bool:
+    def _make_room(self, seq: Request, n: int, taken: set[int], busy: set[int] | frozenset[int]) -> bool:
         """Preempt the newest running sequences (neither scheduled this step nor in flight)
         until `seq` can grow by `n` tokens. False when `seq` cannot run this step: it was
         preempted itself, or only sequences in flight could make room (then it waits)."""
@@ -102,20 +103,25 @@ class Scheduler:
                 return False
         return True
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: Request) -> None:
         self.running.remove(seq)
         self.blocks.free(seq)
-        seq.num_computed_tokens = 0
-        seq.status = SequenceStatus.WAITING
-        seq.num_preemptions += 1
+        seq.reset_for_recompute()
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def finish(self, seq: Sequence) -> None:
+    def finish(self, seq: Request) -> None:
         """Release a sequence that is done (or aborted), wherever it is."""
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
         self.blocks.free(seq)
-        seq.status = SequenceStatus.FINISHED
+        seq.status = RequestStatus.FINISHED
+
+
+def _lookahead(seq: Request, n: int) -> int:
+    """KV slots past the step's tokens that the drafter writes at the end of the step, when the
+    step samples and the request drafts: the token sampled now and all proposals but the last."""
+    samples = seq.num_computed_tokens + n >= seq.num_tokens
+    return seq.spec.num_draft if samples and seq.spec is not None else 0

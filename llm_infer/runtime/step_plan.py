@@ -1,9 +1,10 @@
-"""The compact message the controller sends to every worker each step.
+"""The message the controller sends to every worker each step, and the one that comes back.
 
-Plain Python data (no tensors), cheap to pickle: the new tokens of each
-scheduled sequence, how much context each has, its block table, and the
-sampling parameters of the sequences that produce a token this step.
-Workers derive positions and cache slots from these.
+Plain Python data (no tensors), cheap to pickle and never changed after it is built: the
+new tokens of each scheduled request (speculative proposals last), how much context each
+has, its block table, the sampling parameters of the requests that produce tokens this
+step, and what the drafter must see before it proposes for the next step. Workers derive
+positions and cache slots from these.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from llm_infer.runtime.sequence import Sequence
-    from llm_infer.runtime.speculative.planner import SpecPlanner
+    import torch
+
+    from llm_infer.runtime.request import Request
 
 
 @dataclass
@@ -25,44 +27,45 @@ class SamplingBatch:
     top_p: list[float] = field(default_factory=list)
     min_p: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
-    # Index of the token being sampled within its sequence's output: with the
+    # Index of the token being sampled within its request's output: with the
     # seed it fixes the random draw, so results do not depend on batching.
     output_index: list[int] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.temperature)
 
     @property
     def all_greedy(self) -> bool:
         return all(t == 0 for t in self.temperature)
 
 
-@dataclass
-class SpecPlan:
-    """Speculative decoding in this step. For sequence i, num_draft[i] tokens follow its pending
-    token in the plan's input (n-gram: the proposals themselves; draft/layers: placeholders the
-    sampling rank's drafter fills); catch_up[i] are the tokens the drafter must process first
-    (ending with the pending token)."""
+@dataclass(frozen=True)
+class DraftPlan:
+    """What the sampling rank's drafter (speculative method draft or layers) does at the end of
+    the step: for request i, process `catch_up[i]` (tokens up to the step's last non-speculative
+    input token that the draft model has not seen) followed by the tokens the step appends,
+    then propose `num_draft[i]` tokens (0: nothing) for the next step."""
 
     method: str
     num_draft: list[int]
     catch_up: list[list[int]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepPlan:
     seq_ids: list[int]
-    input_ids: list[int]  # new tokens of all sequences, concatenated
-    query_lens: list[int]  # new tokens per sequence
-    seq_lens: list[int]  # context length per sequence once this step is done
+    input_ids: list[int]  # new tokens of all requests, concatenated
+    query_lens: list[int]  # new tokens per request
+    seq_lens: list[int]  # context length per request once this step is done
     block_tables: list[list[int]]
-    sample: list[bool]  # whether each sequence produces a token this step
+    sample: list[bool]  # whether each request produces tokens this step
     sampling: SamplingBatch
     return_logits: list[bool]  # whether to return the logits of every new position
     step_id: int = 0
-    spec: SpecPlan | None = None
+    # Speculative tokens that end each request's input (verified this step); None: none at all.
+    spec_lens: list[int] | None = None
+    draft: DraftPlan | None = None
     # KV blocks to copy (source, destination) before the forward: copy-on-write of shared blocks.
     block_copies: list[tuple[int, int]] = field(default_factory=list)
+    # Requests that ended since the last plan: workers drop what they keep per request.
+    finished_seq_ids: list[int] = field(default_factory=list)
 
     @property
     def num_seqs(self) -> int:
@@ -72,53 +75,66 @@ class StepPlan:
     def num_tokens(self) -> int:
         return len(self.input_ids)
 
+    def spec_len(self, i: int) -> int:
+        return self.spec_lens[i] if self.spec_lens is not None else 0
+
+
+@dataclass
+class StepTiming:
+    """Where the sampling rank's time went in one step, in seconds (profiling only)."""
+
+    worker_s: float = 0.0  # from receiving the plan to having the tokens
+    comm_s: float = 0.0  # of which in collectives and stage-to-stage transfers
+    verify_s: float = 0.0  # forward, logits and sampling/verification
+    draft_s: float = 0.0  # the drafter proposing for the next step
+
 
 @dataclass
 class StepOutput:
     step_id: int
-    sampled: list[int]  # one token per sequence with sample=True, in plan order
-    logits: dict[int, "object"] = field(default_factory=dict)  # seq_id -> float32 [query_len, vocab]
-    worker_time_s: float = 0.0  # on the sampling rank, from receiving the plan to having the tokens
-    comm_time_s: float = 0.0  # of which in collectives and stage-to-stage transfers
-    # Speculative steps: per sequence, the tokens to append (accepted proposals + one more);
-    # the time the drafter and the verifying forward took.
-    accepted: list[list[int]] | None = None
-    draft_time_s: float = 0.0
-    verify_time_s: float = 0.0
+    # Per request of the plan: the tokens it appends (one, or accepted proposals plus one
+    # under speculative decoding; none when it did not sample).
+    token_ids: list[list[int]]
+    logits: dict[int, "torch.Tensor"] = field(default_factory=dict)  # seq_id -> float32 [query_len, vocab]
+    # Per request: the drafter's proposals for the next step (None: no drafter ran this step).
+    draft_token_ids: list[list[int]] | None = None
+    timing: StepTiming | None = None  # only while profiling (executor.set_profiling)
 
 
-def build_step_plan(scheduled: list[tuple["Sequence", int]], step_id: int,
-                    speculation: "SpecPlanner | None" = None) -> StepPlan:
-    """Turn the scheduler's (sequence, new token count) decisions into a plan. A decoding
-    sequence given more than its pending token speculates: the planner supplies the tokens."""
-    plan = StepPlan([], [], [], [], [], [], SamplingBatch(), [], step_id)
-    num_draft: list[int] = []
-    catch_up: list[list[int]] = []
+def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_copies: list[tuple[int, int]],
+                    finished_seq_ids: list[int], draft_method: str | None = None) -> StepPlan:
+    """Turn the scheduler's (request, new token count) decisions into a plan. Tokens beyond a
+    request's pending ones are its speculative proposals (`spec_token_ids`)."""
+    seq_ids, input_ids, query_lens, seq_lens, tables, sample, logits = [], [], [], [], [], [], []
+    spec_lens, num_draft, catch_up = [], [], []
+    sampling = SamplingBatch()
     for seq, n in scheduled:
         start = seq.num_computed_tokens
-        extra = max(0, n - seq.num_pending_tokens)
-        tokens = seq.tokens_between(start, start + n - extra)
-        drafted, catch = (speculation.proposal(seq, extra) if extra else ([], []))
-        tokens += drafted
-        n = len(tokens)
-        num_draft.append(len(drafted))
-        catch_up.append(catch)
+        spec = max(0, n - seq.num_pending_tokens)
+        tokens = seq.tokens_between(start, start + n - spec) + seq.spec_token_ids[:spec]
         samples = start + n >= seq.num_tokens
-        plan.seq_ids.append(seq.seq_id)
-        plan.input_ids.extend(tokens)
-        plan.query_lens.append(n)
-        plan.seq_lens.append(start + n)
-        plan.block_tables.append(list(seq.block_table))
-        plan.sample.append(samples)
-        plan.return_logits.append(seq.return_logits)
+        seq_ids.append(seq.seq_id)
+        input_ids.extend(tokens)
+        query_lens.append(n)
+        seq_lens.append(start + n)
+        tables.append(list(seq.block_table))
+        sample.append(samples)
+        logits.append(seq.return_logits)
+        spec_lens.append(spec)
+        drafts = seq.spec.num_draft if (samples and draft_method and seq.spec is not None) else 0
+        num_draft.append(drafts)
+        last_input = start + n - spec  # positions below it are in the target's cache after the step
+        catch_up.append(seq.tokens_between(min(seq.spec.draft_from, last_input - 1), last_input)
+                        if drafts and draft_method == "draft" else [])
         if samples:
-            p, s = seq.params, plan.sampling
-            s.temperature.append(float(p.temperature))
-            s.top_k.append(p.top_k)
-            s.top_p.append(float(p.top_p))
-            s.min_p.append(float(p.min_p))
-            s.seeds.append(seq.seed)
-            s.output_index.append(len(seq.output_token_ids))
-    if speculation is not None and any(num_draft):
-        plan.spec = SpecPlan(speculation.config.method, num_draft, catch_up)
-    return plan
+            p = seq.params
+            sampling.temperature.append(float(p.temperature))
+            sampling.top_k.append(p.top_k)
+            sampling.top_p.append(float(p.top_p))
+            sampling.min_p.append(float(p.min_p))
+            sampling.seeds.append(seq.seed)
+            sampling.output_index.append(len(seq.output_token_ids))
+    return StepPlan(seq_ids, input_ids, query_lens, seq_lens, tables, sample, sampling, logits, step_id,
+                    spec_lens=spec_lens if any(spec_lens) else None,
+                    draft=DraftPlan(draft_method, num_draft, catch_up) if any(num_draft) else None,
+                    block_copies=block_copies, finished_seq_ids=finished_seq_ids)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from llm_infer.runtime.outputs import RequestOutput
+from llm_infer.runtime.outputs import EngineSnapshot, RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
 
 log = logging.getLogger("llm_infer.server")
@@ -26,27 +26,6 @@ log = logging.getLogger("llm_infer.server")
 
 class EngineDeadError(RuntimeError):
     """The engine thread stopped (a step failed, or the server is shutting down)."""
-
-
-@dataclass(frozen=True)
-class EngineSnapshot:
-    """What /metrics shows, published by the engine thread each loop (read from any thread)."""
-
-    running: int = 0
-    waiting: int = 0
-    kv_usage: float = 0.0
-    prefix_query_tokens: int = 0
-    prefix_hit_tokens: int = 0
-    spec_proposed: int = 0
-    spec_accepted: int = 0
-
-    @property
-    def prefix_hit_rate(self) -> float:
-        return self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
-
-    @property
-    def spec_acceptance(self) -> float:
-        return self.spec_accepted / self.spec_proposed if self.spec_proposed else 0.0
 
 
 @dataclass
@@ -80,7 +59,7 @@ class _Abort:
 class AsyncEngine:
     def __init__(self, llm: Any):
         self.llm = llm
-        self.speculative = llm.engine.spec is not None
+        self.speculative = llm.config.speculative.method is not None
         self.max_model_len: int = llm.engine.max_model_len
         self.snapshot = EngineSnapshot()
         self.error: BaseException | None = None
@@ -188,12 +167,7 @@ class AsyncEngine:
                     command.added.set_result(command.request_id)
 
     def _publish(self, engine: Any) -> None:
-        spec = engine.spec.stats if engine.spec is not None else None
-        self.snapshot = EngineSnapshot(
-            running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting),
-            kv_usage=engine.block_manager.usage(),
-            prefix_query_tokens=engine.block_manager.query_tokens, prefix_hit_tokens=engine.block_manager.hit_tokens,
-            spec_proposed=spec.proposed if spec else 0, spec_accepted=spec.accepted if spec else 0)
+        self.snapshot = engine.snapshot()
 
     def _die(self, error: BaseException) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from llm_infer.launcher.server.async_engine import EngineSnapshot
+from llm_infer.runtime.outputs import EngineSnapshot
 from llm_infer.runtime.outputs import RequestOutput
 
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

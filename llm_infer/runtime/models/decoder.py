@@ -140,25 +140,34 @@ class DecoderModel(nn.Module):
         if state.is_last_stage:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, kernels)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
-        # Set by the model runner when a fused kernel can run this stage's layers (fused_decode.py).
-        self.fused = None
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
-        state = get_parallel_state()
-        if state.is_first_stage:
-            x, residual = self.embed_tokens(input_ids), None
-        else:
-            x, residual = intermediate.hidden, intermediate.residual
-        if self.fused is not None and self.fused.applicable(meta):
-            x, residual = self.fused.run(x, residual, positions, meta)
-        else:
-            for i in self.layer_range:
-                x, residual = self.layers[i](x, residual, positions, self.rotary, meta)
-        if not state.is_last_stage:
+    def embed(self, input_ids: torch.Tensor, intermediate: IntermediateTensors | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden, residual) entering this stage's layers: the token embeddings on the first
+        stage (no residual yet), what the previous stage sent otherwise."""
+        if get_parallel_state().is_first_stage:
+            return self.embed_tokens(input_ids), None
+        return intermediate.hidden, intermediate.residual
+
+    def run_layers(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+                   meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        for i in self.layer_range:
+            x, residual = self.layers[i](x, residual, positions, self.rotary, meta)
+        return x, residual
+
+    def finish(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor | IntermediateTensors:
+        """The final norm on the last stage; what the next stage needs elsewhere."""
+        if not get_parallel_state().is_last_stage:
             return IntermediateTensors(x, residual)
         x, _ = self.norm(x, residual)
         return x
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        """The reference path: hidden states `[tokens, hidden]` (last stage) of the step's tokens."""
+        x, residual = self.embed(input_ids, intermediate)
+        x, residual = self.run_layers(x, residual, positions, meta)
+        return self.finish(x, residual)
 
 
 class CausalLM(nn.Module):

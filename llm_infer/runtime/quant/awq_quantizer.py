@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from llm_infer.errors import UserError
-from llm_infer.kernels.attention_metadata import AttentionMetadata
+from llm_infer.kernels.attention_metadata import AttentionMetadata, query_start_loc
 from llm_infer.kernels.awq_torch import pack_awq
 from llm_infer.kernels.dispatch import TORCH
 from llm_infer.runtime.kv_cache import KVCache
@@ -70,14 +70,11 @@ class _Calibration:
         self.positions = torch.arange(length).repeat(sequences)
         tables = torch.arange(sequences * per_seq).view(sequences, per_seq)
         slots = tables[:, self.positions[:length] // block_size] * block_size + self.positions[:length] % block_size
-        self.meta = AttentionMetadata([length] * sequences, [length] * sequences, slots.reshape(-1), tables,
+        self.meta = AttentionMetadata([length] * sequences, [length] * sequences,
+                                      query_start_loc([length] * sequences), slots.reshape(-1), tables,
                                       block_size, TORCH.attention)
         TORCH.attention.prepare(self.meta)
-        layers = model.attention_layers()
-        self.cache = KVCache(len(layers), sequences * per_seq, block_size, layers[0].num_kv_heads,
-                             layers[0].head_dim, torch.float32, torch.device("cpu"))
-        for attn, kv in zip(layers, self.cache.layers):
-            attn.k_cache, attn.v_cache = kv[0], kv[1]
+        self.cache = KVCache.for_model(model, sequences * per_seq, block_size, torch.float32, torch.device("cpu"))
 
 
 def quantize_model(model_dir: Path, out_dir: Path, token_ids: torch.Tensor, options: QuantizeOptions,

@@ -1,8 +1,13 @@
-"""The controller's side of speculative decoding: how many tokens each decoding sequence
-proposes, what it proposes (n-gram) or must show the drafter first (draft models), and what
-the result does to the sequence's acceptance rate and the drafter's cache.
+"""The controller's side of speculative decoding: how many tokens each request proposes, and
+what a finished step means for its proposals, acceptance rate and the drafter's cache.
 
-Adaptive K: each sequence keeps a running acceptance rate a (exponential average of accepted
+Proposals are request state (`Request.spec_token_ids`), set when a step's output is
+processed and verified in the request's next step: n-gram proposals are looked up here, on
+the controller; a draft model's proposals were made by the sampling rank's drafter at the
+end of the step and came back in its output. The scheduler then simply gives a request
+`num_tokens_with_spec - num_computed_tokens` tokens.
+
+Adaptive K: each request keeps a running acceptance rate a (exponential average of accepted
 / proposed); K is the largest value with a^K >= 0.2, i.e. at least a one-in-five chance that
 all K proposals survive, between 1 and num_tokens.
 """
@@ -13,19 +18,11 @@ import math
 from dataclasses import dataclass
 
 from llm_infer.config import SpeculativeConfig
-from llm_infer.runtime.sequence import Sequence
+from llm_infer.runtime.request import Request, SpecState
 from llm_infer.runtime.speculative.ngram import NgramIndex
 
 _EMA = 0.3
 _ALL_ACCEPTED_CHANCE = 0.2
-
-
-@dataclass
-class _State:
-    rate: float = 0.7
-    ngrams: NgramIndex | None = None
-    draft_from: int = 0  # positions below this are in the draft model's cache
-    preemptions: int = 0
 
 
 @dataclass
@@ -35,7 +32,7 @@ class SpecStats:
     accepted: int = 0
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
-    max_emitted: int = 0  # most tokens one sequence emitted in one step (K + 1: all accepted + bonus)
+    max_emitted: int = 0  # most tokens one request emitted in one step (K + 1: all accepted + bonus)
 
     @property
     def acceptance(self) -> float:
@@ -47,49 +44,50 @@ class SpecPlanner:
         self.config = config
         self.max_model_len = max_model_len
         self.stats = SpecStats()
-        self._states: dict[int, _State] = {}
+        # Methods whose proposals come from the sampling rank's drafter (draft, layers).
+        self.draft_method = config.method if config.method != "ngram" else None
 
-    def _state(self, seq: Sequence) -> _State:
-        state = self._states.setdefault(seq.seq_id, _State())
-        if state.preemptions != seq.num_preemptions:  # recomputed from scratch: so is the draft cache
-            state.draft_from, state.preemptions = 0, seq.num_preemptions
+    def new_state(self, req: Request) -> SpecState:
+        state = SpecState()
+        if self.draft_method is not None:
+            state.num_draft = self.num_tokens(req, state)
         return state
 
-    def lookahead(self, seq: Sequence) -> int:
-        """Tokens a decoding sequence proposes this step (0: decode plainly)."""
-        if seq.return_logits:
+    def num_tokens(self, req: Request, state: SpecState | None = None) -> int:
+        """Tokens `req` should propose for its next step (0: decode plainly)."""
+        if req.return_logits:
             return 0
-        room = min(seq.params.max_tokens - len(seq.output_token_ids), self.max_model_len - seq.num_tokens) - 1
+        room = min(req.params.max_tokens - len(req.output_token_ids), self.max_model_len - req.num_tokens) - 1
         k = self.config.num_tokens
         if self.config.adaptive:
-            rate = min(self._state(seq).rate, 0.999)
+            rate = min((state or req.spec).rate, 0.999)
             k = 1 if rate <= 0 else max(1, min(k, int(math.log(_ALL_ACCEPTED_CHANCE) / math.log(rate))))
         return max(0, min(k, room))
 
-    def proposal(self, seq: Sequence, k: int) -> tuple[list[int], list[int]]:
-        """(tokens placed after the pending token, tokens the drafter must process first)."""
-        state = self._state(seq)
+    def after_step(self, req: Request, proposed: int, appended: int, drafted: list[int] | None) -> None:
+        """`req`'s step verified `proposed` tokens and appended `appended` (accepted + 1); the
+        drafter proposed `drafted` for the next step (None: no drafter ran). Sets the proposals
+        and drafter budget of its next step."""
+        state = req.spec
+        req.spec_token_ids = []
+        if proposed:
+            accepted = appended - 1
+            state.rate = (1 - _EMA) * state.rate + _EMA * accepted / proposed
+            s = self.stats
+            s.proposed += proposed
+            s.accepted += accepted
+            s.max_emitted = max(s.max_emitted, appended)
+        k = self.num_tokens(req)
         if self.config.method == "ngram":
             if state.ngrams is None:
                 state.ngrams = NgramIndex(self.config.ngram_max, self.config.ngram_min)
-            state.ngrams.extend(seq.token_ids[len(state.ngrams.tokens) :])
-            return state.ngrams.propose(k), []
-        if self.config.method == "layers":  # the target's cache already holds every computed token
-            return [0] * k, [seq.token_ids[-1]]
-        return [0] * k, seq.token_ids[state.draft_from :]
-
-    def record(self, seq: Sequence, proposed: int, length_before: int, emitted: int) -> None:
-        """A speculating step of `seq` ended: `emitted` tokens were appended (accepted + 1)."""
-        accepted = emitted - 1
-        state = self._state(seq)
-        if proposed:
-            state.rate = (1 - _EMA) * state.rate + _EMA * accepted / proposed
-        # The drafter processed the pending token and its first proposed-1 proposals.
-        state.draft_from = length_before + min(accepted, proposed - 1) if proposed else state.draft_from
-        s = self.stats
-        s.proposed += proposed
-        s.accepted += accepted
-        s.max_emitted = max(s.max_emitted, emitted)
-
-    def forget(self, seq: Sequence) -> None:
-        self._states.pop(seq.seq_id, None)
+            state.ngrams.extend(req.token_ids[len(state.ngrams.tokens):])
+            if k:
+                req.spec_token_ids = state.ngrams.propose(k)
+            return
+        if drafted is not None:
+            # The drafter saw every position up to the pending token; its K/V past the kept
+            # blocks may be gone once the rejected tail is trimmed, so it resumes from there.
+            state.draft_from = req.num_computed_tokens
+            req.spec_token_ids = drafted[:k]
+        state.num_draft = k

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from llm_infer.runtime.sampler import draw, draw_seed
+from llm_infer.runtime.random_draws import draw, draw_seed
 
 ACCEPT, RESIDUAL = 1, 2  # purposes mixed into the seeds
 

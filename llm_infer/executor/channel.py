@@ -1,12 +1,17 @@
-"""The controller's per-step line to its workers, the same for local processes and Ray actors.
+"""The controller's line to its workers, the same for local processes and Ray actors.
 
 The controller listens on one TCP port (an HMAC challenge with a random key
-authenticates each worker); every worker connects once and announces its rank.
-Each step one pickled plan is written to every worker, and the sampling rank
-answers with the sampled tokens. Ray only places and starts the workers; the
-per-step traffic bypasses it, which keeps control overhead far below a
-millisecond. A worker that dies closes its socket, so the controller notices at
-once and names the rank instead of hanging.
+authenticates each worker); every worker connects once and says hello with its
+rank. Then the wire carries calls and replies, each one pickled message:
+
+    controller -> every worker:   (method, args, reply_ranks)
+    worker -> controller:         ("ok", value)                  if its rank is in reply_ranks
+                                  ("error", text, is_user_error) if the call raised (then it exits)
+
+A step is one call (`execute`, the plan) answered by the sampling rank alone.
+Ray only places and starts the workers; this traffic bypasses it, which keeps
+control overhead far below a millisecond. A worker that dies closes its socket,
+so the controller notices at once and names the rank instead of hanging.
 """
 
 from __future__ import annotations
@@ -16,24 +21,31 @@ import secrets
 import socket
 import time
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge, wait
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from llm_infer.errors import UserError, WorkerError
 
 Address = tuple[str, int]
+Call = tuple[str, tuple, tuple[int, ...]]
 
 
 class ControllerChannel:
-    def __init__(self, host: str, world_size: int, timeout_s: float):
-        self.host = host
+    """The listening socket and one connection per rank. `describe_death(rank)` words how a
+    rank died (its exit signal, the actor's report); `check_alive()` raises WorkerError if a
+    started worker has already exited (asked while waiting for workers to connect)."""
+
+    def __init__(self, host: str, world_size: int, timeout_s: float,
+                 describe_death: Callable[[int], str] = lambda rank: "its connection closed",
+                 check_alive: Callable[[], None] = lambda: None):
         self.world_size = world_size
         self.timeout_s = timeout_s
+        self.describe_death = describe_death
+        self.check_alive = check_alive
         self.authkey = secrets.token_bytes(32)
         self._server = socket.create_server((host, 0))
         self.address: Address = (host, self._server.getsockname()[1])
         self.conns: dict[int, Connection] = {}
         self.hello: dict[int, Any] = {}
-        self.describe_death: Callable[[int], str] = lambda rank: "its connection closed"
 
     def accept_all(self, deadline_s: float) -> None:
         """Wait for every rank to connect and say hello."""
@@ -47,7 +59,7 @@ class ControllerChannel:
             try:
                 sock, _ = self._server.accept()
             except socket.timeout:
-                self._check_alive()
+                self.check_alive()
                 continue
             sock.settimeout(None)
             conn = Connection(sock.detach())
@@ -64,11 +76,9 @@ class ControllerChannel:
             self.conns[rank] = conn
             self.hello[rank] = info
 
-    def _check_alive(self) -> None:
-        """Hook for executors: raise WorkerError if a started worker has already exited."""
-
-    def send_all(self, message: Any) -> None:
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    def send_call(self, method: str, args: tuple, reply_ranks: tuple[int, ...]) -> None:
+        """Write one call to every rank (pickled once)."""
+        payload = pickle.dumps((method, args, reply_ranks), protocol=pickle.HIGHEST_PROTOCOL)
         for rank, conn in self.conns.items():
             try:
                 conn.send_bytes(payload)
@@ -76,17 +86,17 @@ class ControllerChannel:
                 raise WorkerError(f"worker rank {rank} is gone: {self.describe_death(rank)}") from None
 
     def recv_from(self, rank: int, timeout_s: float | None = None) -> Any:
-        """The next message from `rank`, watching every other rank for death meanwhile."""
+        """The next reply from `rank`, watching every other rank for death meanwhile."""
         return self._next({rank}, self.timeout_s if timeout_s is None else timeout_s)[1]
 
-    def gather(self, timeout_s: float | None = None) -> dict[int, Any]:
-        """One message from every rank (startup handshakes), in whatever order they come."""
+    def gather(self, ranks: Iterable[int], timeout_s: float | None = None) -> dict[int, Any]:
+        """One reply from each of `ranks`, in whatever order they come."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         end = time.monotonic() + timeout_s
-        pending, got = set(self.conns), {}
+        pending, got = set(ranks), {}
         while pending:
-            rank, message = self._next(pending, max(0.0, end - time.monotonic()))
-            got[rank] = message
+            rank, value = self._next(pending, max(0.0, end - time.monotonic()))
+            got[rank] = value
             pending.discard(rank)
         return got
 
@@ -104,13 +114,13 @@ class ControllerChannel:
                     message = pickle.loads(conn.recv_bytes())
                 except (EOFError, OSError):
                     raise WorkerError(f"worker rank {r} died: {self.describe_death(r)}") from None
-                if isinstance(message, tuple) and message and message[0] == "error":
-                    if len(message) > 2 and message[2]:  # the user's mistake, found by a worker
+                if message[0] == "error":
+                    if message[2]:  # the user's mistake, found by a worker
                         raise UserError(message[1])
                     raise WorkerError(f"worker rank {r} failed: {message[1]}")
                 if r in wanted:
-                    return r, message
-                raise WorkerError(f"worker rank {r} sent an unexpected {message[0]!r} message")
+                    return r, message[1]
+                raise WorkerError(f"worker rank {r} sent a reply nobody asked for")
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -122,8 +132,9 @@ class ControllerChannel:
         self._server.close()
 
 
+# Worker side ------------------------------------------------------------------------------
 def connect(address: Address, authkey: bytes, rank: int, info: Any) -> Connection:
-    """Worker side: open the channel to the controller and say hello."""
+    """Open the channel to the controller and say hello."""
     sock = socket.create_connection(tuple(address), timeout=60)
     sock.settimeout(None)
     conn = Connection(sock.detach())
@@ -131,3 +142,18 @@ def connect(address: Address, authkey: bytes, rank: int, info: Any) -> Connectio
     deliver_challenge(conn, authkey)
     conn.send(("hello", rank, info))
     return conn
+
+
+def recv_call(conn: Connection) -> Call:
+    """The next (method, args, reply_ranks) from the controller."""
+    return pickle.loads(conn.recv_bytes())
+
+
+def send_reply(conn: Connection, value: Any) -> None:
+    """Answer the current call with its result."""
+    conn.send_bytes(pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def send_error(conn: Connection, text: str, user_error: bool) -> None:
+    """Report that the current call raised: `text` is one line; `user_error` keeps it a UserError."""
+    conn.send_bytes(pickle.dumps(("error", text, user_error), protocol=pickle.HIGHEST_PROTOCOL))

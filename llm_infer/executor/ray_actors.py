@@ -2,8 +2,9 @@
 
 One placement group per pipeline stage (one bundle per rank: 1 GPU on CUDA,
 `threads` CPUs on CPU) with the PACK strategy, so a stage's tensor-parallel
-ranks share a node when one has room. Ray places and starts the actors; the
-per-step traffic then goes over the controller channel, not through Ray.
+ranks share a node when one has room. Ray places and starts the actors; each
+actor runs the worker loop, and the calls then go over the controller channel,
+not through Ray.
 
 `parallel.ray_address`: `auto` joins the running cluster, `host:port` (or
 `ray://...`) joins that one, null starts a private local instance bound to
@@ -19,8 +20,7 @@ import weakref
 
 from llm_infer.config import EngineConfig
 from llm_infer.errors import UserError
-from llm_infer.launcher.channel import ControllerChannel
-from llm_infer.launcher.channel_executor import ChannelExecutor
+from llm_infer.executor.channel_executor import ChannelExecutor
 
 try:
     import ray
@@ -36,18 +36,12 @@ def node_ip() -> str:
     return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
 
 
-def _serve_in_actor(address, authkey: bytes, rank: int, threads: int | None) -> None:
-    from llm_infer.launcher.worker_process import serve
-
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    serve(tuple(address), authkey, rank, node_ip(), local_rank=0)
-
-
 _LIVE: "weakref.WeakSet[RayExecutor]" = weakref.WeakSet()  # to say who holds the cluster when placing fails
 
 
 class RayExecutor(ChannelExecutor):
+    """One actor per rank, placed by stage; an actor's death is reported in Ray's words."""
+
     def __init__(self, config: EngineConfig):
         if ray is None:
             raise UserError("parallel.launcher: ray needs Ray: pip install 'llm-infer[ray]'")
@@ -61,13 +55,12 @@ class RayExecutor(ChannelExecutor):
             self._connect(config)
         use_gpu = config.device == "cuda" or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
         threads = config.threads or (1 if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // world))
-        super().__init__(config, ControllerChannel(self._driver_ip(), world, p.timeout_s))
+        super().__init__(config, self._driver_ip())
         bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": threads}
         try:
             self._place(bundle, p.tensor, p.pipeline)
         except BaseException:
-            self.kill_workers()
-            self.channel.close()
+            self._abort()
             raise
         _LIVE.add(self)
         worker_config = dataclasses.replace(config, threads=threads, device="cuda" if use_gpu else "cpu")
@@ -108,7 +101,7 @@ class RayExecutor(ChannelExecutor):
             hint = (f"; {held} workers belong to another LLM of this process: close() or drop it first"
                     if held else "")
             raise UserError(f"the Ray cluster cannot place {tp * pp} workers of {bundle} (it has {free}){hint}")
-        remote = ray.remote(num_cpus=0)(_ServeActor)
+        remote = ray.remote(num_cpus=0)(_WorkerActor)
         host, port = self.channel.address
         for rank in range(tp * pp):
             stage, index = divmod(rank, tp)
@@ -150,6 +143,12 @@ class RayExecutor(ChannelExecutor):
         self.kill_workers()
 
 
-class _ServeActor:
+class _WorkerActor:
+    """A Ray actor whose one task runs the worker loop until the controller says shutdown."""
+
     def serve(self, address, authkey: bytes, rank: int, threads: int | None) -> None:
-        _serve_in_actor(address, authkey, rank, threads)
+        from llm_infer.executor.worker_loop import serve
+
+        if threads:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        serve(tuple(address), authkey, rank, node_ip(), local_rank=0)

@@ -1,9 +1,9 @@
 """World size > 1 on this machine: one child process per rank (`parallel.launcher: local`).
 
-Workers are started with `python -m llm_infer.launcher.worker_process` rather
-than multiprocessing's spawn, so a user's script is never re-imported. On CPU
-the cores are shared among the ranks unless `threads` says otherwise. All
-traffic stays on 127.0.0.1.
+Workers are started with `python -m llm_infer.executor.worker_loop` rather than
+multiprocessing's spawn, so a user's script is never re-imported. On CPU the
+cores are shared among the ranks unless `threads` says otherwise. All traffic
+stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -16,32 +16,34 @@ import sys
 
 from llm_infer.config import EngineConfig
 from llm_infer.errors import WorkerError
-from llm_infer.launcher.channel import ControllerChannel
-from llm_infer.launcher.channel_executor import ChannelExecutor
+from llm_infer.executor.channel_executor import ChannelExecutor
 
 HOST = "127.0.0.1"
+WORKER_MODULE = "llm_infer.executor.worker_loop"  # what `ps` shows for a worker: python -m WORKER_MODULE
 
 
 class ProcessExecutor(ChannelExecutor):
+    """One `python -m WORKER_MODULE` child per rank, watched through its exit status."""
+
     def __init__(self, config: EngineConfig):
+        self.procs: list[subprocess.Popen] = []
+        super().__init__(config, HOST)
         world = config.world_size
-        super().__init__(config, ControllerChannel(HOST, world, config.parallel.timeout_s))
         threads = config.threads or max(1, (os.cpu_count() or 1) // world)
         worker_config = dataclasses.replace(config, threads=threads)
         env = dict(os.environ, LLM_INFER_AUTHKEY=self.channel.authkey.hex(), OMP_NUM_THREADS=str(threads))
         host, port = self.channel.address
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "llm_infer.launcher.worker_process", "--host", host, "--port", str(port),
+                [sys.executable, "-m", WORKER_MODULE, "--host", host, "--port", str(port),
                  "--rank", str(rank), "--local-rank", str(rank), "--node-ip", HOST],
                 env=env, stdin=subprocess.DEVNULL,
             )
             for rank in range(world)
         ]
-        self.channel._check_alive = self._check_alive
         self.start(worker_config, connect_timeout_s=120.0)
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         for rank, proc in enumerate(self.procs):
             if proc.poll() is not None:
                 raise WorkerError(f"worker rank {rank} died: {self.describe_death(rank)}")

@@ -1,0 +1,91 @@
+"""How a step's tokens go through this rank's model, chosen once when the KV cache exists.
+
+- `ReferenceForward`: the plan's token lists become tensors (`build_inputs`), then
+  `CausalLM.forward` runs layer by layer. Every step a faster path does not take runs here.
+- `FusedStackForward` (CPU with our C++ kernels, one tensor-parallel rank): steps of at most
+  8 short-query tokens (decode, speculative verification) run the stage's layers as one
+  C++ call (`models/fused_decode.py`).
+- `CudaGraphForward` (our CUDA kernels, one process): steps of one new token per sequence
+  replay a captured CUDA graph (`cuda_graphs.py`).
+
+`choose_forward` is the one place that picks; the model runner calls whatever it returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llm_infer.kernels.dispatch import Kernels
+from llm_infer.runtime.models.decoder import CausalLM, IntermediateTensors
+from llm_infer.runtime.models.fused_decode import FusedDecode
+from llm_infer.runtime.step_inputs import TokenBatch, build_inputs
+
+
+class ReferenceForward:
+    """Inputs as tensors, then the model's own layer-by-layer forward."""
+
+    name = "reference"
+
+    def __init__(self, model: CausalLM, kernels: Kernels, block_size: int, device: torch.device):
+        self.model, self.kernels, self.block_size, self.device = model, kernels, block_size, device
+
+    def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None
+                 ) -> torch.Tensor | IntermediateTensors:
+        """Hidden states `[tokens, hidden]` after the final norm (last stage), else what the next stage needs."""
+        input_ids, positions, meta = build_inputs(batch, self.block_size, self.kernels.attention, self.device)
+        return self.model(input_ids, positions, meta, intermediate)
+
+
+class FusedStackForward(ReferenceForward):
+    """Small decode steps through the fused C++ layer stack; other steps by reference."""
+
+    name = "fused-cpu"
+
+    def __init__(self, model: CausalLM, kernels: Kernels, block_size: int, device: torch.device):
+        super().__init__(model, kernels, block_size, device)
+        self.stack = FusedDecode(model, kernels.attention.ext)
+
+    def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None
+                 ) -> torch.Tensor | IntermediateTensors:
+        input_ids, positions, meta = build_inputs(batch, self.block_size, self.kernels.attention, self.device)
+        if not FusedDecode.applicable(meta):
+            return self.model(input_ids, positions, meta, intermediate)
+        decoder = self.model.model
+        x, residual = decoder.embed(input_ids, intermediate)
+        x, residual = self.stack.run(x, residual, positions, meta)
+        return decoder.finish(x, residual)
+
+
+class CudaGraphForward(ReferenceForward):
+    """One-token-per-sequence decode steps replay a captured graph; other steps by reference."""
+
+    name = "cuda-graphs"
+
+    def __init__(self, model: CausalLM, kernels: Kernels, block_size: int, device: torch.device, graphs: Any):
+        super().__init__(model, kernels, block_size, device)
+        self.graphs = graphs
+
+    def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None
+                 ) -> torch.Tensor | IntermediateTensors:
+        if intermediate is None and self.graphs.handles(batch):
+            return self.graphs.run(batch)
+        return super().__call__(batch, intermediate)
+
+
+def choose_forward(model: CausalLM, kernels: Kernels, block_size: int, device: torch.device, world_size: int,
+                   tp_size: int, cuda_graphs: bool = False, max_model_len: int = 0,
+                   max_num_seqs: int = 0) -> ReferenceForward:
+    """The fastest path that applies to this rank's model and kernels (its KV cache must be bound)."""
+    if FusedDecode.supported(model, kernels.name, tp_size):
+        return FusedStackForward(model, kernels, block_size, device)
+    if cuda_graphs and kernels.name == "cuda" and world_size == 1:
+        from llm_infer.runtime.cuda_graphs import DecodeGraphs
+
+        first = model.attention_layers()[0]
+        graphs = DecodeGraphs(model, kernels.attention, device, block_size, max_model_len, max_num_seqs,
+                              first.num_heads, first.head_dim)
+        graphs.capture()
+        return CudaGraphForward(model, kernels, block_size, device, graphs)
+    return ReferenceForward(model, kernels, block_size, device)

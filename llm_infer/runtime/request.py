@@ -1,0 +1,117 @@
+"""One request as the controller tracks it: its tokens and their progress through the KV cache,
+its blocks, its speculative proposals, and the text it has produced so far.
+
+The scheduler reads the token counts and the block manager the block table; the engine
+appends tokens and text. Nothing here is a tensor except the logits kept for requests
+that asked for them.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from llm_infer.runtime.detokenizer import IncrementalDetokenizer
+from llm_infer.runtime.sampling_params import SamplingParams
+from llm_infer.runtime.speculative.ngram import NgramIndex
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class SpecState:
+    """Speculative decoding, per request: acceptance so far and what the drafter has seen."""
+
+    rate: float = 0.7  # running acceptance rate (exponential average), for adaptive K
+    ngrams: NgramIndex | None = None  # method ngram: the request's n-gram index
+    draft_from: int = 0  # method draft: positions below this are in the draft model's cache
+    num_draft: int = 0  # tokens the drafter proposes at the end of the request's next sampling step
+
+
+@dataclass(eq=False)
+class Request:
+    seq_id: int  # the engine's own id, which workers know the request by
+    request_id: str  # the caller's id
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seed: int
+    return_logits: bool = False
+    prompt: str | None = None  # the prompt text, when it came as text
+    detokenizer: IncrementalDetokenizer | None = None
+    status: RequestStatus = RequestStatus.WAITING
+    output_token_ids: list[int] = field(default_factory=list)
+    # Tokens whose K/V are in the cache; the rest are computed by coming steps.
+    num_computed_tokens: int = 0
+    # Speculative decoding: proposed tokens to verify after the pending one in the next step.
+    spec_token_ids: list[int] = field(default_factory=list)
+    spec: SpecState | None = None
+    block_table: list[int] = field(default_factory=list)
+    # Prefix caching: keys of the full blocks of token_ids (as far as computed), and how many
+    # leading blocks of block_table were already offered to the cache.
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_cached_blocks: int = 0
+    finish_reason: str | None = None
+    num_preemptions: int = 0
+    arrival_time: float = field(default_factory=time.perf_counter)
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    text: str = ""  # the output text (stop strings cut off)
+    streamed: int = 0  # characters of `text` already reported as new text
+    logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # float32 [positions, vocab] pieces
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_pending_tokens(self) -> int:
+        """Tokens known but not yet in the KV cache (speculative proposals not counted)."""
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def num_tokens_with_spec(self) -> int:
+        return self.num_tokens + len(self.spec_token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def tokens_between(self, start: int, end: int) -> list[int]:
+        n_prompt = len(self.prompt_token_ids)
+        if end <= n_prompt:
+            return self.prompt_token_ids[start:end]
+        if start >= n_prompt:
+            return self.output_token_ids[start - n_prompt : end - n_prompt]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: end - n_prompt]
+
+    def keep_logits(self, start: int, rows: torch.Tensor) -> None:
+        """Record the logits of positions `start..start + rows - 1`; a recomputation after
+        preemption starts again at an earlier position and replaces what followed it."""
+        kept = 0
+        for i, piece in enumerate(self.logits):
+            if kept + piece.shape[0] >= start:
+                self.logits[i:] = [piece[: start - kept]] if start > kept else []
+                break
+            kept += piece.shape[0]
+        self.logits.append(rows)
+
+    def reset_for_recompute(self) -> None:
+        """Preempted: its KV is gone; it will be prefilled again from position 0."""
+        self.num_computed_tokens = 0
+        self.spec_token_ids = []
+        if self.spec is not None:
+            self.spec.draft_from = 0
+        self.status = RequestStatus.WAITING
+        self.num_preemptions += 1
