@@ -41,7 +41,7 @@ def quantized_models() -> dict[str, Path]:
     for method, path in out.items():
         if not (path / "config.json").is_file():
             print(f"quantizing the default model ({method}, once)...", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "llm_infer.launcher.cli", "quantize", "--model", "default",
+            subprocess.run([sys.executable, "-m", "llm_infer.entrypoints.cli", "quantize", "--model", "default",
                             "--out", str(path), "--group-size", str(GROUP), "--method", method], check=True)
     return out
 
@@ -107,7 +107,7 @@ def worker(args: argparse.Namespace) -> None:
         emit(time_engine(cfg, args.gen_len, args.repeat))
     elif args.worker == "ppl":
         from llm_infer import LLM
-        from llm_infer.launcher.bench import perplexity
+        from llm_infer.entrypoints.bench import perplexity
 
         with LLM({"model": args.model, "dtype": args.dtype, "threads": args.threads}, progress=False) as llm:
             emit(perplexity(llm, HELDOUT.read_text(), 512))

@@ -137,9 +137,9 @@ def worker(args: argparse.Namespace) -> None:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    from llm_infer.launcher.llm import LLM
-    from llm_infer.launcher.server import AsyncEngine, build_app
-    from llm_infer.launcher.server.serve import ServerThread, served_model_name
+    from llm_infer.entrypoints.llm import LLM
+    from llm_infer.entrypoints.server import AsyncEngine, build_app
+    from llm_infer.entrypoints.server.serve import ServerThread, served_model_name
 
     label, workload, overrides = CONFIGS[args.worker]
     llm = LLM(args.config, overrides=[*overrides, f"threads={args.threads}"], progress=False)

@@ -44,7 +44,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            cmd = [sys.executable, "-m", "llm_infer.launcher.cli", "bench", "--speculative", methods,
+            cmd = [sys.executable, "-m", "llm_infer.entrypoints.cli", "bench", "--speculative", methods,
                    "--draft-model", str(draft), "--repeat", str(args.repeat), "--gen-len", str(args.gen_len),
                    "--out", out.name]
             for s in sets:

@@ -1,6 +1,6 @@
 """llm-infer: a distributed inference runtime for Qwen-family language models."""
 
-from llm_infer.launcher.llm import LLM
+from llm_infer.entrypoints.llm import LLM
 from llm_infer.runtime.outputs import RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
 

@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import tiny_engine_config
 
-CLI = [sys.executable, "-m", "llm_infer.launcher.cli"]
+CLI = [sys.executable, "-m", "llm_infer.entrypoints.cli"]
 
 
 def run(*args: str, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:

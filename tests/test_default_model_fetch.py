@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_infer.errors import UserError
-from llm_infer.launcher import cli
+from llm_infer.entrypoints import cli
 from llm_infer.runtime.models import default_model, gguf_convert
 from llm_infer.runtime.models.default_model import (DEFAULT_GGUF_NAME, ensure_default_model, find_default_gguf,
                                                     installed_gguf)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import llm_infer
-from llm_infer.launcher import cli
+from llm_infer.entrypoints import cli
 from tests.conftest import cpu_extension_or_skip
 
 

@@ -1,5 +1,5 @@
 """Imports point down the stack: every module imports in a fresh interpreter, no module-level
-import cycle exists, and the executor package never reaches up into the launcher."""
+import cycle exists, and the executor package never reaches up into the entry points."""
 
 from __future__ import annotations
 
@@ -79,9 +79,30 @@ def test_no_module_level_import_cycle():
             visit(module)
 
 
-def test_the_executor_package_does_not_import_the_launcher():
+def test_the_executor_package_does_not_import_the_entrypoints():
     executor = [m for m in MODULES if m.startswith("llm_infer.executor")]
     assert "llm_infer.executor.base" in executor
-    up = {m: sorted(d for d in _deps(m, module_level=False) if d.startswith("llm_infer.launcher"))
+    up = {m: sorted(d for d in _deps(m, module_level=False) if d.startswith("llm_infer.entrypoints"))
           for m in executor}
     assert {m: d for m, d in up.items() if d} == {}
+
+
+# The design's layers, top to bottom: each may import its own layer and those below it.
+LAYERS = ["llm_infer.entrypoints", "llm_infer.executor", "llm_infer.runtime", "llm_infer.parallel",
+          "llm_infer.kernels"]
+
+
+def _layer(module: str) -> int | None:
+    return next((i for i, layer in enumerate(LAYERS) if module == layer or module.startswith(layer + ".")), None)
+
+
+def test_imports_point_down_the_layers():
+    upward = {}
+    for module in MODULES:
+        mine = _layer(module)
+        if mine is None:
+            continue
+        bad = sorted(d for d in _deps(module, module_level=False) if (_layer(d) is not None and _layer(d) < mine))
+        if bad:
+            upward[module] = bad
+    assert upward == {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llm_infer.launcher.server.errors import ApiError
-from llm_infer.launcher.server.protocol import SamplingFields, parse_chat, parse_completion
+from llm_infer.entrypoints.server.errors import ApiError
+from llm_infer.entrypoints.server.protocol import SamplingFields, parse_chat, parse_completion
 from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError
 
 MAX_MODEL_LEN, VOCAB = 64, 320

@@ -23,7 +23,7 @@ PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 
 
 
 def quantize(model, out, *extra, calib=None):
-    args = [sys.executable, "-m", "llm_infer.launcher.cli", "quantize", "--model", str(model), "--out", str(out),
+    args = [sys.executable, "-m", "llm_infer.entrypoints.cli", "quantize", "--model", str(model), "--out", str(out),
             "--group-size", "64", "--samples", "8", "--seq-len", "64", *extra]
     if calib:
         args += ["--calib", str(calib)]
@@ -107,7 +107,7 @@ def test_quantize_mistakes(model, tmp_path, quantized):
     r = quantize(model, quantized[0])
     assert r.returncode == 2 and "already exists" in r.stderr
     with pytest.raises(UserError, match="fewer than one sample"):
-        from llm_infer.launcher.quantize import calibration_tokens
+        from llm_infer.entrypoints.quantize import calibration_tokens
         from llm_infer.runtime.tokenizer import Tokenizer
 
         calibration_tokens("short", Tokenizer(model), 4, 64)

@@ -61,14 +61,14 @@ def test_job_submission_end_to_end(tiny_models, tmp_path):
     try:
         assert start.returncode == 0, start.stderr[-2000:]
         r = subprocess.run(
-            [sys.executable, "-m", "llm_infer.launcher.cli", "submit", "--address", f"http://127.0.0.1:{dash}",
+            [sys.executable, "-m", "llm_infer.entrypoints.cli", "submit", "--address", f"http://127.0.0.1:{dash}",
              "--config", str(config), "--wait", "--", "generate", "--prompt", "Hello", "--max-tokens", "6",
              "--ignore-eos", "--raw"], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.splitlines()[0].startswith("raysubmit_")
         assert "Running entrypoint" in r.stdout
         bad = subprocess.run(
-            [sys.executable, "-m", "llm_infer.launcher.cli", "submit", "--address", f"http://127.0.0.1:{dash}",
+            [sys.executable, "-m", "llm_infer.entrypoints.cli", "submit", "--address", f"http://127.0.0.1:{dash}",
              "--config", str(config), "--wait", "--", "generate", "--prompt", "x", "--temperature", "-1"],
             env=env, capture_output=True, text=True, timeout=600)
         assert bad.returncode == 1 and "FAILED" in bad.stderr

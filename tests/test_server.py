@@ -28,9 +28,9 @@ from starlette.testclient import TestClient
 
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import WorkerError
-from llm_infer.launcher.cli import main as cli_main
-from llm_infer.launcher.server import AsyncEngine, build_app
-from llm_infer.launcher.server.serve import ServerThread, served_model_name
+from llm_infer.entrypoints.cli import main as cli_main
+from llm_infer.entrypoints.server import AsyncEngine, build_app
+from llm_infer.entrypoints.server.serve import ServerThread, served_model_name
 from tests.conftest import tiny_engine_config
 
 KEY = "test-key"
@@ -460,7 +460,7 @@ def test_serve_prints_its_url_answers_and_stops_on_ctrl_c(tiny_models, tmp_path)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_engine_config(tiny_models["qwen2"])))
     env = dict(os.environ, LLM_INFER_API_KEY="env-key")
-    proc = subprocess.Popen([sys.executable, "-m", "llm_infer.launcher.cli", "serve", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "llm_infer.entrypoints.cli", "serve", "--config", str(config),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()

@@ -329,7 +329,7 @@ def test_default_model_greedy_identical_at_batch_1_and_8(default_plain, name):
 
 
 def test_bench_speculative_user_mistakes_exit_2(capsys):
-    from llm_infer.launcher.cli import main
+    from llm_infer.entrypoints.cli import main
 
     assert main(["bench", "--speculative", "ngram,lookahead"]) == 2
     assert "--speculative takes" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_infer.errors import UserError
-from llm_infer.launcher.server.errors import ApiError, bad_request
+from llm_infer.entrypoints.server.errors import ApiError, bad_request
 from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError
 from llm_infer.runtime.tokenizer import Tokenizer
 

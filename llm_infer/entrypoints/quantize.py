@@ -43,7 +43,7 @@ def calibration_text(args: argparse.Namespace, model: str) -> str:
         if not path.is_file():
             raise UserError(f"calibration file not found: {path}")
         return path.read_text(errors="replace")
-    from llm_infer.launcher.llm import LLM
+    from llm_infer.entrypoints.llm import LLM
     from llm_infer.runtime.sampling_params import SamplingParams
 
     print("writing calibration text with the model itself (pass --calib FILE to use your own)...", file=sys.stderr)

@@ -50,7 +50,7 @@ def sampling_params(args: argparse.Namespace):
 
 
 def make_llm(args: argparse.Namespace, **kwargs: Any):
-    from llm_infer.launcher.llm import LLM
+    from llm_infer.entrypoints.llm import LLM
 
     config = args.config or default_config_path()
     return LLM(config, overrides=args.overrides, **kwargs)
@@ -104,16 +104,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.speculative:
-        from llm_infer.launcher.bench_spec import run_spec_bench
+        from llm_infer.entrypoints.bench_spec import run_spec_bench
 
         return run_spec_bench(args, make_llm)
-    from llm_infer.launcher.bench import run_bench
+    from llm_infer.entrypoints.bench import run_bench
 
     return run_bench(args, make_llm)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from llm_infer.launcher.server.serve import serve
+    from llm_infer.entrypoints.server.serve import serve
 
     return serve(args, make_llm)
 
@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     import json
 
-    from llm_infer.launcher.env_report import collect, format_report
+    from llm_infer.entrypoints.env_report import collect, format_report
 
     report = collect()
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -129,7 +129,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from llm_infer.launcher.submit import submit
+    from llm_infer.entrypoints.submit import submit
 
     return submit(args)
 
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
     _engine_args(p)
-    from llm_infer.launcher.server.serve import add_serve_args
+    from llm_infer.entrypoints.server.serve import add_serve_args
 
     add_serve_args(p)
     p.set_defaults(func=cmd_serve)
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then an llm-infer command and its arguments")
     p.set_defaults(func=cmd_submit)
 
-    from llm_infer.launcher.quantize import add_parser as add_quantize
+    from llm_infer.entrypoints.quantize import add_parser as add_quantize
 
     add_quantize(sub)
     return parser

@@ -16,11 +16,11 @@ __all__ = ["AsyncEngine", "EngineDeadError", "build_app"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that the CLI's parser (which imports serve.py) does not load FastAPI for every command.
     if name == "build_app":
-        from llm_infer.launcher.server.app import build_app
+        from llm_infer.entrypoints.server.app import build_app
 
         return build_app
     if name in ("AsyncEngine", "EngineDeadError"):
-        from llm_infer.launcher.server import async_engine
+        from llm_infer.entrypoints.server import async_engine
 
         return getattr(async_engine, name)
     raise AttributeError(name)

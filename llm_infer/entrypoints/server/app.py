@@ -14,11 +14,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llm_infer.errors import UserError
-from llm_infer.launcher.server.async_engine import AsyncEngine, EngineDeadError
-from llm_infer.launcher.server.errors import ApiError, error_body, install_error_handlers
-from llm_infer.launcher.server.metrics import RequestCounter, ServerMetrics
-from llm_infer.launcher.server.protocol import GenerationRequest, check_model, parse_chat, parse_completion
-from llm_infer.launcher.server.responses import Responder, sse
+from llm_infer.entrypoints.server.async_engine import AsyncEngine, EngineDeadError
+from llm_infer.entrypoints.server.errors import ApiError, error_body, install_error_handlers
+from llm_infer.entrypoints.server.metrics import RequestCounter, ServerMetrics
+from llm_infer.entrypoints.server.protocol import GenerationRequest, check_model, parse_chat, parse_completion
+from llm_infer.entrypoints.server.responses import Responder, sse
 from llm_infer.runtime.outputs import RequestOutput
 
 T = TypeVar("T")

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from llm_infer.errors import UserError
-from llm_infer.launcher.bench import PASSAGE
+from llm_infer.entrypoints.bench import PASSAGE
 from llm_infer.runtime.sampling_params import SamplingParams
 
 METHODS = ("ngram", "draft", "layers")

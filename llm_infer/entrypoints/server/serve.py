@@ -45,8 +45,8 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
     import uvicorn
 
-    from llm_infer.launcher.server.app import build_app
-    from llm_infer.launcher.server.async_engine import AsyncEngine
+    from llm_infer.entrypoints.server.app import build_app
+    from llm_infer.entrypoints.server.async_engine import AsyncEngine
 
     api_key = args.api_key or os.environ.get("LLM_INFER_API_KEY") or None
     sock = bind(args.host, args.port)

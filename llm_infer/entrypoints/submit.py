@@ -29,7 +29,7 @@ def build_entrypoint(command: list[str], config_name: str) -> str:
         raise UserError(f"after '--' give an llm-infer command ({', '.join(COMMANDS)}) and its arguments")
     if "--config" in command:
         raise UserError("pass the config with submit's own --config, not after '--'")
-    return shlex.join(["python", "-m", "llm_infer.launcher.cli", command[0], "--config", config_name, *command[1:]])
+    return shlex.join(["python", "-m", "llm_infer.entrypoints.cli", command[0], "--config", config_name, *command[1:]])
 
 
 def _submit_when_ready(client, entrypoint: str, runtime_env: dict, patience_s: float = 60.0) -> str:
