@@ -29,9 +29,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "awq_pack.cuh"
 #include "cuda_kernels.h"
 #include "device_utils.cuh"
+#include "host_device.cuh"
 
 namespace llm_infer_cuda {
 namespace {
@@ -138,7 +138,7 @@ __device__ void dequantize_tile(const Smem<T>& sm, int buf) {
 #pragma unroll
   for (int c = 0; c < 8; ++c) {
     zero[c] = static_cast<float>(awq_column(zword, c));
-    scale[c] = __half2float(sm.s[buf * kBN + 8 * j + c]);
+    scale[c] = to_f32(sm.s[buf * kBN + 8 * j + c]);
   }
 #pragma unroll
   for (int r = threadIdx.x / kQCols; r < kBK; r += kThreads / kQCols) {
@@ -146,7 +146,7 @@ __device__ void dequantize_tile(const Smem<T>& sm, int buf) {
     alignas(16) T w[8];
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
-      w[c] = from_f32<T>((static_cast<float>(awq_column(q, c)) - zero[c]) * scale[c]);
+      w[c] = from_f32<T>(awq_dequantize(static_cast<float>(awq_column(q, c)), zero[c], scale[c]));
     }
     *reinterpret_cast<uint4*>(sm.w + r * kWLd + 8 * j) = *reinterpret_cast<const uint4*>(w);
   }

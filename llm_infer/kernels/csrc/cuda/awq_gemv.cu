@@ -32,9 +32,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "awq_pack.cuh"
 #include "cuda_kernels.h"
 #include "device_utils.cuh"
+#include "host_device.cuh"
 
 namespace llm_infer_cuda {
 namespace {
@@ -78,7 +78,7 @@ __device__ GroupParams load_group(const int32_t* qzeros, const __half* scales, i
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     gp.zero[i] = awq_biased_nibble(z, i);
-    gp.scale[i] = __half2float(scales[static_cast<size_t>(g) * N + 8 * j + awq_nibble_column(i)]);
+    gp.scale[i] = to_f32(scales[static_cast<size_t>(g) * N + 8 * j + awq_nibble_column(i)]);
   }
   return gp;
 }
@@ -91,7 +91,7 @@ __device__ __forceinline__ void fma_row(float (&acc)[M][8], uint32_t q, const Gr
   for (int m = 0; m < M; ++m) xv[m] = xrow[m];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const float w = (awq_biased_nibble(q, i) - gp.zero[i]) * gp.scale[i];
+    const float w = awq_dequantize(awq_biased_nibble(q, i), gp.zero[i], gp.scale[i]);
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m][i] = fmaf(xv[m], w, acc[m][i]);
   }

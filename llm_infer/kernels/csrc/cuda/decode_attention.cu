@@ -11,7 +11,8 @@
 // to the workspace; chunks past the sequence write empty partials (max -inf, sum 0).
 //
 // Pass 2, grid (b * max_q_len + i, h): merges the splits of each (query row, head), rescaling
-// every partial to the common maximum, and writes the normalised output in the dtype.
+// every partial to the common maximum (merge_split_partials, host_device.cuh), and writes the
+// normalised output in the dtype.
 //
 // Workspace (fp32), with r = ((b * max_q_len + i) * heads + h) * splits + s:
 //   out_part [R, head_dim] | max_part [R] | sum_part [R],   R = num_seqs * max_q_len * heads * splits.
@@ -25,6 +26,7 @@
 
 #include "cuda_kernels.h"
 #include "device_utils.cuh"
+#include "host_device.cuh"
 #include "paged_kv.cuh"
 
 namespace llm_infer_cuda {
@@ -133,7 +135,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1)
   }
   __shared__ __align__(16) float k_s[kTile][D];
   __shared__ __align__(16) float v_s[kTile][D];
-  const int32_t* table = block_table(p, b);
+  const int32_t* table = block_table_row(p.block_tables, p.max_blocks, b);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int first = 0; first < pairs; first += warps) {  // block-uniform: every thread takes each round
     const int pair = first + warp;
@@ -158,18 +160,9 @@ __global__ void __launch_bounds__(D)
   const int b = blockIdx.x / max_q_len, i = blockIdx.x % max_q_len, h = blockIdx.y;
   if (i >= p.q_lens[b]) return;
   const int64_t r0 = partial_row(b, i, h, 0, max_q_len, p.heads, splits);
-  float m = -INFINITY;
-  for (int s = 0; s < splits; ++s) m = fmaxf(m, ws.max[r0 + s]);
-  float total = 0.f, acc = 0.f;
-  for (int s = 0; s < splits; ++s) {
-    const float l = ws.sum[r0 + s];
-    if (l == 0.f) continue;  // empty partial: its max is -inf
-    const float w = expf(ws.max[r0 + s] - m);
-    total += w * l;
-    acc += w * ws.out[(r0 + s) * D + threadIdx.x];
-  }
+  const float merged = merge_split_partials(ws.max + r0, ws.sum + r0, ws.out + r0 * D + threadIdx.x, D, splits);
   T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(p.q_start[b]) + i) * p.heads * D + h * D;
-  out[threadIdx.x] = from_f32<T>(total > 0.f ? acc / total : 0.f);
+  out[threadIdx.x] = from_f32<T>(merged);
 }
 
 template <typename T, int D>

@@ -1,7 +1,7 @@
-// The paged KV cache as both attention kernels read it: the argument checks they share, the
-// block table row of a sequence, and the tile loader that gathers kN consecutive positions of
-// one KV head through that table into shared memory as fp32. Layout and conventions are those
-// of PagedAttention in cuda_kernels.h.
+// The paged KV cache as both attention kernels read it: the argument checks they share and the
+// tile loader that gathers kN consecutive positions of one KV head through the sequence's block
+// table (kv_slot, kv_offset of host_device.cuh) into shared memory as fp32. Layout and
+// conventions are those of PagedAttention in cuda_kernels.h.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +10,7 @@
 
 #include "cuda_kernels.h"
 #include "device_utils.cuh"
+#include "host_device.cuh"
 
 namespace llm_infer_cuda {
 
@@ -18,10 +19,6 @@ inline bool paged_attention_ok(const PagedAttention& p) {
   return (p.head_dim == 64 || p.head_dim == 128) && p.kv_heads > 0 && p.heads % p.kv_heads == 0 &&
          p.heads <= 65535 && p.block_size > 0 && p.num_seqs >= 0 && p.num_seqs <= 65535 && aligned16(p.k_cache) &&
          aligned16(p.v_cache);
-}
-
-__device__ __forceinline__ const int32_t* block_table(const PagedAttention& p, int b) {
-  return p.block_tables + static_cast<int64_t>(b) * p.max_blocks;
 }
 
 // Copies positions [n0, n0 + kN) of KV head kvh into k_s / v_s as fp32, positions >= end as
@@ -39,8 +36,7 @@ __device__ void load_kv_tile(float (*k_s)[D], float (*v_s)[D], const PagedAttent
     const int pos = n0 + j;
     float kf[kVec] = {}, vf[kVec] = {};
     if (pos < end) {
-      const int64_t slot = static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
-      const int64_t offset = (slot * p.kv_heads + kvh) * D + c;
+      const int64_t offset = kv_offset(kv_slot(table, pos, p.block_size), p.kv_heads, kvh, D, c);
       const uint4 k_raw = *reinterpret_cast<const uint4*>(k_cache + offset);
       const uint4 v_raw = *reinterpret_cast<const uint4*>(v_cache + offset);
       const T* k_el = reinterpret_cast<const T*>(&k_raw);

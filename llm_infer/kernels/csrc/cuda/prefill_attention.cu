@@ -22,6 +22,7 @@
 
 #include "cuda_kernels.h"
 #include "device_utils.cuh"
+#include "host_device.cuh"
 #include "paged_kv.cuh"
 
 namespace llm_infer_cuda {
@@ -155,7 +156,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PagedAttention p) {
 
   __shared__ __align__(16) float k_s[kCols][D];
   __shared__ __align__(16) float v_s[kCols][D];
-  const int32_t* table = block_table(p, b);
+  const int32_t* table = block_table_row(p.block_tables, p.max_blocks, b);
   for (int n0 = 0; n0 < end; n0 += kCols) {
     __syncthreads();  // the previous tile is consumed
     load_kv_tile<T, D, kCols>(k_s, v_s, p, table, kvh, n0, end);
