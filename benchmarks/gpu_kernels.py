@@ -172,11 +172,38 @@ def transformers_speed(model: Path, batch: int) -> float:
     return batch * 127 / (time.perf_counter() - t0 - first)
 
 
+E2E_SYSTEMS = [("bf16, torch kernels", "dense", "torch", False), ("bf16, our kernels", "dense", "cuda", False),
+               ("bf16, our kernels + graphs", "dense", "cuda", True), ("AWQ int4, torch kernels", "awq", "torch", False),
+               ("AWQ int4, our kernels + graphs", "awq", "cuda", True)]
+
+
+def dry_run(out: Path) -> None:
+    """The plan without CUDA: shapes, systems, and every engine config validated."""
+    from llm_infer.config import load_config
+
+    for _, _, kernels, graphs in E2E_SYSTEMS:
+        load_config({"model": "x", "dtype": "bfloat16", "device": "cuda", "kernels": kernels, "cuda_graphs": graphs,
+                     "scheduler": {"max_num_seqs": 32, "max_model_len": 2048}, "cache": {"memory_fraction": 0.5}})
+    plan = {"dry_run": True, "awq_shapes": LAYER_SHAPES, "awq_m": [1, 4, 8, 32, 128, 512],
+            "attention": [[1, 1024], [1, 16384], [32, 1024], [32, 4096]], "model": QWEN2_15B,
+            "end_to_end": [[b, name] for b in (1, 32) for name, *_ in E2E_SYSTEMS] + [[1, "transformers bf16"],
+                                                                                      [32, "transformers bf16"]]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(plan, indent=2))
+    print(json.dumps(plan))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(RESULTS / "gpu_kernels.json"))
     p.add_argument("--skip-end-to-end", action="store_true")
+    p.add_argument("--budget-s", type=float, default=None, help="skip end-to-end runs that would start after this")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and validate configs; no CUDA")
     args = p.parse_args()
+    start = time.monotonic()
+    if args.dry_run:
+        dry_run(Path(args.out))
+        return
     from llm_infer.kernels.cuda_extension import load_cuda_extension
 
     ext = load_cuda_extension()
@@ -190,28 +217,29 @@ def main() -> None:
               "driver": driver, "torch": torch.__version__, "cuda": torch.version.cuda,
               "copy_bandwidth_gb_s": peak / 1e9, "awq": bench_awq(ext, peak),
               "decode_attention": bench_decode_attention(ext, peak)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
     if not args.skip_end_to_end:
         from tests.checkpoints import make_checkpoint
 
         dense = CACHE / "qwen2-1.5b-random-bf16"
         if not (dense / "config.json").is_file():
             make_checkpoint(dense, "qwen2", dtype=torch.bfloat16, seed=3, **QWEN2_15B)
-        awq = awq_checkpoint(dense, CACHE / "qwen2-1.5b-random-awq-rtn")
-        e2e = []
-        for batch in (1, 32):
-            for name, model, kernels, graphs in [("bf16, torch kernels", dense, "torch", False),
-                                                 ("bf16, our kernels", dense, "cuda", False),
-                                                 ("bf16, our kernels + graphs", dense, "cuda", True),
-                                                 ("AWQ int4, torch kernels", awq, "torch", False),
-                                                 ("AWQ int4, our kernels + graphs", awq, "cuda", True)]:
-                e2e.append({"batch": batch, "system": name, "decode_tok_s": decode_speed(model, batch, kernels, graphs)})
-            e2e.append({"batch": batch, "system": "transformers bf16", "decode_tok_s": transformers_speed(dense, batch)})
+        models = {"dense": dense, "awq": awq_checkpoint(dense, CACHE / "qwen2-1.5b-random-awq-rtn")}
         # batch-1 decode reads every layer weight and the LM head once per token (bf16: 2 bytes each)
         params = QWEN2_15B["num_hidden_layers"] * sum(k * n for k, n in LAYER_SHAPES) + 151936 * 1536
-        report["end_to_end"] = e2e
         report["bf16_speed_of_light_tok_s"] = peak / (2 * params)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        report["end_to_end"], report["skipped"] = [], []
+        runs = [(b, name, models[m], kernels, graphs) for b in (1, 32) for name, m, kernels, graphs in E2E_SYSTEMS]
+        runs += [(b, "transformers bf16", dense, None, None) for b in (1, 32)]
+        for batch, name, model, kernels, graphs in runs:
+            if args.budget_s is not None and time.monotonic() - start > args.budget_s - 40:
+                report["skipped"].append({"batch": batch, "system": name, "reason": "out of time"})
+                continue
+            speed = transformers_speed(model, batch) if kernels is None else decode_speed(model, batch, kernels, graphs)
+            report["end_to_end"].append({"batch": batch, "system": name, "decode_tok_s": speed})
+            out.write_text(json.dumps(report, indent=2))  # keep what is done if the run is cut short
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
