@@ -2,9 +2,10 @@
 default model, and decode speed of a tiny model under TP=2 / PP=2 local processes (where a
 step is a few hundred microseconds, so any growth of the per-step control path shows).
 
-    python benchmarks/ab_revisions.py --base REV [--rounds 3]
+    python benchmarks/ab_revisions.py --base REV [--head REV] [--rounds 3]
 
-The base revision is checked out into a git worktree (`benchmarks/.cache/ab-base`); each
+The base revision (and --head, else this working tree) is checked out into a git worktree
+(`benchmarks/.cache/ab-base`, `ab-head`); each
 round runs every configuration on both revisions, alternating which goes first, each in a
 fresh process; medians over rounds. Writes benchmarks/results/ab_revisions.json.
 """
@@ -44,8 +45,8 @@ def tiny_model() -> Path:
     return path
 
 
-def worktree(rev: str) -> Path:
-    path = CACHE / "ab-base"
+def worktree(rev: str, name: str) -> Path:
+    path = CACHE / f"ab-{name}"
     if path.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=True)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], check=True,
@@ -73,11 +74,12 @@ def run_bench(tree: Path, config: dict, args: list[str], tmp: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="the revision to compare HEAD's working tree with")
+    p.add_argument("--base", required=True, help="the revision to compare with")
+    p.add_argument("--head", default=None, help="the revision to measure (default: this working tree)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ab_revisions.json"))
     args = p.parse_args()
-    trees = {"base": worktree(args.base), "head": ROOT}
+    trees = {"base": worktree(args.base, "base"), "head": worktree(args.head, "head") if args.head else ROOT}
     tiny = str(tiny_model())
     samples: dict[str, dict[str, list[dict]]] = {name: {"base": [], "head": []} for name in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,8 +101,9 @@ def main() -> None:
         row["head_vs_base_batch1"] = row["head"]["decode_tok_s_batch1"] / row["base"]["decode_tok_s_batch1"]
         row["head_vs_base_batched"] = row["head"]["decode_tok_s_batched"] / row["base"]["decode_tok_s_batched"]
         summary[name] = row
-    result = {"base": args.base, "head": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                                         capture_output=True, text=True).stdout.strip(),
+    head = args.head or subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True).stdout.strip() + " (working tree)"
+    result = {"base": args.base, "head": head,
               "rounds": args.rounds, "threads": os.cpu_count(), "summary": summary, "samples": samples}
     Path(args.out).write_text(json.dumps(result, indent=2))
     for name, row in summary.items():

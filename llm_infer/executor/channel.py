@@ -62,6 +62,7 @@ class ControllerChannel:
                 self.check_alive()
                 continue
             sock.settimeout(None)
+            _no_delay(sock)
             conn = Connection(sock.detach())
             try:
                 deliver_challenge(conn, self.authkey)
@@ -137,6 +138,7 @@ def connect(address: Address, authkey: bytes, rank: int, info: Any) -> Connectio
     """Open the channel to the controller and say hello."""
     sock = socket.create_connection(tuple(address), timeout=60)
     sock.settimeout(None)
+    _no_delay(sock)
     conn = Connection(sock.detach())
     answer_challenge(conn, authkey)
     deliver_challenge(conn, authkey)
@@ -157,3 +159,9 @@ def send_reply(conn: Connection, value: Any) -> None:
 def send_error(conn: Connection, text: str, user_error: bool) -> None:
     """Report that the current call raised: `text` is one line; `user_error` keeps it a UserError."""
     conn.send_bytes(pickle.dumps(("error", text, user_error), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Send each message at once: with Nagle's algorithm a message written while the previous
+    one waits for its (delayed) acknowledgement sits for up to 40 ms, which stalls pipelined steps."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
