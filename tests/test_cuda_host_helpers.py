@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "llm_infer" / "kernels" / "csrc" / "cuda"
 DRIVER = ROOT / "tests" / "cuda_host" / "host_helpers.cu"
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed here")
+pytestmark = [pytest.mark.skipif(NVCC is None, reason="nvcc is not installed here"),
+              pytest.mark.slow]  # nvcc builds the host program
 
 DTYPES = {"half": torch.float16, "bf16": torch.bfloat16}
 

@@ -8,9 +8,11 @@ import torch
 from llm_infer import LLM, SamplingParams
 from llm_infer.runtime.models.default_model import ensure_default_model, find_default_gguf
 
-from tests.conftest import default_model_or_skip
+from tests import introspect
+from tests.conftest import DEFAULT_FP32, default_model_or_skip
 
 default_model_or_skip()
+pytestmark = pytest.mark.slow  # the default model, transformers and llama.cpp
 
 CHATS = [
     [{"role": "user", "content": "Explain KV caching in two sentences."}],
@@ -20,9 +22,11 @@ CHATS = [
 
 
 @pytest.fixture(scope="module", params=["auto", "torch"])
-def llm(request):
-    engine = LLM({"model": "default", "dtype": "float32", "kernels": request.param, "cache": {"num_blocks": 128},
-                  "scheduler": {"max_model_len": 1024}}, progress=False)
+def llm(request, default_llm):
+    if request.param == "auto":  # the shared engine: DEFAULT_FP32 runs with kernels: auto
+        yield default_llm
+        return
+    engine = LLM({**DEFAULT_FP32, "kernels": request.param}, progress=False)
     yield engine
     engine.close()
 
@@ -41,9 +45,9 @@ def test_greedy_tokens_match_transformers_for_chat_prompts(llm, hf):
             ref = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, len(prompt):].tolist()
         assert out.token_ids == ref
     assert "cach" in ours[0].text.lower(), ours[0].text
-    hits = llm.engine.block_manager.hit_tokens
+    hits = introspect.block_manager(llm).hit_tokens
     again = llm.generate(prompts, SamplingParams(max_tokens=32, temperature=0))
-    assert llm.engine.block_manager.hit_tokens - hits >= sum(len(p) for p in prompts) - 3 * 16
+    assert introspect.block_manager(llm).hit_tokens - hits >= sum(len(p) for p in prompts) - 3 * 16
     assert [o.token_ids for o in again] == [o.token_ids for o in ours], "with the prompts' blocks cached"
 
 

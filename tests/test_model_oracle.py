@@ -33,7 +33,7 @@ def pair(request, tiny_models):
     path = tiny_models[arch]
     llm = LLM(tiny_engine_config(path, kernels=kernels), progress=False)
     if kernels == "auto" and shutil.which("c++"):
-        assert llm._executor.worker.runner.kernels.name == "cpu", "the C++ CPU kernels should be in use"
+        assert llm.worker_info()["kernels"] == "cpu", "the C++ CPU kernels should be in use"
     yield llm, reference_model(path)
     llm.close()
 

@@ -23,6 +23,7 @@ from llm_infer import LLM, SamplingParams
 from tests.conftest import tiny_engine_config
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # two Ray nodes and their workers
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]
 NODE_A, NODE_B = "10.77.0.1", "10.77.0.2"
 

@@ -7,24 +7,18 @@ import signal
 import threading
 import time
 
-import psutil
 import pytest
 import torch
 
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import ConfigError, UserError, WorkerError
-from llm_infer.executor.processes import WORKER_MODULE
+from tests import introspect
 from tests.checkpoints import make_checkpoint
-from tests.conftest import default_model_or_skip, tiny_engine_config
+from tests.conftest import DEFAULT_FP32, tiny_engine_config
 
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101]
 BATCH = [PROMPT, PROMPT[:5], [65, 66, 67] * 9, [10, 11], list(range(70, 110)), [99] * 3]
 GREEDY32 = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
-
-
-def worker_children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True)
-            if WORKER_MODULE in " ".join(p.cmdline())]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +45,7 @@ LAYOUTS = [
 ]
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("model,tp,pp", LAYOUTS, ids=[f"{m}-tp{t}-pp{p}" for m, t, p in LAYOUTS])
 def test_layout_matches_tp1(references, model, tp, pp):
     path, ref_logits, ref_tokens, ref_batch = references[model]
@@ -59,10 +54,11 @@ def test_layout_matches_tp1(references, model, tp, pp):
         assert llm.generate([PROMPT], GREEDY32)[0].token_ids == ref_tokens
         # A batch: with pipeline stages it runs as micro-batches in flight at once.
         assert [o.token_ids for o in llm.generate(BATCH, GREEDY32)] == ref_batch
-        assert llm.engine.block_manager.hit_tokens > 0, "the repeated PROMPT reused cached blocks on every rank"
-    assert worker_children() == []
+        assert introspect.block_manager(llm).hit_tokens > 0, "the repeated PROMPT reused cached blocks on every rank"
+    assert introspect.worker_processes() == []
 
 
+@pytest.mark.slow  # worker processes
 def test_uneven_pipeline_layers_override(references):
     path, ref_logits, ref_tokens, _ = references["qwen2"]
     cfg = tiny_engine_config(path, parallel={"pipeline": 2, "pipeline_layers": [3, 1]})
@@ -77,43 +73,43 @@ def test_tensor_size_that_fits_no_head_count_is_a_config_error(tiny_models):
     with pytest.raises(ConfigError, match="pipeline_layers sums to 3 but the model has 4 layers"):
         LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"pipeline": 2, "pipeline_layers": [2, 1]}),
             progress=False)
-    assert worker_children() == []
+    assert introspect.worker_processes() == []
 
 
+@pytest.mark.slow  # worker processes
 def test_killed_worker_is_a_clear_error_not_a_hang(tiny_models):
     llm = LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2, "timeout_s": 20}), progress=False)
-    victim = llm._executor.procs[1]
+    victim = introspect.worker_procs(llm)[1]
     threading.Timer(0.5, lambda: os.kill(victim.pid, signal.SIGKILL)).start()
     start = time.monotonic()
     with pytest.raises(WorkerError, match=rf"worker rank 1 died: process {victim.pid} was killed by SIGKILL"):
         for _ in range(1000):
             llm.generate([PROMPT] * 4, SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))
     assert time.monotonic() - start < 30
-    assert all(p.poll() is not None for p in llm._executor.procs), "the surviving rank is stopped too"
+    assert all(p.poll() is not None for p in introspect.worker_procs(llm)), "the surviving rank is stopped too"
     with pytest.raises(WorkerError, match="shut down after an earlier failure"):
         llm.generate([PROMPT], GREEDY32)
     llm.close()
-    assert worker_children() == []
+    assert introspect.worker_processes() == []
 
 
+@pytest.mark.slow  # worker processes
 def test_a_mistake_found_by_the_workers_is_still_a_one_line_user_error(tmp_path):
     path = make_checkpoint(tmp_path / "broken", "qwen2")
     (path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="model.safetensors is not a readable safetensors file"):
         LLM(tiny_engine_config(path, parallel={"tensor": 2}), progress=False)
-    assert worker_children() == []
+    assert introspect.worker_processes() == []
 
 
-def test_default_model_tp3_matches_tp1_and_tp2_is_refused():
+@pytest.mark.slow  # the default model, worker processes
+def test_default_model_tp3_matches_tp1_and_tp2_is_refused(default_llm):
     """SmolLM2 has 9 query heads and 3 KV heads: TP=3 splits both, TP=2 fits neither."""
-    default_model_or_skip()
-    base = {"model": "default", "dtype": "float32", "cache": {"num_blocks": 64}, "scheduler": {"max_model_len": 512}}
     prompt_chat = [{"role": "user", "content": "Name three colours."}]
     params = SamplingParams(max_tokens=24, temperature=0)
-    with LLM(base, progress=False) as llm:
-        want = llm.chat(prompt_chat, params).text
-    with LLM({**base, "parallel": {"tensor": 3}}, progress=False) as llm:
+    want = default_llm.chat(prompt_chat, params).text
+    with LLM({**DEFAULT_FP32, "parallel": {"tensor": 3}}, progress=False) as llm:
         assert llm.chat(prompt_chat, params).text == want
     with pytest.raises(ConfigError, match=r"parallel.tensor=2 does not divide the model's 9 query heads \(valid sizes: 1, 3, 9\)"):
-        LLM({**base, "parallel": {"tensor": 2}}, progress=False)
-    assert worker_children() == []
+        LLM({**DEFAULT_FP32, "parallel": {"tensor": 2}}, progress=False)
+    assert introspect.worker_processes() == []

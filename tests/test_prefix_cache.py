@@ -12,6 +12,7 @@ from llm_infer import LLM, SamplingParams
 from llm_infer.runtime.block_manager import BlockManager
 from llm_infer.runtime.prefix_hash import extend_block_hashes
 from llm_infer.runtime.request import Request
+from tests import introspect
 from tests.conftest import tiny_engine_config
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
@@ -114,13 +115,13 @@ def test_outputs_are_identical_with_prefix_caching_on_and_off(pair):
         want = [o.token_ids for o in off.generate(prompts, params)]
         assert [o.token_ids for o in on.generate(prompts, params)] == want
         assert [on.generate(p, params)[0].token_ids for p in prompts] == want, "one at a time, all hits"
-    assert on.engine.block_manager.hit_tokens > 0 and off.engine.block_manager.hit_tokens == 0
+    assert introspect.block_manager(on).hit_tokens > 0 and introspect.block_manager(off).hit_tokens == 0
 
 
 def test_a_repeated_long_prompt_computes_only_its_uncached_tail(pair):
     on, _ = pair
     prompt = list(range(100, 163))  # 63 tokens: 15 full blocks of 4
-    stats = on.engine.stats
+    stats = introspect.engine_stats(on)
     before = stats.prefill_tokens
     first = on.generate(prompt, GREEDY)[0]
     computed_first = stats.prefill_tokens - before
@@ -131,7 +132,7 @@ def test_a_repeated_long_prompt_computes_only_its_uncached_tail(pair):
     assert second.token_ids == first.token_ids
 
 
-@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.slow)])  # TP=2: worker processes
 def test_copy_on_write_while_the_owner_is_still_running(tiny_models, tp):
     """B's prompt is A's, block-aligned: B reuses every block and must not write into A's last one."""
     prompt = list(range(250, 274))  # 6 full blocks
@@ -144,20 +145,21 @@ def test_copy_on_write_while_the_owner_is_still_running(tiny_models, tp):
             engine.step()  # A's prompt is computed and its blocks are cache entries
             b = engine.add_request(prompt, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
             copies: list[tuple[int, int]] = []
-            take = engine.block_manager.take_copies
+            blocks = introspect.block_manager(llm)
+            take = blocks.take_copies
 
             def recording_take() -> list[tuple[int, int]]:
                 taken = take()
                 copies.extend(taken)
                 return taken
 
-            engine.block_manager.take_copies = recording_take
+            blocks.take_copies = recording_take
             done = {}
             while engine.has_unfinished():
                 for out in engine.step():
                     if out.finished:
                         done[out.request_id] = out.token_ids
-            results[name] = (done[a], done[b], engine.block_manager.hit_tokens, len(copies))
+            results[name] = (done[a], done[b], blocks.hit_tokens, len(copies))
     (a_on, b_on, hits, copied), (a_off, b_off, _, _) = results["on"], results["off"]
     assert (a_on, b_on) == (a_off, b_off)
     assert b_on == a_on[:8]

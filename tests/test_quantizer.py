@@ -3,15 +3,16 @@ within quantization error of the original, and beats round-to-nearest."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from llm_infer import LLM
+from llm_infer.entrypoints.cli import main
 from llm_infer.errors import UserError
 from llm_infer.kernels.awq_torch import dequantize_awq
 from llm_infer.runtime.quant.awq_search import fake_quantize, quantize_groups, search_scales
@@ -22,12 +23,16 @@ CALIB = " ".join(f"Sentence number {i} talks about apples, rivers, code and {i *
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101, 32, 99, 97, 116]
 
 
-def quantize(model, out, *extra, calib=None):
-    args = [sys.executable, "-m", "llm_infer.entrypoints.cli", "quantize", "--model", str(model), "--out", str(out),
-            "--group-size", "64", "--samples", "8", "--seq-len", "64", *extra]
+def quantize(model, out, *extra, calib=None) -> tuple[int, str]:
+    """`llm-infer quantize ...`, in-process: its exit code and what it wrote to stderr."""
+    args = ["quantize", "--model", str(model), "--out", str(out), "--group-size", "64", "--samples", "8",
+            "--seq-len", "64", *extra]
     if calib:
         args += ["--calib", str(calib)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(args)
+    return code, stderr.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +47,10 @@ def quantized(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("out")
     calib = root / "calib.txt"
     calib.write_text(CALIB)
-    r = quantize(model, root / "awq", calib=calib)
-    assert r.returncode == 0, r.stderr
-    r = quantize(model, root / "rtn", "--method", "rtn")
-    assert r.returncode == 0, r.stderr
+    code, stderr = quantize(model, root / "awq", calib=calib)
+    assert code == 0, stderr
+    code, stderr = quantize(model, root / "rtn", "--method", "rtn")
+    assert code == 0, stderr
     return root / "awq", root / "rtn"
 
 
@@ -100,12 +105,12 @@ def test_awq_output_is_closer_to_the_original_than_round_to_nearest(model, quant
 
 
 def test_quantize_mistakes(model, tmp_path, quantized):
-    r = quantize(model, tmp_path / "x", "--group-size", "96")
-    assert r.returncode == 2 and "error: group size 96 does not divide" in r.stderr
-    r = quantize(quantized[0], tmp_path / "y")
-    assert r.returncode == 2 and "is already quantized" in r.stderr
-    r = quantize(model, quantized[0])
-    assert r.returncode == 2 and "already exists" in r.stderr
+    code, stderr = quantize(model, tmp_path / "x", "--group-size", "96")
+    assert code == 2 and "error: group size 96 does not divide" in stderr
+    code, stderr = quantize(quantized[0], tmp_path / "y")
+    assert code == 2 and "is already quantized" in stderr
+    code, stderr = quantize(model, quantized[0])
+    assert code == 2 and "already exists" in stderr
     with pytest.raises(UserError, match="fewer than one sample"):
         from llm_infer.entrypoints.quantize import calibration_tokens
         from llm_infer.runtime.tokenizer import Tokenizer

@@ -9,9 +9,11 @@ import torch
 
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import WorkerError
+from tests import introspect
 from tests.conftest import tiny_engine_config
 
 ray = pytest.importorskip("ray")  # conftest has set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (loopback only)
+pytestmark = pytest.mark.slow  # a Ray instance and its actors
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10]
 GREEDY = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
 
@@ -33,7 +35,8 @@ def reference(tiny_models):
 def test_ray_layouts_match_tp1(local_ray, tiny_models, reference, tp, pp):
     cfg = tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": tp, "pipeline": pp, "launcher": "ray"})
     with LLM(cfg, progress=False) as llm:
-        assert all(info["ip"] == "127.0.0.1" for info in llm._executor.channel.hello.values()), llm._executor.channel.hello
+        hello = introspect.channel_hello(llm)
+        assert all(info["ip"] == "127.0.0.1" for info in hello.values()), hello
         torch.testing.assert_close(llm.logits(PROMPT), reference[0], atol=1e-4, rtol=0)
         assert llm.generate([PROMPT], GREEDY)[0].token_ids == reference[1]
     assert ray.util.placement_group_table() == {} or all(
@@ -43,7 +46,7 @@ def test_ray_layouts_match_tp1(local_ray, tiny_models, reference, tp, pp):
 def test_killed_ray_actor_is_a_clear_error(local_ray, tiny_models):
     cfg = tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2, "launcher": "ray", "timeout_s": 20})
     llm = LLM(cfg, progress=False)
-    ray.kill(llm._executor.actors[1])
+    ray.kill(introspect.ray_actors(llm)[1])
     start = time.monotonic()
     with pytest.raises(WorkerError, match="worker rank 1 died"):
         llm.generate([PROMPT] * 4, SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))

@@ -18,6 +18,7 @@ import yaml
 from tests.conftest import tiny_engine_config
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray head, a job and its worker processes
 
 
 def _free_port() -> int:

@@ -19,17 +19,12 @@ import pytest
 
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import UserError
-from llm_infer.executor.processes import WORKER_MODULE
+from tests import introspect
 from tests.conftest import tiny_engine_config
 
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-pytestmark = pytest.mark.slow
-
-
-def worker_processes() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True)
-            if WORKER_MODULE in " ".join(p.cmdline())]
+pytestmark = pytest.mark.slow  # worker processes, Ray, a child interpreter
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +40,16 @@ def want(tiny_models) -> list[int]:
 def test_dropped_llm_releases_its_processes(tiny_models, want, first, second):
     llm = LLM(tiny_engine_config(tiny_models["qwen2"], parallel=first), progress=False)
     assert llm.generate([PROMPT], GREEDY)[0].token_ids == want
-    pids = [p.pid for p in worker_processes()]
+    pids = [p.pid for p in introspect.worker_processes()]
     del llm  # no close(): collecting the object releases its workers
-    assert not [p for p in worker_processes() if p.pid in pids]
+    assert not [p for p in introspect.worker_processes() if p.pid in pids]
     llm = LLM(tiny_engine_config(tiny_models["qwen2"], parallel=second), progress=False)
     assert llm.generate([PROMPT], GREEDY)[0].token_ids == want
     llm.close()
     llm.close()  # idempotent
     with pytest.raises(UserError, match="has been closed"):
         llm.generate([PROMPT], GREEDY)
-    assert worker_processes() == []
+    assert introspect.worker_processes() == []
 
 
 def test_dropped_ray_llm_releases_its_placement_groups(tiny_models, want):

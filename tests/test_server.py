@@ -31,6 +31,7 @@ from llm_infer.errors import WorkerError
 from llm_infer.entrypoints.cli import main as cli_main
 from llm_infer.entrypoints.server import AsyncEngine, build_app
 from llm_infer.entrypoints.server.serve import ServerThread, served_model_name
+from tests import introspect
 from tests.conftest import tiny_engine_config
 
 KEY = "test-key"
@@ -174,7 +175,7 @@ def test_chat_without_max_tokens_may_fill_the_context(client, offline):
     messages = [{"role": "user", "content": "x"}]
     got = client.chat.completions.create(model=MODEL, messages=messages, stop=["\n", "a"], seed=3, temperature=1.0)
     assert got.choices[0].finish_reason in ("stop", "length")
-    assert got.usage.total_tokens <= offline.engine.max_model_len
+    assert got.usage.total_tokens <= introspect.max_model_len(offline)
 
 
 def test_64_concurrent_streams_each_equal_their_offline_output(live, offline, engine):
@@ -363,6 +364,7 @@ chat_bodies = st.fixed_dictionaries(
     optional={**sampling, "max_tokens": small_tokens})
 
 
+@pytest.mark.slow  # hypothesis: 200 fuzzed bodies
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(request=st.one_of(
@@ -488,6 +490,7 @@ def test_serve_on_a_busy_port_exits_2_before_loading_the_model(capsys):
     assert len(err) == 1 and err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
 
 
+@pytest.mark.slow  # worker processes
 def test_the_server_over_a_tensor_parallel_engine_streams_tp1s_text(tiny_models, offline):
     """Any parallel layout serves: TP=2 workers behind the same routes give TP=1's greedy text."""
     prompts = prompt_ids(3, seed=5)

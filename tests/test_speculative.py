@@ -15,8 +15,9 @@ from llm_infer.runtime.request import Request
 from llm_infer.runtime.speculative.ngram import NgramIndex
 from llm_infer.runtime.speculative.planner import SpecPlanner
 from llm_infer.runtime.speculative.rejection import verify_greedy, verify_sampled
+from tests import introspect
 from tests.checkpoints import make_checkpoint
-from tests.conftest import default_model_or_skip, tiny_engine_config
+from tests.conftest import DEFAULT_FP32, tiny_engine_config
 
 TINY_PROMPTS = [[257] + list(b"The cat sat on the mat. The cat sat on the"), [257] + list(b"abc abc abc abc ab"),
                 [65, 66, 67], list(b"0123456789" * 3)]
@@ -123,7 +124,7 @@ def test_tiny_greedy_is_identical_to_plain_decoding(tiny, name):
     with LLM(tiny_engine_config(target, speculative=_spec(name, target, other)), progress=False) as llm:
         batched = [o.token_ids for o in llm.generate(TINY_PROMPTS, GREEDY)]
         one_by_one = [llm.generate([p], GREEDY)[0].token_ids for p in TINY_PROMPTS]
-        stats = llm.engine.spec.stats
+        stats = introspect.spec_stats(llm)
     assert batched == plain
     assert one_by_one == plain
     assert stats.proposed > 0
@@ -132,6 +133,7 @@ def test_tiny_greedy_is_identical_to_plain_decoding(tiny, name):
         assert stats.max_emitted == 5  # K accepted + the bonus token
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("name", ["ngram", "draft-poor"])
 def test_tiny_greedy_under_tensor_parallelism_is_identical(tiny, name):
     target, other, plain = tiny
@@ -140,6 +142,7 @@ def test_tiny_greedy_under_tensor_parallelism_is_identical(tiny, name):
         assert [o.token_ids for o in llm.generate(TINY_PROMPTS, GREEDY)] == plain
 
 
+@pytest.mark.slow  # worker processes
 def test_ngram_composes_with_pipeline_stages(tiny):
     target, _, plain = tiny
     cfg = tiny_engine_config(target, speculative={"method": "ngram"}, parallel={"pipeline": 2})
@@ -162,7 +165,7 @@ def test_preemption_and_stop_strings_with_speculation(tiny):
              progress=False) as llm:
         spec = llm.generate(prompts, params)
         spec_stop = llm.generate(prompts, stopped)
-        assert llm.engine.scheduler.num_preemptions > 0
+        assert introspect.scheduler(llm).num_preemptions > 0
     assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
     assert [(o.text, o.finish_reason) for o in spec_stop] == [(o.text, o.finish_reason) for o in plain_stop]
     assert all(len(o.token_ids) <= 60 for o in spec)
@@ -172,7 +175,7 @@ def test_preemption_and_stop_strings_with_speculation(tiny):
 
 def _cache_rows(llm: LLM, cache, seq: Request, n: int) -> torch.Tensor:
     """K and V of every layer at positions 0..n-1 of `seq`, from the paged cache."""
-    bs = llm.engine.block_manager.block_size
+    bs = introspect.block_manager(llm).block_size
     rows = [(seq.block_table[p // bs], p % bs) for p in range(n)]
     return torch.stack([layer[:, [b for b, _ in rows], [o for _, o in rows]] for layer in cache.layers])
 
@@ -185,30 +188,29 @@ def test_kv_cache_after_speculation_equals_plain_decoding(tiny, name):
     def run(spec: dict | None, computed: int):
         llm = LLM(tiny_engine_config(target, speculative=spec or {}), progress=False)
         rid = llm.engine.add_request(prompt, SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))
-        while llm.engine._requests[rid].num_computed_tokens < computed:
+        while introspect.request(llm, rid).num_computed_tokens < computed:
             llm.engine.step()
-        return llm, llm.engine._requests[rid]
+        return llm, introspect.request(llm, rid)
 
     spec_llm, spec_seq = run(_spec(name, target, other), len(prompt) + 50)
     n = spec_seq.num_computed_tokens
     plain_llm, plain_seq = run(None, n)
     try:
-        assert spec_llm.engine.spec.stats.steps > 5
+        assert introspect.spec_stats(spec_llm).steps > 5
         assert spec_seq.token_ids[:n] == plain_seq.token_ids[:n]
         # no block beyond what the computed tokens (and the pending one) need stays allocated
-        assert len(spec_seq.block_table) == -(-n // spec_llm.engine.block_manager.block_size)
-        runner = spec_llm.engine.executor.worker.runner
-        got = _cache_rows(spec_llm, runner.kv_cache, spec_seq, n)
-        want = _cache_rows(plain_llm, plain_llm.engine.executor.worker.runner.kv_cache, plain_seq, n)
+        assert len(spec_seq.block_table) == -(-n // introspect.block_manager(spec_llm).block_size)
+        got = _cache_rows(spec_llm, introspect.kv_cache(spec_llm), spec_seq, n)
+        want = _cache_rows(plain_llm, introspect.kv_cache(plain_llm), plain_seq, n)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         if name == "draft-poor":  # the draft's cache, up to what the draft has seen, equals its own plain run
             drafted = spec_seq.spec.draft_from
             draft_llm = LLM(tiny_engine_config(other), progress=False)
             draft_llm.engine.add_request(spec_seq.token_ids[:drafted], SamplingParams(max_tokens=2))
             draft_llm.engine.step()
-            draft_seq = next(iter(draft_llm.engine._requests.values()))
-            got = _cache_rows(spec_llm, runner.drafter.cache, spec_seq, drafted)
-            want = _cache_rows(draft_llm, draft_llm.engine.executor.worker.runner.kv_cache, draft_seq, drafted)
+            draft_seq = introspect.requests(draft_llm)[0]
+            got = _cache_rows(spec_llm, introspect.draft_kv_cache(spec_llm), spec_seq, drafted)
+            want = _cache_rows(draft_llm, introspect.kv_cache(draft_llm), draft_seq, drafted)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
             draft_llm.close()
     finally:
@@ -238,6 +240,7 @@ def _exact_marginals(model_dir, prompt: list[int], vocab: int, steps: int) -> li
     return marginals
 
 
+@pytest.mark.slow  # chi-square: 3000 sampled runs
 @pytest.mark.parametrize("method", ["draft-poor", "ngram"])
 def test_sampled_tokens_follow_the_targets_distribution(tmp_path, method):
     from scipy.stats import chisquare
@@ -254,7 +257,7 @@ def test_sampled_tokens_follow_the_targets_distribution(tmp_path, method):
                              cache={"block_size": 4, "num_blocks": 2048})
     with LLM(cfg, progress=False) as llm:
         outs = llm.generate([prompt] * runs, params)
-        stats = llm.engine.spec.stats
+        stats = introspect.spec_stats(llm)
     assert stats.proposed > runs // 2 and 0 < stats.acceptance < 1  # proposals were made, some rejected
     for i, expected in enumerate(_exact_marginals(target, prompt, vocab, steps)):
         counts = torch.bincount(torch.tensor([o.token_ids[i] for o in outs]), minlength=vocab).double()
@@ -306,25 +309,23 @@ DEFAULT_METHODS = {
 
 
 @pytest.fixture(scope="module")
-def default_plain():
-    default_model_or_skip()
-    with LLM({"model": "default", "dtype": "float32", "scheduler": {"max_model_len": 512}}, progress=False) as llm:
-        prompts = [llm.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in DEFAULT_PROMPTS]
-        params = SamplingParams(max_tokens=32, temperature=0)
-        one = [llm.generate([p], params)[0].token_ids for p in prompts]
-        eight = [o.token_ids for o in llm.generate(prompts[:8], params)]
+def default_plain(default_llm):
+    llm = default_llm
+    prompts = [llm.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in DEFAULT_PROMPTS]
+    params = SamplingParams(max_tokens=32, temperature=0)
+    one = [llm.generate([p], params)[0].token_ids for p in prompts]
+    eight = [o.token_ids for o in llm.generate(prompts[:8], params)]
     return prompts, params, one, eight
 
 
+@pytest.mark.slow  # the default model
 @pytest.mark.parametrize("name", list(DEFAULT_METHODS))
 def test_default_model_greedy_identical_at_batch_1_and_8(default_plain, name):
     prompts, params, one, eight = default_plain
-    with LLM({"model": "default", "dtype": "float32", "scheduler": {"max_model_len": 512},
-              "speculative": DEFAULT_METHODS[name]},
-             progress=False) as llm:
+    with LLM({**DEFAULT_FP32, "speculative": DEFAULT_METHODS[name]}, progress=False) as llm:
         assert [llm.generate([p], params)[0].token_ids for p in prompts] == one
         assert [o.token_ids for o in llm.generate(prompts[:8], params)] == eight
-        assert llm.engine.spec.stats.accepted > 0
+        assert introspect.spec_stats(llm).accepted > 0
 
 
 

@@ -19,7 +19,7 @@ import yaml
 from tests.conftest import tiny_engine_config
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # a wheel build, a fresh venv, a C++ build
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
