@@ -62,13 +62,13 @@ def spec_stats(llm: LLM) -> SpecStats:
 
 
 def request(llm: LLM, request_id: str) -> Request:
-    """The live (unfinished) request with this id."""
-    return llm.engine._requests[request_id]
+    """The live (unfinished) request with this id (its first sample)."""
+    return llm.engine._groups[request_id][0]
 
 
 def requests(llm: LLM) -> list[Request]:
-    """Every live request, oldest first."""
-    return list(llm.engine._requests.values())
+    """Every live request (its first sample), oldest first."""
+    return [samples[0] for samples in llm.engine._groups.values()]
 
 
 # -- the executor and the workers it runs ----------------------------------------------------

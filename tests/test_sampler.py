@@ -78,10 +78,10 @@ def test_greedy_rows_take_the_argmax_and_seeds_fix_draws():
     ({"temperature": float("inf")}, "temperature"),
     ({"top_p": float("nan")}, "top_p"),
     ({"top_k": 2**64}, "top_k"),
-    ({"top_p": 0}, "top_p"),
+    ({"top_p": -0.1}, "top_p"),  # 0 is valid: only the most likely token
     ({"top_k": -3}, "top_k"),
     ({"min_p": 1.5}, "min_p"),
-    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": -1}, "max_tokens"),  # 0 is valid: score the prompt only
     ({"stop": [""]}, "stop"),
     ({"seed": 1.5}, "seed"),
 ])

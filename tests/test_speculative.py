@@ -220,8 +220,10 @@ def test_kv_cache_after_speculation_equals_plain_decoding(tiny, name):
 
 # ---- sampled losslessness (chi-square) ----------------------------------------------------
 
-def _exact_marginals(model_dir, prompt: list[int], vocab: int, steps: int) -> list[torch.Tensor]:
-    """The target's own distribution of output tokens 0..steps-1 at temperature 1 (transformers)."""
+def _exact_marginals(model_dir, prompt: list[int], vocab: int, steps: int,
+                     params: SamplingParams | None = None) -> list[torch.Tensor]:
+    """The target's own distribution of output tokens 0..steps-1 at temperature 1 (transformers),
+    after the request's logit bias and frequency/presence penalties (OpenAI definitions)."""
     import transformers
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -230,7 +232,13 @@ def _exact_marginals(model_dir, prompt: list[int], vocab: int, steps: int) -> li
         for _ in range(steps):
             prefixes = list(joint)
             ids = torch.tensor([prompt + list(p) for p in prefixes])
-            probs = torch.softmax(hf(ids).logits[:, -1].double(), dim=-1)
+            logits = hf(ids).logits[:, -1].double()
+            for row, prefix in zip(logits, prefixes if params is not None else []):
+                for token, bias in params.logit_bias.items():
+                    row[token] += bias
+                for token in set(prefix):
+                    row[token] -= params.frequency_penalty * prefix.count(token) + params.presence_penalty
+            probs = torch.softmax(logits, dim=-1)
             nxt, marginal = {}, torch.zeros(vocab, dtype=torch.float64)
             for prefix, row in zip(prefixes, probs):
                 for t in range(vocab):
@@ -241,8 +249,10 @@ def _exact_marginals(model_dir, prompt: list[int], vocab: int, steps: int) -> li
 
 
 @pytest.mark.slow  # chi-square: 3000 sampled runs
-@pytest.mark.parametrize("method", ["draft-poor", "ngram"])
+@pytest.mark.parametrize("method", ["draft-poor", "ngram", "draft-poor-penalised"])
 def test_sampled_tokens_follow_the_targets_distribution(tmp_path, method):
+    """With penalties and a bias the acceptance test uses the processed distribution at each
+    position (the draft proposes from its unprocessed one), so output stays the target's."""
     from scipy.stats import chisquare
 
     vocab, runs, steps = 8, 3000, 3
@@ -250,16 +260,19 @@ def test_sampled_tokens_follow_the_targets_distribution(tmp_path, method):
     poor = make_checkpoint(tmp_path / "d", "qwen2", seed=3, vocab_size=vocab, num_hidden_layers=1,
                            initializer_range=0.5)
     prompt = [1, 2, 3, 1, 2, 3, 1, 2]  # repetitive, so the n-gram proposer proposes [3 1 2 ...]
-    spec = ({"method": "draft", "draft_model": str(poor), "draft_dtype": "float32"} if method == "draft-poor"
+    spec = ({"method": "draft", "draft_model": str(poor), "draft_dtype": "float32"} if method.startswith("draft")
             else {"method": "ngram", "ngram_min": 1})
-    params = [SamplingParams(max_tokens=steps + 2, temperature=1.0, seed=s, ignore_eos=True) for s in range(runs)]
+    processing = (dict(frequency_penalty=0.8, presence_penalty=0.3, logit_bias={2: 1.5})
+                  if method.endswith("penalised") else {})
+    params = [SamplingParams(max_tokens=steps + 2, temperature=1.0, seed=s, ignore_eos=True, **processing)
+              for s in range(runs)]
     cfg = tiny_engine_config(target, speculative=spec, scheduler={"max_num_seqs": 256},
                              cache={"block_size": 4, "num_blocks": 2048})
     with LLM(cfg, progress=False) as llm:
         outs = llm.generate([prompt] * runs, params)
         stats = introspect.spec_stats(llm)
     assert stats.proposed > runs // 2 and 0 < stats.acceptance < 1  # proposals were made, some rejected
-    for i, expected in enumerate(_exact_marginals(target, prompt, vocab, steps)):
+    for i, expected in enumerate(_exact_marginals(target, prompt, vocab, steps, params[0])):
         counts = torch.bincount(torch.tensor([o.token_ids[i] for o in outs]), minlength=vocab).double()
         keep = expected * runs >= 5
         f_exp = (expected[keep] * runs).tolist() + [float(expected[~keep].sum() * runs)]

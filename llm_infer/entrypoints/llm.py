@@ -89,8 +89,9 @@ class LLM:
             self.engine.abort(request_id)
 
     def logits(self, token_ids: list[int]) -> torch.Tensor:
-        """float32 logits `[len(token_ids), vocab]` of every position, computed through the paged cache."""
-        (out,) = self._run([(list(token_ids), SamplingParams(max_tokens=1, temperature=0), True)])
+        """float32 logits `[len(token_ids), vocab]` of every position, computed through the paged cache
+        (a prompt may fill the whole context, `max_model_len` tokens: nothing is generated)."""
+        (out,) = self._run([(list(token_ids), SamplingParams(max_tokens=0, temperature=0), True)])
         return out.logits[: len(token_ids)]
 
     def _run(self, requests: list[tuple[Prompt, SamplingParams, bool]]) -> list[RequestOutput]:

@@ -56,7 +56,7 @@ class BlockManager:
     def cached_prefix(self, seq: Request) -> list[int]:
         """The cached blocks holding the longest prefix of `seq`'s tokens (none when caching is
         off, or when the sequence wants the logits of every position, which a hit would skip)."""
-        if not self.prefix_caching or seq.return_logits:
+        if not self.prefix_caching or seq.needs_prompt_rows:
             return []
         if len(seq.block_hashes) < seq.num_tokens // self.block_size:
             extend_block_hashes(seq.block_hashes, seq.token_ids, self.block_size)
@@ -136,6 +136,18 @@ class BlockManager:
         elif block in self._key_of:  # ours alone: it stops being a cache entry
             del self._block_of[self._key_of.pop(block)]
         seq.num_cached_blocks = min(seq.num_cached_blocks, index)
+
+    def fork(self, parent: Request, child: Request, num_tokens: int) -> None:
+        """Start `child` (another sample of the same prompt) from `parent`'s first `num_tokens`
+        computed positions: it shares their blocks (one more reference each); whichever writes
+        into a shared block first gets its own copy (copy-on-write)."""
+        child.block_table = list(parent.block_table[: self.blocks_for(num_tokens)])
+        for block in child.block_table:
+            self._ref[block] += 1
+        child.num_computed_tokens = num_tokens
+        full = num_tokens // self.block_size
+        child.block_hashes = list(parent.block_hashes[:full])
+        child.num_cached_blocks = min(parent.num_cached_blocks, full)
 
     def take_copies(self) -> list[tuple[int, int]]:
         copies, self.copies = self.copies, []

@@ -16,20 +16,19 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
 
 from llm_infer.config import EngineConfig
 from llm_infer.errors import UserError
 from llm_infer.runtime.block_manager import BlockManager
 from llm_infer.runtime.detokenizer import IncrementalDetokenizer
 from llm_infer.runtime.models.model_config import ModelConfig
-from llm_infer.runtime.outputs import EngineSnapshot, RequestMetrics, RequestOutput
-from llm_infer.runtime.request import Request
-from llm_infer.runtime.sampling_params import SamplingParams
+from llm_infer.runtime.output_processor import OutputProcessor
+from llm_infer.runtime.outputs import CompletionOutput, EngineSnapshot, RequestOutput
+from llm_infer.runtime.request import Request, RequestStatus
+from llm_infer.runtime.sampling_params import SamplingParams, needs_processing
 from llm_infer.runtime.scheduler import Scheduler
 from llm_infer.runtime.speculative.planner import SpecPlanner
 from llm_infer.runtime.step_plan import StepOutput, StepPlan, StepTiming, build_step_plan
-from llm_infer.runtime.stop_checker import find_stop_string, partial_stop_suffix, token_stop_reason
 from llm_infer.runtime.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -68,41 +67,53 @@ class LLMEngine:
         self.stats = EngineStats()
         self._rng = random.Random(config.seed)
         self._ids = itertools.count()
-        self._requests: dict[str, Request] = {}
+        self._groups: dict[str, list[Request]] = {}  # request id -> its samples (the first holds the rest as forks)
         self._inflight: deque[tuple[list[tuple[Request, int]], StepPlan]] = deque()
         self._busy: set[int] = set()
         self._finished_ids: list[int] = []  # told to the workers with the next plan
+        self.outputs = OutputProcessor(self.eos_token_ids, self.max_model_len)
         self.spec = SpecPlanner(config.speculative, self.max_model_len) if config.speculative.method else None
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, return_logits: bool = False) -> str:
+        """Queue a request (`params.n` samples of it) and return its id. Raises UserError for an
+        empty or too long prompt, token ids outside the vocabulary, or an id already in use."""
         params = params or SamplingParams()
         if isinstance(prompt, str):
             text, ids = prompt, self.tokenizer.encode(prompt)
         else:
             text, ids = None, [int(t) for t in prompt]
-        self._check_prompt(ids)
-        seq_id = next(self._ids)
-        request_id = request_id if request_id is not None else str(seq_id)
-        if request_id in self._requests:
+        self._check_prompt(ids, params, return_logits)
+        first_id = next(self._ids)
+        request_id = request_id if request_id is not None else str(first_id)
+        if request_id in self._groups:
             raise UserError(f"request id {request_id!r} is already in use")
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        req = Request(seq_id, request_id, ids, params, seed, return_logits, prompt=text,
-                      detokenizer=IncrementalDetokenizer(self.tokenizer, ids))
-        if self.spec is not None:
-            req.spec = self.spec.new_state(req)
-        self._requests[request_id] = req
-        self.scheduler.add(req)
+        samples = []
+        for index in range(params.n):
+            seq_id = first_id if index == 0 else next(self._ids)
+            req = Request(seq_id, request_id, ids, params, seed + index, return_logits, prompt=text,
+                          detokenizer=IncrementalDetokenizer(self.tokenizer, ids), index=index,
+                          processed=needs_processing(params),
+                          logprobs=[] if params.logprobs is not None else None,
+                          prompt_logprobs=[None] if params.prompt_logprobs is not None and index == 0 else None)
+            if self.spec is not None:
+                req.spec = self.spec.new_state(req)
+            samples.append(req)
+        samples[0].forks = samples[1:]  # started once the first sample's prompt is computed
+        self._groups[request_id] = samples
+        self.scheduler.add(samples[0])
         return request_id
 
-    def _check_prompt(self, ids: list[int]) -> None:
+    def _check_prompt(self, ids: list[int], params: SamplingParams, return_logits: bool) -> None:
         if not ids:
             raise UserError("the prompt is empty")
-        if len(ids) >= self.max_model_len:
+        scoring_only = return_logits or params.max_tokens == 0
+        if len(ids) > self.max_model_len or (len(ids) == self.max_model_len and not scoring_only):
             raise UserError(f"the prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
                             "(prompt and at least one new token must fit)")
         vocab = self.model_config.vocab_size
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        bad = next((t for t in [*ids, *params.logit_bias] if not 0 <= t < vocab), None)
         if bad is not None:
             raise UserError(f"token id {bad} is outside the vocabulary (size {vocab})")
 
@@ -110,10 +121,12 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def abort(self, request_id: str) -> None:
-        req = self._requests.pop(request_id, None)
-        if req is not None and not req.finished:
-            req.finish_reason = "abort"
-            self._release(req)
+        """Stop every sample of a request and free its blocks (a no-op for unknown ids)."""
+        for req in self._groups.pop(request_id, []):
+            for sample in [req, *req.forks]:
+                if not sample.finished:
+                    sample.finish_reason = "abort"
+                    self._release(sample)
 
     def snapshot(self) -> EngineSnapshot:
         """The counters the server publishes: queue lengths, KV usage, prefix hits, acceptance."""
@@ -146,7 +159,8 @@ class LLMEngine:
             if not scheduled:
                 return
             plan = build_step_plan(scheduled, self.stats.steps, self.block_manager.take_copies(),
-                                   self._finished_ids, self.spec.draft_method if self.spec is not None else None)
+                                   self._finished_ids, self.spec.draft_method if self.spec is not None else None,
+                                   self.eos_token_ids)
             self._finished_ids = []
             self.stats.steps += 1
             self.executor.submit(plan)
@@ -164,70 +178,65 @@ class LLMEngine:
             if result.timing is not None:
                 self.spec.stats.draft_time_s += result.timing.draft_s
                 self.spec.stats.verify_time_s += result.timing.verify_s
-        outputs = []
+        updates: dict[str, list[CompletionOutput]] = {}
         for i, (req, n) in enumerate(scheduled):
-            if self._requests.get(req.request_id) is not req:  # aborted while its step was in flight
+            if req.finished:  # aborted while its step was in flight
                 continue
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
             proposed, tokens = plan.spec_len(i), result.token_ids[i]
             if req.seq_id in result.logits:
                 req.keep_logits(req.num_computed_tokens, result.logits[req.seq_id])
+            if req.seq_id in result.prompt_logprobs:
+                start = req.num_computed_tokens + 1  # row p scores prompt token p + 1
+                req.prompt_logprobs[start:] = result.prompt_logprobs[req.seq_id]
             if tokens and n - proposed == 1 and req.output_token_ids:
                 self.stats.decode_tokens += len(tokens)
             else:
                 self.stats.prefill_tokens += n
             # The step's own tokens and the accepted proposals are now in the cache; the rest is stale.
             req.num_computed_tokens += n - proposed + max(0, len(tokens) - 1)
-            update = None
-            for token in tokens:
-                update = self._append_token(req, token, now, combine=update)
-                if update.finished:
-                    break
-            if not req.finished:
-                self.block_manager.register(req)
-                self.block_manager.trim(req, req.num_computed_tokens)
-                if self.spec is not None and tokens:
-                    drafted = result.draft_token_ids[i] if plan.draft and plan.draft.num_draft[i] else None
-                    self.spec.after_step(req, proposed, len(tokens), drafted)
-            if update is not None:
-                outputs.append(update)
-        return outputs
+            if req.forks and req.num_computed_tokens >= len(req.prompt_token_ids):
+                self._start_forks(req, now)
+            if tokens:
+                update = self.outputs.append(req, tokens, result.logprobs[i] if result.logprobs else None, now)
+                updates.setdefault(req.request_id, []).append(update)
+            elif req.params.max_tokens == 0 and req.num_computed_tokens >= req.num_tokens:
+                self.outputs.finish(req, "length", now)  # scored the prompt; nothing to generate
+                updates.setdefault(req.request_id, []).append(self.outputs.completion(req))
+            if req.finish_reason is not None:
+                self._release(req)
+                continue
+            self.block_manager.register(req)
+            self.block_manager.trim(req, req.num_computed_tokens)
+            if self.spec is not None and tokens:
+                drafted = result.draft_token_ids[i] if plan.draft and plan.draft.num_draft[i] else None
+                self.spec.after_step(req, proposed, len(tokens), drafted)
+        results = []
+        for request_id, changed in updates.items():
+            samples = self._groups[request_id]
+            out = self.outputs.request_output(samples, changed)
+            if out.finished:
+                del self._groups[request_id]
+            results.append(out)
+        return results
+
+    def _start_forks(self, parent: Request, now: float) -> None:
+        """The prompt is computed: samples 1..n-1 start from its blocks, each recomputing only the
+        last prompt token (whose logits give it its own first draw), or end at once when nothing
+        is to be generated."""
+        for child in parent.forks:
+            if child.finished:
+                continue
+            child.first_scheduled_time = now
+            if parent.params.max_tokens == 0:
+                self.outputs.finish(child, "length", now)
+                child.status = RequestStatus.FINISHED
+                continue
+            self.block_manager.fork(parent, child, len(parent.prompt_token_ids) - 1)
+            self.scheduler.add_running(child)
+        parent.forks = []
 
     def _release(self, req: Request) -> None:
         self.scheduler.finish(req)
-        if self.spec is not None and self.spec.draft_method is not None:
-            self._finished_ids.append(req.seq_id)
-
-    def _append_token(self, req: Request, token: int, now: float,
-                      combine: RequestOutput | None = None) -> RequestOutput:
-        """Append one token; `combine` (an earlier update of this step) is merged into the result."""
-        req.output_token_ids.append(token)
-        if req.first_token_time is None:
-            req.first_token_time = now
-        reason = token_stop_reason(req.params, token, len(req.output_token_ids), req.num_tokens,
-                                   self.eos_token_ids, self.max_model_len)
-        detok = req.detokenizer
-        delta = detok.add(token) if reason is None else detok.add(token) + detok.flush()
-        req.text += delta
-        stops = req.params.stop
-        if stops and delta:
-            at = find_stop_string(req.text, stops, len(delta))
-            if at is not None:
-                req.text, reason = req.text[:at], "stop"
-        if reason is not None:
-            req.finish_reason = reason
-            req.finish_time = now
-            del self._requests[req.request_id]
-            self._release(req)
-        visible = len(req.text) if reason is not None else len(req.text) - partial_stop_suffix(req.text, stops)
-        new_text = req.text[req.streamed : visible]
-        req.streamed = max(req.streamed, visible)
-        return self._output(req, (combine.new_text if combine is not None else "") + new_text)
-
-    def _output(self, req: Request, new_text: str) -> RequestOutput:
-        metrics = RequestMetrics(req.arrival_time, req.first_scheduled_time, req.first_token_time, req.finish_time,
-                                 len(req.prompt_token_ids), len(req.output_token_ids), req.num_preemptions)
-        logits = torch.cat(req.logits) if (req.finished and req.logits) else None
-        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, req.text,
-                             list(req.output_token_ids), req.finished, req.finish_reason, new_text, metrics, logits)
+        self._finished_ids.append(req.seq_id)

@@ -2,8 +2,8 @@
 
 `execute` reads in the order data flows: copy shared blocks -> forward (the path chosen
 once in `init_cache`: reference, fused C++ stack or CUDA graphs; see `forward_paths.py`)
--> logits of the rows that need them -> tokens (`Sampler.sample_step`) -> the drafter's
-proposals for the next step. The runner never sees requests, only the plan's flat lists;
+-> logits of the rows that need them -> tokens (`Sampler.sample_step`) and scores -> the
+drafter's proposals for the next step. The runner never sees requests, only the plan's flat lists;
 the model never sees the plan, only tensors and attention metadata.
 """
 
@@ -18,6 +18,7 @@ from llm_infer.kernels import dispatch
 from llm_infer.parallel.state import get_parallel_state
 from llm_infer.runtime.forward_paths import ReferenceForward, choose_forward
 from llm_infer.runtime.kv_cache import KVCache, available_memory, model_block_bytes
+from llm_infer.runtime.logprobs import prompt_logprobs
 from llm_infer.runtime.models.build import ResolvedModel, build_model
 from llm_infer.runtime.models.decoder import IntermediateTensors
 from llm_infer.runtime.sampler import Sampler
@@ -89,8 +90,10 @@ class ModelRunner:
         sampling rank returns the step's tokens; other ranks return None."""
         if plan.block_copies:
             self.kv_cache.copy_blocks(plan.block_copies)
-        if plan.finished_seq_ids and self.drafter is not None:
-            self.drafter.forget(plan.finished_seq_ids)
+        if plan.finished_seq_ids:
+            self.sampler.forget(plan.finished_seq_ids)
+            if self.drafter is not None:
+                self.drafter.forget(plan.finished_seq_ids)
         start = time.perf_counter() if self.profiling else 0.0
         hidden = self.forward(plan, intermediate)
         if isinstance(hidden, IntermediateTensors):
@@ -102,10 +105,13 @@ class ModelRunner:
         proposals = spec_proposals(plan)
         draft_probs = [self.drafter.probs_for(seq_id, len(p)) if p and self.drafter is not None else None
                        for seq_id, p in zip(plan.seq_ids, proposals)]
-        out = StepOutput(plan.step_id, self.sampler.sample_step(plan, logits, spans, proposals, draft_probs))
+        tokens, logprobs = self.sampler.sample_step(plan, logits, spans, proposals, draft_probs)
+        out = StepOutput(plan.step_id, tokens, logprobs=logprobs)
         for i, want in enumerate(plan.return_logits):
             if want:
                 out.logits[plan.seq_ids[i]] = logits[spans[i][0] : spans[i][1]].cpu()
+        if plan.prompt_targets is not None:
+            out.prompt_logprobs = prompt_logprobs(plan, logits, spans)
         if self.profiling:
             out.timing = StepTiming(verify_s=time.perf_counter() - start)
         if plan.draft is not None and self.drafter is not None:

@@ -30,17 +30,65 @@ class RequestMetrics:
 
 
 @dataclass
+class TokenLogprob:
+    """One position's score: the token there, its log-probability and rank (1: the most
+    likely) under the model's distribution, and the `top` alternatives as (token id,
+    log-probability), most likely first."""
+
+    token_id: int
+    logprob: float
+    rank: int
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class CompletionOutput:
+    """One of a request's `n` samples."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None  # "stop", "length", "abort" or None while running
+    finished: bool = False
+    new_text: str = ""  # text that became visible with this update (for streaming)
+    new_token_ids: list[int] = field(default_factory=list)  # tokens appended with this update
+    logprobs: list[TokenLogprob] | None = None  # one per token, when the request asked for them
+
+
+@dataclass
 class RequestOutput:
+    """A request's state after a step (streaming) or at the end. `outputs` holds its samples:
+    all of them at the end, the ones that changed in a streaming update. `text`, `token_ids`,
+    `finish_reason`, `new_text` and `logprobs` are the first sample's (all there is when n=1)."""
+
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
-    text: str
-    token_ids: list[int]
-    finished: bool
-    finish_reason: str | None  # "stop", "length", "abort" or None while running
-    new_text: str = ""  # text that became visible with this update (for streaming)
+    outputs: list[CompletionOutput]
+    finished: bool  # every sample finished
     metrics: RequestMetrics | None = None
     logits: torch.Tensor | None = field(default=None, repr=False)  # [positions, vocab] when requested
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # None for the first prompt token
+
+    @property
+    def text(self) -> str:
+        return self.outputs[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.outputs[0].token_ids
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.outputs[0].finish_reason
+
+    @property
+    def new_text(self) -> str:
+        return self.outputs[0].new_text
+
+    @property
+    def logprobs(self) -> list[TokenLogprob] | None:
+        return self.outputs[0].logprobs
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llm_infer.runtime.detokenizer import IncrementalDetokenizer
+from llm_infer.runtime.outputs import TokenLogprob
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.speculative.ngram import NgramIndex
 
@@ -66,6 +67,12 @@ class Request:
     text: str = ""  # the output text (stop strings cut off)
     streamed: int = 0  # characters of `text` already reported as new text
     logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # float32 [positions, vocab] pieces
+    index: int = 0  # which of the request's `n` samples this is
+    forks: list[Request] = field(default_factory=list)  # samples 1..n-1, started once the prompt is computed
+    processed: bool = False  # logits processed before sampling (penalties, bias, min_tokens)
+    processor_known: bool = False  # the sampling rank has this request's processing state
+    logprobs: list[TokenLogprob] | None = None  # of the output tokens, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # of the prompt tokens, when asked for
 
     @property
     def token_ids(self) -> list[int]:
@@ -87,6 +94,11 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
+
+    @property
+    def needs_prompt_rows(self) -> bool:
+        """Whether the logits of its prompt positions are wanted (so cached blocks cannot be reused)."""
+        return self.return_logits or self.params.prompt_logprobs is not None
 
     def tokens_between(self, start: int, end: int) -> list[int]:
         n_prompt = len(self.prompt_token_ids)

@@ -10,8 +10,13 @@ the case with no proposals.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
+from llm_infer.runtime.logits_processors import LogitsProcessorState
+from llm_infer.runtime.logprobs import token_logprobs
+from llm_infer.runtime.outputs import TokenLogprob
 from llm_infer.runtime.random_draws import draw_seed
 from llm_infer.runtime.speculative.rejection import verify_greedy, verify_sampled
 from llm_infer.runtime.step_plan import SamplingBatch, StepPlan
@@ -42,6 +47,9 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
 
 
 class Sampler:
+    def __init__(self) -> None:
+        self.state: LogitsProcessorState | None = None  # made when a request first asks for processing
+
     def probs(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """The distribution each (non-greedy) row samples from, after all filters."""
         device = logits.device
@@ -74,39 +82,86 @@ class Sampler:
         return out
 
     def sample_step(self, plan: StepPlan, logits: torch.Tensor, spans: list[tuple[int, int]],
-                    proposals: list[list[int]], draft_probs: list[torch.Tensor | None]) -> list[list[int]]:
+                    proposals: list[list[int]], draft_probs: list[torch.Tensor | None]
+                    ) -> tuple[list[list[int]], list[list[TokenLogprob]] | None]:
         """Per request of the plan, the tokens it appends: none when it does not sample; one sampled
         token without proposals (all such rows in one batched call); else the accepted prefix of
         its `proposals` plus one token. `logits` float32 `[rows, vocab]`, request i's rows at
         `spans[i]` (its proposals' and the row before them last); `draft_probs[i]`: the draft's
-        distributions `[k, vocab]` at its proposals (None: greedy, or a deterministic proposer)."""
-        params = per_sequence(plan.sampling, plan.sample)
+        distributions `[k, vocab]` at its proposals (None: greedy, or a deterministic proposer).
+        Logits are processed (bias, min_tokens, penalties) before the draw or the acceptance
+        test, per position for proposals. Also returns the appended tokens' scores for requests
+        that asked for logprobs (None when none did)."""
+        batch, params = plan.sampling, per_sequence(plan.sampling, plan.sample)
+        if batch.first_seen:
+            if self.state is None:
+                self.state = LogitsProcessorState(logits.shape[-1], logits.device)
+            for row, (prompt_ids, bias) in batch.first_seen.items():
+                self.state.add(plan.seq_ids[self._request_of(params, row)], prompt_ids, bias)
         out: list[list[int]] = [[] for _ in plan.seq_ids]
         plain = [i for i, s in enumerate(plan.sample) if s and not proposals[i]]
         if plain:
             rows = [spans[i][1] - 1 for i in plain]
-            batch = plan.sampling if len(plain) == len(params) else select_rows(plan.sampling, [params[i] for i in plain])
-            tokens = self(logits[rows], batch)
-            for i, token in zip(plain, tokens):
+            sub = batch if len(plain) == len(params) else select_rows(batch, [params[i] for i in plain])
+            scores = self._process(logits[rows], [plan.seq_ids[i] for i in plain], [params[i] for i in plain], batch)
+            for i, token in zip(plain, self(scores, sub)):
                 out[i] = [token]
         for i, draft in enumerate(proposals):
             if not draft or not plan.sample[i]:
                 continue
-            row = params[i]
-            target = logits[spans[i][1] - 1 - len(draft) : spans[i][1]]
-            if plan.sampling.temperature[row] == 0:
+            row, k = params[i], len(draft)
+            target = self._process(logits[spans[i][1] - 1 - k : spans[i][1]], [plan.seq_ids[i]] * (k + 1),
+                                   [row] * (k + 1), batch, [draft[:j] for j in range(k + 1)], list(range(k + 1)))
+            if batch.temperature[row] == 0:
                 out[i] = verify_greedy(target, draft)
             else:
-                p = self.probs(target, select_rows(plan.sampling, [row] * len(target)))
-                out[i] = verify_sampled(p, draft, draft_probs[i], plan.sampling.seeds[row],
-                                        plan.sampling.output_index[row])
-        return out
+                p = self.probs(target, select_rows(batch, [row] * len(target)))
+                out[i] = verify_sampled(p, draft, draft_probs[i], batch.seeds[row], batch.output_index[row])
+        if self.state is not None:
+            self.state.record(plan.seq_ids, out)
+        return out, self._logprobs(plan, logits, spans, proposals, params, out)
+
+    def _process(self, logits: torch.Tensor, seq_ids: list[int], rows: list[int], batch: SamplingBatch,
+                 earlier: list[list[int]] | None = None, offsets: list[int] | None = None) -> torch.Tensor:
+        if self.state is None or not any(batch.process[r] for r in rows):
+            return logits
+        return self.state.process(logits, seq_ids, rows, batch, earlier, offsets)
+
+    @staticmethod
+    def _request_of(params: dict[int, int], row: int) -> int:
+        return next(i for i, r in params.items() if r == row)
+
+    @staticmethod
+    def _logprobs(plan: StepPlan, logits: torch.Tensor, spans: list[tuple[int, int]], proposals: list[list[int]],
+                  params: dict[int, int], out: list[list[int]]) -> list[list[TokenLogprob]] | None:
+        """Scores of each appended token from the raw logits of the row that produced it."""
+        wanted = [i for i, toks in enumerate(out) if toks and plan.sampling.logprobs[params[i]] >= 0]
+        if not wanted:
+            return None
+        rows, tokens, top = [], [], []
+        for i in wanted:
+            first = spans[i][1] - 1 - len(proposals[i])
+            rows += range(first, first + len(out[i]))
+            tokens += out[i]
+            top += [plan.sampling.logprobs[params[i]]] * len(out[i])
+        scores = iter(token_logprobs(logits[rows], tokens, top))
+        result: list[list[TokenLogprob]] = [[] for _ in plan.seq_ids]
+        for i in wanted:
+            result[i] = [next(scores) for _ in out[i]]
+        return result
+
+    def forget(self, seq_ids: list[int]) -> None:
+        """Drop the processing state of requests that ended."""
+        if self.state is not None:
+            self.state.forget(seq_ids)
 
 
 def select_rows(batch: SamplingBatch, rows: list[int]) -> SamplingBatch:
-    """The batch's entries at `rows` (repeats allowed), as a batch."""
-    return SamplingBatch(*([getattr(batch, f)[i] for i in rows] for f in
-                           ("temperature", "top_k", "top_p", "min_p", "seeds", "output_index")))
+    """The batch's per-row entries at `rows` (repeats allowed), as a batch."""
+    n = len(batch.temperature)
+    picked = {f.name: [getattr(batch, f.name)[i] for i in rows] for f in fields(SamplingBatch)
+              if isinstance(getattr(batch, f.name), list) and len(getattr(batch, f.name)) == n}
+    return SamplingBatch(**picked)
 
 
 def per_sequence(batch: SamplingBatch, samples: list[bool]) -> dict[int, int]:

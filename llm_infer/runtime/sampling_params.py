@@ -21,8 +21,24 @@ class SamplingParams:
     """How one request picks tokens and when it stops.
 
     temperature 0 is greedy. top_k 0 (or -1) and top_p 1 and min_p 0 disable
-    those filters. A request with a `seed` samples the same tokens every run,
-    whatever else is in the batch. Stop strings are not included in the text.
+    those filters; top_p 0 keeps only the most likely token. A request with a `seed`
+    samples the same tokens every run, whatever else is in the batch. Stop strings are
+    not included in the text.
+
+    Logit processing, before temperature and the filters, in this order: `logit_bias`
+    (token id -> value added, -100..100, as OpenAI), `min_tokens` (end-of-sequence and
+    `stop_token_ids` masked until that many tokens were generated; stop strings are not
+    checked before either), `repetition_penalty` (Hugging Face: logits of tokens seen in the
+    prompt or the output are divided by it when positive, multiplied when negative),
+    `frequency_penalty` and `presence_penalty` (OpenAI: minus count x frequency and
+    (count > 0) x presence, over output tokens). Greedy requests are processed too.
+
+    `logprobs` (0..20): each generated token's log-probability, rank and the `logprobs`
+    most likely alternatives; `prompt_logprobs` (0..20) the same for every prompt token
+    after the first. Both report the model's own distribution (log-softmax of the raw
+    logits, before processing and temperature, as vLLM does by default).
+    `n` samples share the prompt's prefill; sample i draws with seed `seed + i` (so it
+    equals a request of `n=1` with that seed). `max_tokens` 0 only scores the prompt.
     """
 
     max_tokens: int = 16
@@ -34,6 +50,14 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    n: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -42,19 +66,36 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids)
         if self.top_k == -1:
             self.top_k = 0
+        self.logit_bias = dict(self.logit_bias or {})
         checks = [
-            ("max_tokens", _integer(self.max_tokens) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
+            ("max_tokens", _integer(self.max_tokens) and self.max_tokens >= 0, "max_tokens must be an integer >= 0"),
             ("temperature", _number(self.temperature) and 0 <= self.temperature < math.inf,
              "temperature must be a finite number >= 0"),
             ("top_k", _integer(self.top_k) and 0 <= self.top_k < 2**31,
              "top_k must be an integer in [0, 2^31) (or -1 to disable)"),
-            ("top_p", _number(self.top_p) and 0 < self.top_p <= 1, "top_p must be a number in (0, 1]"),
+            ("top_p", _number(self.top_p) and 0 <= self.top_p <= 1, "top_p must be a number in [0, 1]"),
             ("min_p", _number(self.min_p) and 0 <= self.min_p <= 1, "min_p must be a number in [0, 1]"),
             ("seed", self.seed is None or _integer(self.seed) and -2**63 <= self.seed < 2**64,
              "seed must be an integer in [-2^63, 2^64)"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
             ("stop_token_ids", all(_integer(t) and t >= 0 for t in self.stop_token_ids),
              "stop_token_ids must be token ids"),
+            ("presence_penalty", _number(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
+             "presence_penalty must be a number in [-2, 2]"),
+            ("frequency_penalty", _number(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+             "frequency_penalty must be a number in [-2, 2]"),
+            ("repetition_penalty", _number(self.repetition_penalty) and 0 < self.repetition_penalty < math.inf,
+             "repetition_penalty must be a finite number > 0"),
+            ("logit_bias", all(_integer(t) and t >= 0 and _number(b) and -100 <= b <= 100
+                               for t, b in self.logit_bias.items()),
+             "logit_bias must map token ids to numbers in [-100, 100]"),
+            ("min_tokens", _integer(self.min_tokens) and 0 <= self.min_tokens <= max(self.max_tokens, 0),
+             "min_tokens must be an integer in [0, max_tokens]"),
+            ("logprobs", self.logprobs is None or _integer(self.logprobs) and 0 <= self.logprobs <= 20,
+             "logprobs must be an integer in [0, 20]"),
+            ("prompt_logprobs", self.prompt_logprobs is None or _integer(self.prompt_logprobs)
+             and 0 <= self.prompt_logprobs <= 20, "prompt_logprobs must be an integer in [0, 20]"),
+            ("n", _integer(self.n) and 1 <= self.n <= 128, "n must be an integer in [1, 128]"),
         ]
         for param, ok, message in checks:
             if not ok:
@@ -67,3 +108,9 @@ def _integer(x: object) -> bool:
 
 def _number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+
+
+def needs_processing(p: SamplingParams) -> bool:
+    """Whether the request's logits are changed before sampling (bias, min_tokens, penalties)."""
+    return bool(p.logit_bias or p.min_tokens or p.presence_penalty or p.frequency_penalty
+                or p.repetition_penalty != 1.0)

@@ -43,6 +43,11 @@ class Scheduler:
     def add(self, seq: Request) -> None:
         self.waiting.append(seq)
 
+    def add_running(self, seq: Request) -> None:
+        """A request that already holds its blocks (another sample forked from a computed prompt)."""
+        seq.status = RequestStatus.RUNNING
+        self.running.append(seq)
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 

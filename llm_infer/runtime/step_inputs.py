@@ -47,8 +47,8 @@ def build_inputs(batch: TokenBatch, block_size: int, backend: Any, device: torch
 
 def logit_rows(plan: StepPlan) -> tuple[list[int] | None, list[tuple[int, int]]]:
     """Hidden rows needing logits (None: all) and each request's span within them: every row
-    for `return_logits`, the last input row and the speculative proposals' rows of a request
-    that samples, nothing otherwise."""
+    for `return_logits`; else the rows predicting prompt tokens (prompt logprobs) first, then
+    the last input row and the speculative proposals' rows of a request that samples."""
     rows: list[int] = []
     spans: list[tuple[int, int]] = []
     starts = query_start_loc(plan.query_lens)
@@ -56,8 +56,11 @@ def logit_rows(plan: StepPlan) -> tuple[list[int] | None, list[tuple[int, int]]]
         first = len(rows)
         if want_all:
             rows.extend(range(starts[i], starts[i + 1]))
-        elif sample:
-            rows.extend(range(starts[i + 1] - 1 - plan.spec_len(i), starts[i + 1]))
+        else:
+            if plan.prompt_targets is not None:  # prompt logprobs: the rows predicting prompt tokens
+                rows.extend(range(starts[i], starts[i] + len(plan.prompt_targets[i])))
+            if sample:
+                rows.extend(range(starts[i + 1] - 1 - plan.spec_len(i), starts[i + 1]))
         spans.append((first, len(rows)))
     return (None if len(rows) == plan.num_tokens else rows), spans
 

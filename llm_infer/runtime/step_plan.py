@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from llm_infer.runtime.outputs import TokenLogprob
     from llm_infer.runtime.request import Request
 
 
@@ -30,6 +31,17 @@ class SamplingBatch:
     # Index of the token being sampled within its request's output: with the
     # seed it fixes the random draw, so results do not depend on batching.
     output_index: list[int] = field(default_factory=list)
+    # Logit processing (see SamplingParams and logits_processors.py): whether the row is
+    # processed, its penalties, and the tokens masked while `min_tokens_left` tokens remain.
+    process: list[bool] = field(default_factory=list)
+    presence_penalty: list[float] = field(default_factory=list)
+    frequency_penalty: list[float] = field(default_factory=list)
+    repetition_penalty: list[float] = field(default_factory=list)
+    min_tokens_left: list[int] = field(default_factory=list)
+    suppress: list[list[int]] = field(default_factory=list)
+    logprobs: list[int] = field(default_factory=list)  # top alternatives to report; -1: no logprobs
+    # Requests processed for the first time: row -> (prompt token ids, logit bias).
+    first_seen: dict[int, tuple[list[int], dict[int, float]]] = field(default_factory=dict)
 
     @property
     def all_greedy(self) -> bool:
@@ -66,6 +78,10 @@ class StepPlan:
     block_copies: list[tuple[int, int]] = field(default_factory=list)
     # Requests that ended since the last plan: workers drop what they keep per request.
     finished_seq_ids: list[int] = field(default_factory=list)
+    # Prompt logprobs: per request, the prompt tokens its first rows of this step predict
+    # (empty: none) and how many alternatives to report.
+    prompt_targets: list[list[int]] | None = None
+    prompt_top: list[int] | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -98,21 +114,25 @@ class StepOutput:
     logits: dict[int, "torch.Tensor"] = field(default_factory=dict)  # seq_id -> float32 [query_len, vocab]
     # Per request: the drafter's proposals for the next step (None: no drafter ran this step).
     draft_token_ids: list[list[int]] | None = None
+    # Per request: scores of the appended tokens (None: no request asked for logprobs).
+    logprobs: list[list[TokenLogprob]] | None = None
+    prompt_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)  # seq_id -> its prompt rows
     timing: StepTiming | None = None  # only while profiling (executor.set_profiling)
 
 
 def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_copies: list[tuple[int, int]],
-                    finished_seq_ids: list[int], draft_method: str | None = None) -> StepPlan:
+                    finished_seq_ids: list[int], draft_method: str | None = None,
+                    eos_token_ids: list[int] = ()) -> StepPlan:
     """Turn the scheduler's (request, new token count) decisions into a plan. Tokens beyond a
     request's pending ones are its speculative proposals (`spec_token_ids`)."""
     seq_ids, input_ids, query_lens, seq_lens, tables, sample, logits = [], [], [], [], [], [], []
-    spec_lens, num_draft, catch_up = [], [], []
+    spec_lens, num_draft, catch_up, targets, top = [], [], [], [], []
     sampling = SamplingBatch()
     for seq, n in scheduled:
         start = seq.num_computed_tokens
         spec = max(0, n - seq.num_pending_tokens)
         tokens = seq.tokens_between(start, start + n - spec) + seq.spec_token_ids[:spec]
-        samples = start + n >= seq.num_tokens
+        samples = start + n >= seq.num_tokens and len(seq.output_token_ids) < seq.params.max_tokens
         seq_ids.append(seq.seq_id)
         input_ids.extend(tokens)
         query_lens.append(n)
@@ -126,15 +146,36 @@ def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_co
         last_input = start + n - spec  # positions below it are in the target's cache after the step
         catch_up.append(seq.tokens_between(min(seq.spec.draft_from, last_input - 1), last_input)
                         if drafts and draft_method == "draft" else [])
+        # Prompt logprobs: rows at positions below len(prompt) - 1 predict the next prompt token.
+        prompt_len = len(seq.prompt_token_ids)
+        wants = seq.params.prompt_logprobs is not None
+        targets.append(seq.prompt_token_ids[start + 1 : min(start + n, prompt_len - 1) + 1] if wants else [])
+        top.append(seq.params.prompt_logprobs or 0)
         if samples:
-            p = seq.params
-            sampling.temperature.append(float(p.temperature))
-            sampling.top_k.append(p.top_k)
-            sampling.top_p.append(float(p.top_p))
-            sampling.min_p.append(float(p.min_p))
-            sampling.seeds.append(seq.seed)
-            sampling.output_index.append(len(seq.output_token_ids))
+            _add_sampling_row(sampling, seq, eos_token_ids)
     return StepPlan(seq_ids, input_ids, query_lens, seq_lens, tables, sample, sampling, logits, step_id,
                     spec_lens=spec_lens if any(spec_lens) else None,
                     draft=DraftPlan(draft_method, num_draft, catch_up) if any(num_draft) else None,
-                    block_copies=block_copies, finished_seq_ids=finished_seq_ids)
+                    block_copies=block_copies, finished_seq_ids=finished_seq_ids,
+                    prompt_targets=targets if any(targets) else None, prompt_top=top if any(targets) else None)
+
+
+def _add_sampling_row(sampling: SamplingBatch, seq: Request, eos_token_ids: list[int]) -> None:
+    p = seq.params
+    sampling.temperature.append(float(p.temperature))
+    sampling.top_k.append(p.top_k)
+    sampling.top_p.append(float(p.top_p))
+    sampling.min_p.append(float(p.min_p))
+    sampling.seeds.append(seq.seed)
+    sampling.output_index.append(len(seq.output_token_ids))
+    sampling.process.append(seq.processed)
+    sampling.presence_penalty.append(float(p.presence_penalty))
+    sampling.frequency_penalty.append(float(p.frequency_penalty))
+    sampling.repetition_penalty.append(float(p.repetition_penalty))
+    left = max(0, p.min_tokens - len(seq.output_token_ids))
+    sampling.min_tokens_left.append(left)
+    sampling.suppress.append(([] if p.ignore_eos else list(eos_token_ids)) + list(p.stop_token_ids) if left else [])
+    sampling.logprobs.append(-1 if p.logprobs is None else p.logprobs)
+    if seq.processed and not seq.processor_known:
+        sampling.first_seen[len(sampling.temperature) - 1] = (list(seq.prompt_token_ids), dict(p.logit_bias))
+        seq.processor_known = True

@@ -55,7 +55,7 @@ class SpecPlanner:
 
     def num_tokens(self, req: Request, state: SpecState | None = None) -> int:
         """Tokens `req` should propose for its next step (0: decode plainly)."""
-        if req.return_logits:
+        if req.return_logits or req.params.max_tokens == 0:
             return 0
         room = min(req.params.max_tokens - len(req.output_token_ids), self.max_model_len - req.num_tokens) - 1
         k = self.config.num_tokens
