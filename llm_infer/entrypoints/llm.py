@@ -13,7 +13,7 @@ from llm_infer.errors import UserError
 from llm_infer.executor.factory import make_executor
 from llm_infer.parallel.layout import check_layout
 from llm_infer.runtime.engine import LLMEngine
-from llm_infer.runtime.models.model_config import ModelConfig
+from llm_infer.runtime.models.build import resolve_device, resolve_model
 from llm_infer.runtime.models.resolve import resolve_model_dir
 from llm_infer.runtime.outputs import RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
@@ -40,9 +40,12 @@ class LLM:
         self.config = load_config(config, overrides)
         if flat:
             self.config = load_config(self.config, flat)
-        model_dir = resolve_model_dir(self.config.model)
-        self.model_config = ModelConfig.from_dir(model_dir)
-        self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer) if self.config.tokenizer else model_dir)
+        # The model folder, its config and the context length, read once here (each worker does the same).
+        resolved = resolve_model(self.config.model, self.config.dtype, resolve_device(self.config.device),
+                                 self.config.scheduler.max_model_len)
+        self.model_config = resolved.config
+        self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer) if self.config.tokenizer
+                                   else resolved.model_dir)
         mc = self.model_config
         check_layout(mc.num_heads, mc.num_kv_heads, mc.intermediate_size, mc.num_layers, self.config.parallel)
         self._executor = make_executor(self.config, progress=progress)
