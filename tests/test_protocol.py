@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm_infer.entrypoints.server.errors import ApiError
-from llm_infer.entrypoints.server.protocol import SamplingFields, parse_chat, parse_completion
+from llm_infer.entrypoints.server.protocol import IGNORED, REFUSED, SamplingFields, parse_chat, parse_completion
 from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError
 
 MAX_MODEL_LEN, VOCAB = 64, 320
@@ -43,9 +43,10 @@ def test_the_protocol_declares_no_sampling_ranges():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("temperature", -1), ("temperature", float("inf")), ("top_p", 0), ("top_p", 1.5), ("top_k", -2),
+    ("temperature", -1), ("temperature", float("inf")), ("top_p", 1.5), ("top_k", -2),
     ("min_p", 1.5), ("min_p", float("nan")), ("seed", 1 << 70), ("seed", -(1 << 63) - 1), ("stop", [""]),
-    ("max_tokens", 0),
+    ("max_tokens", -1), ("presence_penalty", 2.5), ("frequency_penalty", -3), ("repetition_penalty", 0),
+    ("min_tokens", -1), ("n", 0), ("n", 129), ("stop_token_ids", [-1]),
 ])
 def test_sampling_ranges_are_checked_by_sampling_params_alone(field, value):
     with pytest.raises(SamplingParamsError) as want:
@@ -55,19 +56,42 @@ def test_sampling_ranges_are_checked_by_sampling_params_alone(field, value):
         assert (got.param, got.message) == (want.value.param, str(want.value))
 
 
+def test_score_ranges_are_sampling_params_and_name_the_field_sent():
+    with pytest.raises(SamplingParamsError) as want:
+        SamplingParams(logprobs=21)
+    got = rejected(completion, {**OK_COMPLETION, "logprobs": 21, "echo": True})
+    assert (got.param, got.message) == ("logprobs", str(want.value))
+    got = rejected(chat, {**OK_CHAT, "logprobs": True, "top_logprobs": 21})
+    assert (got.param, got.message) == ("top_logprobs", f"{want.value} (sent as 'top_logprobs')")
+    got = rejected(completion, {**OK_COMPLETION, "logit_bias": {"5": 100.5}})
+    assert got.param == "logit_bias" and "[-100, 100]" in got.message
+
+
 @pytest.mark.parametrize("body,param,message", [
     ({**OK_COMPLETION, "max_tokens": "5"}, "max_tokens", "'max_tokens': must be an integer"),
     ({**OK_COMPLETION, "max_tokens": True}, "max_tokens", "'max_tokens': must be an integer"),
     ({**OK_COMPLETION, "temperature": "0.5"}, "temperature", "'temperature': must be a number"),
     ({**OK_COMPLETION, "ignore_eos": 1}, "ignore_eos", "'ignore_eos': must be true or false"),
     ({**OK_COMPLETION, "stop": [1]}, "stop", "'stop': must be a string or a list of strings"),
-    ({**OK_COMPLETION, "prompt": 5}, "prompt",
-     "'prompt': must be a string, a list of token ids, or a one-element list of either"),
-    ({**OK_COMPLETION, "prompt": ["a", "b"]}, "prompt",
-     "'prompt': got 2 prompts; this server takes one prompt per request"),
+    ({**OK_COMPLETION, "prompt": 5}, "prompt", "'prompt': must be a string, a list of token ids, or a list of either"),
     ({"max_tokens": 2}, "prompt", "'prompt': is required"),
-    ({**OK_COMPLETION, "n": 2}, "n", "'n': only n=1 is supported (send one request per completion)"),
-    ({**OK_COMPLETION, "echo": True}, "echo", "'echo': only echo=false is supported"),
+    ({**OK_COMPLETION, "best_of": 3}, "best_of",
+     "'best_of': only best_of equal to n is supported (this server returns every sample)"),
+    ({**OK_COMPLETION, "best_of": 2, "n": 3}, "best_of",
+     "'best_of': only best_of equal to n is supported (this server returns every sample)"),
+    ({**OK_COMPLETION, "max_tokens": 0}, "max_tokens",
+     "'max_tokens': must be at least 1 (max_tokens 0 scores the prompt, with echo: true)"),
+    ({**OK_COMPLETION, "logprobs": True}, "logprobs", "'logprobs': must be an integer"),
+    ({**OK_COMPLETION, "logit_bias": {"a": 1}}, "logit_bias", "'logit_bias': key 'a' is not a token id"),
+    ({**OK_COMPLETION, "logit_bias": {"-1": 1}}, "logit_bias", "'logit_bias': key '-1' is not a token id"),
+    ({**OK_COMPLETION, "logit_bias": {"320": 1}}, "logit_bias",
+     "'logit_bias': token id 320 is outside the vocabulary (size 320)"),
+    ({**OK_COMPLETION, "logit_bias": {"1": "x"}}, "logit_bias",
+     "'logit_bias': must be an object of token ids (as strings) to numbers"),
+    ({**OK_COMPLETION, "stop_token_ids": [320]}, "stop_token_ids",
+     "'stop_token_ids': token id 320 is outside the vocabulary (size 320)"),
+    ({**OK_COMPLETION, "suffix": "x"}, "suffix",
+     "'suffix': not supported by this server (only null or '' is accepted)"),
     ({**OK_COMPLETION, "stream_options": {"include_usage": "yes"}}, "stream_options",
      "'stream_options': stream_options.include_usage must be true or false"),
 ])
@@ -89,18 +113,76 @@ def test_chat_message_mistakes_name_where(messages, message):
     assert (got.param, got.message) == ("messages", message)
 
 
-def test_unknown_fields_are_ignored_and_null_means_the_default():
-    req = completion({**OK_COMPLETION, "user": {"id": 1}, "logit_bias": None, "temperature": None, "seed": None})
+@pytest.mark.parametrize("body,param,message", [
+    ({**OK_CHAT, "top_logprobs": 2}, "top_logprobs", "'top_logprobs': needs logprobs: true"),
+    ({**OK_CHAT, "logprobs": False, "top_logprobs": 2}, "top_logprobs", "'top_logprobs': needs logprobs: true"),
+    ({**OK_CHAT, "logprobs": 2}, "logprobs", "'logprobs': must be true or false"),
+    ({**OK_CHAT, "max_tokens": 0}, "max_tokens", "'max_tokens': must be at least 1"),
+    ({**OK_CHAT, "max_completion_tokens": 0}, "max_tokens", "'max_tokens': must be at least 1"),
+    ({**OK_CHAT, "echo": True}, "echo", "'echo': unknown field"),
+    ({**OK_CHAT, "tools": [{"type": "function"}]}, "tools",
+     "'tools': not supported by this server (only null or [] is accepted)"),
+    ({**OK_CHAT, "response_format": {"type": "json_object"}}, "response_format",
+     "'response_format': not supported by this server (only null or {'type': 'text'} is accepted)"),
+])
+def test_chat_score_and_unsupported_field_mistakes(body, param, message):
+    got = rejected(chat, body)
+    assert got.param == param and got.message.startswith(message)
+
+
+def test_refused_fields_are_400s_naming_them_unless_they_ask_for_nothing():
+    for name, harmless in REFUSED.items():
+        for parse, body in ((completion, OK_COMPLETION), (chat, OK_CHAT)):
+            assert rejected(parse, {**body, name: {"asks": "something"}}).param == name
+            for value in harmless:
+                parse({**body, name: value})
+    for bad in ({**OK_COMPLETION, "tool_choice": "auto"}, {**OK_COMPLETION, "parallel_tool_calls": False},
+                {**OK_COMPLETION, "suffix": 0}):
+        assert rejected(completion, bad).param == next(iter(set(bad) - set(OK_COMPLETION)))
+
+
+def test_ignored_fields_change_nothing_unknown_ones_are_named_and_null_means_the_default():
+    ignored = {name: {"any": ["thing"]} for name in IGNORED}
+    req = completion({**OK_COMPLETION, **ignored, "logit_bias": None, "temperature": None, "seed": None,
+                      "logprobs": None, "best_of": None, "n": None})
     assert req.params == SamplingParams(max_tokens=2)
+    assert chat({**OK_CHAT, **ignored, "logprobs": None, "top_logprobs": None}).params == SamplingParams(max_tokens=2)
     assert completion({"prompt": "hi", "max_tokens": None}).params.max_tokens == 16  # OpenAI's default
+    got = rejected(completion, {**OK_COMPLETION, "frobnicate": 1})
+    assert got.param == "frobnicate" and got.message.startswith("'frobnicate': unknown field; this route takes ")
+    assert "logprobs" in got.message and "user" in got.message
 
 
 def test_values_reach_sampling_params():
     req = completion({**OK_COMPLETION, "temperature": 0, "top_p": 0.5, "top_k": 5, "min_p": 0.1, "seed": 2**64 - 1,
-                      "stop": "x", "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}})
+                      "stop": "x", "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+                      "presence_penalty": 1.5, "frequency_penalty": -0.5, "repetition_penalty": 1.2,
+                      "logit_bias": {"7": -100, "12": 2.5}, "min_tokens": 1, "stop_token_ids": [3, 4], "n": 3,
+                      "best_of": 3, "logprobs": 4, "user": "u"})
     assert req.params == SamplingParams(max_tokens=2, temperature=0, top_p=0.5, top_k=5, min_p=0.1, seed=2**64 - 1,
-                                        stop=["x"], ignore_eos=True)
-    assert (req.stream, req.include_usage) == (True, True)
+                                        stop=["x"], ignore_eos=True, presence_penalty=1.5, frequency_penalty=-0.5,
+                                        repetition_penalty=1.2, logit_bias={7: -100, 12: 2.5}, min_tokens=1,
+                                        stop_token_ids=[3, 4], n=3, logprobs=4)
+    assert (req.stream, req.include_usage, req.echo) == (True, True, None)
+    assert completion({**OK_COMPLETION, "top_p": 0}).params.top_p == 0  # valid in OpenAI's API: the top token
+
+
+def test_echo_with_logprobs_scores_the_prompt_and_max_tokens_0_only_scores():
+    req = completion({**OK_COMPLETION, "prompt": ["ab", "c"], "echo": True, "logprobs": 2})
+    assert (req.params.logprobs, req.params.prompt_logprobs, req.echo) == (2, 2, ["ab", "c"])
+    assert completion({**OK_COMPLETION, "prompt": [[5, 6]], "echo": True}).echo == [None]  # decoded once accepted
+    assert completion({**OK_COMPLETION, "echo": True}).params.prompt_logprobs is None  # echo alone: text only
+    full = completion({"prompt": [7] * MAX_MODEL_LEN, "max_tokens": 0, "echo": True, "logprobs": 0})
+    assert full.params.max_tokens == 0 and full.params.prompt_logprobs == 0
+    got = rejected(completion, {"prompt": [7] * (MAX_MODEL_LEN + 1), "max_tokens": 0, "echo": True})
+    assert got.param == "prompt"
+    assert got.message == "the prompt has 65 tokens; this model's maximum context length is 64 tokens"
+
+
+def test_chat_logprobs_map_to_top_logprobs():
+    assert chat({**OK_CHAT, "logprobs": True}).params.logprobs == 0
+    assert chat({**OK_CHAT, "logprobs": True, "top_logprobs": 5}).params.logprobs == 5
+    assert chat({**OK_CHAT, "logprobs": False}).params.logprobs is None
 
 
 def test_top_k_beyond_the_vocabulary_is_clipped_and_minus_one_disables():
@@ -109,15 +191,19 @@ def test_top_k_beyond_the_vocabulary_is_clipped_and_minus_one_disables():
 
 
 def test_prompt_forms():
-    assert completion({**OK_COMPLETION, "prompt": "ab"}).prompt_ids == [97, 98]
-    assert completion({**OK_COMPLETION, "prompt": [1, 2]}).prompt_ids == [1, 2]
-    assert completion({**OK_COMPLETION, "prompt": ["ab"]}).prompt_ids == [97, 98]
-    assert completion({**OK_COMPLETION, "prompt": [[3, 4]]}).prompt_ids == [3, 4]
+    assert completion({**OK_COMPLETION, "prompt": "ab"}).prompts == [[97, 98]]
+    assert completion({**OK_COMPLETION, "prompt": [1, 2]}).prompts == [[1, 2]]
+    assert completion({**OK_COMPLETION, "prompt": ["ab"]}).prompts == [[97, 98]]
+    assert completion({**OK_COMPLETION, "prompt": [[3, 4]]}).prompts == [[3, 4]]
+    assert completion({**OK_COMPLETION, "prompt": ["ab", "c"]}).prompts == [[97, 98], [99]]
+    assert completion({**OK_COMPLETION, "prompt": [[3, 4], [5]]}).prompts == [[3, 4], [5]]
+    got = rejected(completion, {**OK_COMPLETION, "prompt": ["a", "b" * 70]})
+    assert got.param == "prompt" and got.message.startswith("prompt 1 has 70 tokens")
 
 
 def test_chat_lengths():
     parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
-    assert chat({**OK_CHAT, "messages": parts}).prompt_ids == [97, 10, 98]  # parts joined by newlines
+    assert chat({**OK_CHAT, "messages": parts}).prompts == [[97, 10, 98]]  # parts joined by newlines
     assert chat({**OK_CHAT, "max_tokens": 5, "max_completion_tokens": 3}).params.max_tokens == 3
     assert chat({"messages": OK_CHAT["messages"]}).params.max_tokens == MAX_MODEL_LEN - 2  # fills the context
     got = rejected(chat, {**OK_CHAT, "max_completion_tokens": 63})

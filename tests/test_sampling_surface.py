@@ -229,3 +229,10 @@ def test_n_samples_with_ngram_speculation_and_prefix_caching(tiny_models):
     spec.close()
     assert [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]
     assert max(abs(x.logprob - y.logprob) for x, y in zip(a.outputs[1].logprobs, b.outputs[1].logprobs)) < 1e-4
+
+
+def test_token_ids_outside_the_vocabulary_are_one_line_errors(llm):
+    for params in (SamplingParams(logit_bias={10**6: 1.0}), SamplingParams(min_tokens=2, stop_token_ids=[10**6])):
+        with pytest.raises(UserError, match="outside the vocabulary"):
+            llm.generate([PROMPT], params)
+    assert llm.generate([PROMPT], SamplingParams(max_tokens=2))[0].token_ids  # the engine still serves

@@ -255,12 +255,12 @@ OK_COMPLETION = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
     (COMPLETIONS, {**OK_COMPLETION, "max_tokens": True}, 400, "max_tokens", "integer"),
     (COMPLETIONS, {**OK_COMPLETION, "temperature": -1}, 400, "temperature", "number"),
     (COMPLETIONS, {**OK_COMPLETION, "prompt": 5}, 400, "prompt", "string"),
-    (COMPLETIONS, {**OK_COMPLETION, "prompt": ["a", "b"]}, 400, "prompt", "one prompt per request"),
+    (COMPLETIONS, {**OK_COMPLETION, "prompt": ["a", ""]}, 400, "prompt", "prompt 1: the prompt is empty"),
     (COMPLETIONS, {**OK_COMPLETION, "prompt": [1, 100000]}, 400, "prompt", "outside the vocabulary"),
     (COMPLETIONS, {**OK_COMPLETION, "prompt": ""}, 400, "prompt", "empty"),
     (COMPLETIONS, {"model": MODEL, "max_tokens": 2}, 400, "prompt", "required"),
-    (COMPLETIONS, {**OK_COMPLETION, "n": 2}, 400, "n", "n=1"),
-    (COMPLETIONS, {**OK_COMPLETION, "echo": True}, 400, "echo", "echo"),
+    (COMPLETIONS, {**OK_COMPLETION, "n": 0}, 400, "n", "n must be an integer in [1, 128]"),
+    (COMPLETIONS, {**OK_COMPLETION, "suffix": "x"}, 400, "suffix", "not supported"),
     (COMPLETIONS, {**OK_COMPLETION, "stop": [1]}, 400, "stop", "string"),
     (COMPLETIONS, {**OK_COMPLETION, "prompt": [7] * 500, "max_tokens": 13}, 400, "max_tokens",
      "maximum context length is 512"),
@@ -269,7 +269,7 @@ OK_COMPLETION = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
     (CHAT, {**OK_CHAT, "messages": [{"role": "user"}]}, 400, "messages", "content"),
     (CHAT, {**OK_CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "messages",
      "text"),
-    (CHAT, {**OK_CHAT, "n": 2}, 400, "n", "n=1"),
+    (CHAT, {**OK_CHAT, "n": 129}, 400, "n", "n must be an integer in [1, 128]"),
     (CHAT, {**OK_CHAT, "top_p": 1.5}, 400, "top_p", "number"),
     (CHAT, {**OK_CHAT, "max_completion_tokens": 600}, 400, "max_tokens", "maximum context length"),
     (CHAT, {**OK_CHAT, "stream": "yes"}, 400, "stream", "true or false"),
@@ -338,22 +338,32 @@ small_tokens = field(st.integers(1, 3))
 sampling = {
     "model": field(st.sampled_from([MODEL, MODEL, "nope"])),
     "temperature": field(st.floats(0, 2)),
-    "top_p": field(st.floats(0.01, 1)),
+    "top_p": field(st.floats(0, 1)),
     "top_k": field(st.integers(-1, 400)),
     "min_p": field(st.floats(0, 1)),
     "seed": field(st.integers(0, 2**63 - 1)),
-    "n": field(st.just(1)),
+    "n": field(st.integers(1, 2)),
     "stop": field(st.text(min_size=1, max_size=3) | st.lists(st.text(min_size=1, max_size=3), max_size=3)),
     "stream": field(st.booleans()),
     "stream_options": field(st.fixed_dictionaries({"include_usage": st.booleans()})),
     "ignore_eos": field(st.booleans()),
+    "presence_penalty": field(st.floats(-2, 2)),
+    "frequency_penalty": field(st.floats(-2, 2)),
+    "repetition_penalty": field(st.floats(0.5, 2)),
+    "logit_bias": field(st.dictionaries(st.integers(0, 400).map(str), st.floats(-100, 100), max_size=3)),
+    "min_tokens": field(st.integers(0, 3)),
+    "stop_token_ids": field(st.lists(st.integers(0, 400), max_size=3)),
+    "response_format": field(st.just({"type": "text"})),
     "user": json_values,
 }
+token_ids = st.lists(st.integers(0, 319), min_size=1, max_size=8)
 completion_bodies = st.fixed_dictionaries(
-    {"max_tokens": small_tokens,
-     "prompt": field(st.text(min_size=1, max_size=30) | surrogates | st.lists(st.integers(0, 319), min_size=1, max_size=8)
-                     | st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=1))},
-    optional={**sampling, "echo": field(st.just(False))})
+    {"max_tokens": field(st.integers(0, 3)),
+     "prompt": field(st.text(min_size=1, max_size=30) | surrogates | token_ids
+                     | st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=3)
+                     | st.lists(token_ids, min_size=1, max_size=2))},
+    optional={**sampling, "echo": field(st.booleans()), "logprobs": field(st.integers(0, 5)),
+              "best_of": field(st.integers(1, 2))})
 message = st.fixed_dictionaries({"role": field(st.sampled_from(["user", "system", "assistant"])),
                                  "content": field(st.text(max_size=20) | surrogates
                                                   | st.lists(st.fixed_dictionaries(
@@ -361,7 +371,8 @@ message = st.fixed_dictionaries({"role": field(st.sampled_from(["user", "system"
                                                       max_size=2))})
 chat_bodies = st.fixed_dictionaries(
     {"max_completion_tokens": small_tokens, "messages": field(st.lists(message, min_size=1, max_size=3))},
-    optional={**sampling, "max_tokens": small_tokens})
+    optional={**sampling, "max_tokens": small_tokens, "logprobs": field(st.booleans()),
+              "top_logprobs": field(st.integers(0, 5))})
 
 
 @pytest.mark.slow  # hypothesis: 200 fuzzed bodies
@@ -397,7 +408,7 @@ def test_after_fuzzing_the_engine_is_healthy_and_idle(open_app, engine):
 
 def test_metrics_models_and_health(http, client):
     client.completions.create(model=MODEL, prompt=[1, 2, 3], max_tokens=3, **GREEDY)
-    assert http.post(COMPLETIONS, json={**OK_COMPLETION, "n": 2}).status_code == 400
+    assert http.post(COMPLETIONS, json={**OK_COMPLETION, "n": 0}).status_code == 400
     m = scrape(http)
     assert m["llm_infer_requests_total{endpoint=/v1/completions,status=200}"] >= 1
     assert m["llm_infer_requests_total{endpoint=/v1/completions,status=400}"] >= 1

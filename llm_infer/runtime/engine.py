@@ -113,7 +113,7 @@ class LLMEngine:
             raise UserError(f"the prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
                             "(prompt and at least one new token must fit)")
         vocab = self.model_config.vocab_size
-        bad = next((t for t in [*ids, *params.logit_bias] if not 0 <= t < vocab), None)
+        bad = next((t for t in [*ids, *params.logit_bias, *params.stop_token_ids] if not 0 <= t < vocab), None)
         if bad is not None:
             raise UserError(f"token id {bad} is outside the vocabulary (size {vocab})")
 

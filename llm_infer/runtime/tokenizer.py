@@ -73,6 +73,11 @@ class Tokenizer:
             raise UserError(f"chat template of {path} does not parse: {e.message}") from None
 
     @property
+    def backend(self) -> HFTokenizer:
+        """The `tokenizers` object underneath (its raw vocabulary pieces give tokens' exact bytes)."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 

@@ -1,8 +1,9 @@
 """An OpenAI-compatible HTTP server over one `LLM`: `llm-infer serve`.
 
 Data flows: `app.py` (routes) -> `protocol.py` (request body -> prompt ids and
-SamplingParams) -> `async_engine.py` (the engine thread) -> `responses.py`
-(OpenAI-shaped JSON and stream chunks). `metrics.py` serves /metrics,
+SamplingParams; the supported, ignored and refused fields) -> `async_engine.py` (the
+engine thread) -> `responses.py` (OpenAI-shaped JSON and stream chunks, with token
+scores shaped by `logprobs.py`). `metrics.py` serves /metrics,
 `errors.py` turns every failure into an OpenAI error body, `serve.py` is the CLI.
 """
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llm_infer.errors import UserError
 from llm_infer.entrypoints.server.async_engine import AsyncEngine, EngineDeadError
 from llm_infer.entrypoints.server.errors import ApiError, error_body, install_error_handlers
+from llm_infer.entrypoints.server.logprobs import TokenText
 from llm_infer.entrypoints.server.metrics import RequestCounter, ServerMetrics
 from llm_infer.entrypoints.server.protocol import GenerationRequest, check_model, parse_chat, parse_completion
 from llm_infer.entrypoints.server.responses import Responder, sse
@@ -36,6 +37,7 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     model_names = {served_model_name, str(llm.config.model)}
     created = int(time.time())
     metrics = ServerMetrics(lambda: async_engine.snapshot, async_engine.speculative)
+    token_text = TokenText(llm.tokenizer)
 
     async def require_key(request: Request) -> None:
         if api_key is None:
@@ -57,27 +59,24 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
         body = await read_json(request, max_body_bytes)
         check_model(body, model_names)
         req = parse(body, llm.tokenizer, async_engine.max_model_len, llm.model_config.vocab_size)
-        responder = Responder(req.chat, served_model_name)
-        outputs = async_engine.generate(req.prompt_ids, req.params, request_id=responder.id)
+        responder = Responder(req.chat, served_model_name, token_text, n=req.params.n, top=req.params.logprobs,
+                              echo=req.echo)
+        outputs = async_engine.generate(req.prompts, req.params, request_id=responder.id)
+        finals = Finals(len(req.prompts), metrics)
         try:
             first = await unless_disconnected(request, anext(outputs))
             if req.stream:
-                return StreamingResponse(stream(first, outputs, req, responder, metrics),
+                return StreamingResponse(stream(first, outputs, req, responder, finals),
                                          media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-            if first.finished:
-                await outputs.aclose()
-                final = first
-            else:
-                final = await unless_disconnected(request, last(outputs))
+            await unless_disconnected(request, finals.collect(first, outputs))
         except UserError as e:
             raise ApiError(400, str(e), param="messages" if req.chat else "prompt") from None
         except EngineDeadError as e:
             raise ApiError(503, str(e), type="server_error") from None
         except ClientGone:
-            metrics.observe_aborted()
+            finals.abort()
             return Response(status_code=CLIENT_CLOSED)
-        metrics.observe_finished(final)
-        return JSONResponse(responder.full(final))
+        return JSONResponse(responder.full(finals.ordered()))
 
     @app.post("/v1/completions", dependencies=authorized)
     async def completions(request: Request) -> Response:
@@ -143,37 +142,55 @@ async def unless_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
             task.cancel()
 
 
-async def last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
-    final = None
-    async for final in outputs:
-        pass
-    assert final is not None and final.finished
-    return final
+class Finals:
+    """The finished output of each prompt of one HTTP request, counted in the metrics as it comes."""
+
+    def __init__(self, prompts: int, metrics: ServerMetrics):
+        self.prompts, self.metrics = prompts, metrics
+        self.done: dict[int, RequestOutput] = {}
+
+    def add(self, p: int, out: RequestOutput) -> None:
+        if out.finished:
+            self.done[p] = out
+            self.metrics.observe_finished(out)
+
+    def abort(self) -> None:
+        """The client went away: the prompts still running count as aborted."""
+        self.metrics.observe_aborted(self.prompts - len(self.done))
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == self.prompts
+
+    def ordered(self) -> list[RequestOutput]:
+        return [self.done[p] for p in range(self.prompts)]
+
+    async def collect(self, first: tuple[int, RequestOutput],
+                      outputs: AsyncIterator[tuple[int, RequestOutput]]) -> None:
+        self.add(*first)
+        async for p, out in outputs:
+            self.add(p, out)
 
 
-async def stream(first: RequestOutput, outputs: AsyncIterator[RequestOutput], req: GenerationRequest,
-                 responder: Responder, metrics: ServerMetrics) -> AsyncIterator[str]:
+async def stream(first: tuple[int, RequestOutput], outputs: AsyncIterator[tuple[int, RequestOutput]],
+                 req: GenerationRequest, responder: Responder, finals: Finals) -> AsyncIterator[str]:
     """The SSE body: chunks as tokens come, a usage chunk if asked, then [DONE]."""
-    final = None
-    async with aclosing(outputs):  # closing the stream early (client gone) aborts the request
+    async with aclosing(outputs):  # closing the stream early (client gone) aborts the requests
         try:
             if req.chat:
-                yield sse(responder.role_chunk())
-            out = first
-            while True:
-                if out.new_text or out.finished:
-                    yield sse(responder.chunk(out))
-                if out.finished:
-                    final = out
-                    break
-                out = await anext(outputs)
+                for chunk in responder.role_chunks(len(req.prompts)):
+                    yield sse(chunk)
+            item: tuple[int, RequestOutput] | None = first
+            while item is not None:
+                finals.add(*item)
+                for chunk in responder.chunks(*item):
+                    yield sse(chunk)
+                item = await anext(outputs, None)
         except EngineDeadError as e:
             yield sse(error_body(str(e), "server_error"))
         finally:
-            if final is not None:
-                metrics.observe_finished(final)
-            else:
-                metrics.observe_aborted()
-    if final is not None and req.include_usage:
-        yield sse(responder.usage_chunk(final))
+            if not finals.complete:
+                finals.abort()
+    if finals.complete and req.include_usage:
+        yield sse(responder.usage_chunk(finals.ordered()))
     yield sse("[DONE]")

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from llm_infer.errors import UserError
 from llm_infer.runtime.outputs import EngineSnapshot, RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
 
@@ -75,34 +76,36 @@ class AsyncEngine:
     def healthy(self) -> bool:
         return self.error is None and self._thread.is_alive()
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Yield the request's updates until it finishes. A prompt the engine rejects raises
-        UserError before anything is yielded; stopping early (or being cancelled) aborts it."""
-        request_id = request_id or uuid.uuid4().hex
-        sink = _Sink(asyncio.get_running_loop(), asyncio.Queue())
-        added: concurrent.futures.Future = concurrent.futures.Future()
-        self._send(_Add(request_id, prompt, params, added, sink))
-        done = False  # true once the engine holds nothing of this request
+    async def generate(self, prompts: list[str | list[int]], params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Yield (prompt index, update) for one engine request per prompt until all finish (ids:
+        `request_id`, or `request_id-i` for several prompts). A prompt the engine rejects raises
+        UserError before anything is yielded; stopping early (or being cancelled) aborts them all."""
+        base = request_id or uuid.uuid4().hex
+        ids = [base] if len(prompts) == 1 else [f"{base}-{i}" for i in range(len(prompts))]
+        index = {rid: i for i, rid in enumerate(ids)}
+        sink = _Sink(asyncio.get_running_loop(), asyncio.Queue())  # shared: updates arrive in step order
+        adds = [_Add(rid, prompt, params, concurrent.futures.Future(), sink) for rid, prompt in zip(ids, prompts)]
+        unfinished = set(ids)  # aborting one the engine never held (or refused) is a no-op
         try:
-            try:
-                await asyncio.wrap_future(added)
-            except BaseException:
-                done = added.done() and not added.cancelled() and added.exception() is not None  # refused
-                raise
-            while True:
+            for add in adds:
+                self._send(add)
+            accepted = await asyncio.gather(*(asyncio.wrap_future(a.added) for a in adds), return_exceptions=True)
+            for i, result in enumerate(accepted):
+                if isinstance(result, UserError) and len(prompts) > 1:
+                    raise UserError(f"prompt {i}: {result}")
+                if isinstance(result, BaseException):
+                    raise result
+            while unfinished:
                 item = await sink.queue.get()
                 if isinstance(item, BaseException):
-                    done = True
                     raise item
                 if item.finished:
-                    done = True
-                yield item
-                if done:
-                    return
+                    unfinished.discard(item.request_id)
+                yield index[item.request_id], item
         finally:
-            if not done:
-                self.abort(request_id)
+            for rid in unfinished:
+                self.abort(rid)
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its KV blocks (a no-op once it finished or the engine stopped)."""

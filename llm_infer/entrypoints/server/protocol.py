@@ -1,14 +1,18 @@
-"""Request bodies of /v1/completions and /v1/chat/completions -> prompt token ids + SamplingParams.
+"""Request bodies of /v1/completions and /v1/chat/completions -> prompts + SamplingParams.
 
 pydantic models declare each field's type (strictly: "5" is not an integer, true is
-not 1); fields we do not know are ignored (clients send e.g. `user`). The sampling
-ranges are `SamplingParams`' alone: its error names the field, and so does the 400.
+not 1). Which fields the server supports, ignores and refuses is declared here once: the
+models' fields are supported, `IGNORED` fields change nothing in the answer, `REFUSED`
+fields (and any field in none of these lists) are a 400 naming the field, so nothing that
+would change what the client gets back is dropped silently. The sampling ranges are
+`SamplingParams`' alone: its error names the field, and so does the 400.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -18,9 +22,29 @@ from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsErro
 from llm_infer.runtime.tokenizer import Tokenizer
 
 _COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-_BODY = ConfigDict(strict=True, extra="ignore")
-_SAMPLING = {"temperature", "top_p", "top_k", "min_p", "seed", "stop", "ignore_eos"}
+_BODY = ConfigDict(strict=True, extra="ignore")  # unknown top-level fields are caught by check_fields
+_SAMPLING = {"temperature", "top_p", "top_k", "min_p", "seed", "stop", "ignore_eos", "presence_penalty",
+             "frequency_penalty", "repetition_penalty", "min_tokens", "stop_token_ids", "n"}
 _Body = TypeVar("_Body", bound=BaseModel)
+
+# Fields that change nothing in the answer (bookkeeping on OpenAI's platform): accepted and ignored.
+IGNORED = frozenset({"user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier"})
+# OpenAI fields this server does not implement, with the values that ask for nothing (accepted):
+# any other value is a 400 naming the field.
+REFUSED: dict[str, tuple[Any, ...]] = {
+    "suffix": (None, ""),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "parallel_tool_calls": (None,),
+    "response_format": (None, {"type": "text"}),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+}
 
 
 @dataclass
@@ -28,10 +52,13 @@ class GenerationRequest:
     """A parsed request: what to generate, and how to answer."""
 
     chat: bool
-    prompt_ids: list[int]
+    prompts: list[list[int]]  # one engine request (of params.n samples) each
     params: SamplingParams
     stream: bool
     include_usage: bool
+    # Completions with echo: each prompt's text, returned before its completion (None: a token-id
+    # prompt, decoded once the engine has accepted its ids).
+    echo: list[str | None] | None = None
 
 
 class StreamOptions(BaseModel):
@@ -45,6 +72,9 @@ class SamplingFields(BaseModel):
     """Fields both routes share. null means the default, as an absent field does."""
 
     model_config = _BODY
+    # Errors SamplingParams reports under its own name that the route's body calls otherwise.
+    _renamed: ClassVar[dict[str, str]] = {}
+    model: str | None = None  # checked by check_model
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -53,33 +83,60 @@ class SamplingFields(BaseModel):
     stop: str | list[str] | None = Field(None, description="a string or a list of strings")
     ignore_eos: bool | None = None
     n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = Field(None, description="an object of token ids (as strings) to numbers")
+    min_tokens: int | None = None
+    stop_token_ids: list[int] | None = Field(None, description="a list of token ids")
     stream: bool | None = None
     stream_options: StreamOptions | None = Field(None, description="an object like {include_usage: true}")
 
-    def sampling_params(self, max_tokens: int, vocab_size: int) -> SamplingParams:
-        """SamplingParams from the fields sent; its range errors become a 400 naming the field."""
-        if self.n not in (None, 1):
-            raise ApiError(400, "'n': only n=1 is supported (send one request per completion)", param="n")
+    def sampling_params(self, max_tokens: int, vocab_size: int, **scores: int | None) -> SamplingParams:
+        """SamplingParams from the fields sent (plus `scores`: logprobs, prompt_logprobs); its range
+        errors become a 400 naming the field as the body calls it."""
         given: dict[str, Any] = self.model_dump(include=_SAMPLING, exclude_none=True)
         if "top_k" in given:
             given["top_k"] = min(given["top_k"], vocab_size)  # k > vocabulary keeps every token, as k = vocab does
+        given["logit_bias"] = _token_keys(self.logit_bias or {}, vocab_size)
+        outside = next((t for t in self.stop_token_ids or [] if t >= vocab_size), None)
+        if outside is not None:
+            raise ApiError(400, f"'stop_token_ids': token id {outside} is outside the vocabulary (size {vocab_size})",
+                           param="stop_token_ids")
         try:
-            return SamplingParams(max_tokens=max_tokens, **given)
+            return SamplingParams(max_tokens=max_tokens, **given, **{k: v for k, v in scores.items() if v is not None})
         except SamplingParamsError as e:
-            raise ApiError(400, str(e), param=e.param) from None
+            field = self._renamed.get(e.param, e.param)
+            raise ApiError(400, str(e) if field == e.param else f"{e} (sent as '{field}')", param=field) from None
 
     def streaming(self) -> tuple[bool, bool]:
         """(stream, include_usage)."""
         return bool(self.stream), bool(self.stream_options and self.stream_options.include_usage)
 
 
+def _token_keys(bias: dict[str, float], vocab_size: int) -> dict[int, float]:
+    """`logit_bias` as JSON sends it (keys are strings) -> token id -> value; a 400 for other keys."""
+    out = {}
+    for key, value in bias.items():
+        if not re.fullmatch(r"[0-9]{1,12}", key):
+            raise ApiError(400, f"'logit_bias': key {key[:20]!r} is not a token id", param="logit_bias")
+        if int(key) >= vocab_size:
+            raise ApiError(400, f"'logit_bias': token id {key} is outside the vocabulary (size {vocab_size})",
+                           param="logit_bias")
+        out[int(key)] = value
+    return out
+
+
 class CompletionRequest(SamplingFields):
     """The body of /v1/completions."""
 
+    _renamed: ClassVar[dict[str, str]] = {"prompt_logprobs": "logprobs"}
     prompt: str | list[int] | list[str] | list[list[int]] = Field(
-        description="a string, a list of token ids, or a one-element list of either")
+        description="a string, a list of token ids, or a list of either")
     max_tokens: int | None = None
     echo: bool | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
 
 
 class TextPart(BaseModel):
@@ -105,9 +162,27 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     """The body of /v1/chat/completions."""
 
+    _renamed: ClassVar[dict[str, str]] = {"logprobs": "top_logprobs"}
     messages: list[ChatMessage] = Field(min_length=1, description="a non-empty list of {role, content} objects")
     max_tokens: int | None = None
     max_completion_tokens: int | None = None  # OpenAI's newer name; it wins over max_tokens
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+def check_fields(body: dict, model: type[SamplingFields]) -> None:
+    """A 400 naming the first field the server does not implement (see IGNORED and REFUSED)."""
+    for name, value in body.items():
+        if name in model.model_fields or name in IGNORED:
+            continue
+        if name in REFUSED:
+            if any(value == ok and type(value) is type(ok) for ok in REFUSED[name]):
+                continue
+            allowed = " or ".join("null" if ok is None else repr(ok) for ok in REFUSED[name])
+            raise ApiError(400, f"'{name}': not supported by this server (only {allowed} is accepted)", param=name)
+        supported = ", ".join(sorted(model.model_fields))
+        raise ApiError(400, f"'{str(name)[:40]}': unknown field; this route takes {supported} "
+                            f"(and ignores {', '.join(sorted(IGNORED))})", param=str(name)[:40])
 
 
 def _validate(model: type[_Body], body: dict) -> _Body:
@@ -129,50 +204,65 @@ def check_model(body: dict, names: set[str]) -> None:
                        param="model", code="model_not_found")
 
 
-def _fit(prompt_ids: list[int], max_tokens: int | None, max_model_len: int, param: str) -> int:
-    """max_tokens, or what fits after the prompt when it is None; a 400 when they do not fit."""
+def _fit(prompt_ids: list[int], max_tokens: int | None, max_model_len: int, param: str, which: str) -> int:
+    """max_tokens, or what fits after the prompt when it is None; a 400 when they do not fit.
+    max_tokens 0 (scoring the prompt) lets the prompt fill the whole context."""
     room = max_model_len - len(prompt_ids)
-    if room < 1:
-        raise ApiError(400, f"the prompt has {len(prompt_ids)} tokens; this model's maximum context length "
-                            f"is {max_model_len} tokens (prompt and at least one new token must fit)", param=param)
+    if room < (0 if max_tokens == 0 else 1):
+        need = "" if max_tokens == 0 else " (prompt and at least one new token must fit)"
+        raise ApiError(400, f"{which} has {len(prompt_ids)} tokens; this model's maximum context length "
+                            f"is {max_model_len} tokens{need}", param=param)
     if max_tokens is None:
         return room
     if max_tokens > room:
-        raise ApiError(400, f"this model's maximum context length is {max_model_len} tokens; the prompt has "
+        raise ApiError(400, f"this model's maximum context length is {max_model_len} tokens; {which} has "
                             f"{len(prompt_ids)} tokens and max_tokens is {max_tokens} ({len(prompt_ids) + max_tokens}"
                             " in all)", param="max_tokens")
     return max_tokens
 
 
-def _prompt_ids(prompt: str | list[int] | list[str] | list[list[int]], tokenizer: Tokenizer) -> list[int]:
-    """The token ids of the one prompt (a one-element list of prompts is unwrapped)."""
+def _prompts(prompt: str | list[int] | list[str] | list[list[int]]) -> list[str | list[int]]:
+    """The prompts of a completion body: one string or token-id list, or a list of them."""
     if prompt and isinstance(prompt, list) and not isinstance(prompt[0], int):
-        if len(prompt) > 1:
-            raise ApiError(400, f"'prompt': got {len(prompt)} prompts; this server takes one prompt per request",
-                           param="prompt")
-        prompt = prompt[0]
-    # The engine refuses empty prompts and ids outside the vocabulary (a 400 naming `prompt`).
-    return tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return list(prompt)
+    return [prompt]  # type: ignore[list-item]
 
 
 def parse_completion(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size: int) -> GenerationRequest:
     """A /v1/completions body as a GenerationRequest; any mistake is a 400 naming the field."""
+    check_fields(body, CompletionRequest)
     req = _validate(CompletionRequest, body)
-    if req.echo:
-        raise ApiError(400, "'echo': only echo=false is supported", param="echo")
-    ids = _prompt_ids(req.prompt, tokenizer)
+    if req.best_of is not None and req.best_of != (req.n if req.n is not None else 1):
+        raise ApiError(400, "'best_of': only best_of equal to n is supported (this server returns every sample)",
+                       param="best_of")
     asked = _COMPLETION_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-    max_tokens = _fit(ids, asked, max_model_len, "prompt")
-    return GenerationRequest(False, ids, req.sampling_params(max_tokens, vocab_size), *req.streaming())
+    if asked == 0 and not req.echo:
+        raise ApiError(400, "'max_tokens': must be at least 1 (max_tokens 0 scores the prompt, with echo: true)",
+                       param="max_tokens")
+    prompts = _prompts(req.prompt)
+    # The engine refuses empty prompts and ids outside the vocabulary (a 400 naming `prompt`).
+    ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+    for i, one in enumerate(ids):
+        _fit(one, asked, max_model_len, "prompt", "the prompt" if len(ids) == 1 else f"prompt {i}")
+    echo = [p if isinstance(p, str) else None for p in prompts] if req.echo else None
+    scores = {"logprobs": req.logprobs, "prompt_logprobs": req.logprobs if req.echo else None}
+    params = req.sampling_params(asked, vocab_size, **scores)
+    return GenerationRequest(False, ids, params, *req.streaming(), echo=echo)
 
 
 def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size: int) -> GenerationRequest:
     """A /v1/chat/completions body as a GenerationRequest; any mistake is a 400 naming the field."""
+    check_fields(body, ChatCompletionRequest)
     req = _validate(ChatCompletionRequest, body)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError(400, "'top_logprobs': needs logprobs: true", param="top_logprobs")
     try:
         ids = tokenizer.encode_chat([{"role": m.role, "content": m.text()} for m in req.messages])
     except UserError as e:
         raise ApiError(400, f"'messages': {e}", param="messages") from None
     asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    max_tokens = _fit(ids, asked, max_model_len, "messages")
-    return GenerationRequest(True, ids, req.sampling_params(max_tokens, vocab_size), *req.streaming())
+    if asked == 0:
+        raise ApiError(400, "'max_tokens': must be at least 1", param="max_tokens")
+    max_tokens = _fit(ids, asked, max_model_len, "messages", "the prompt")
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    return GenerationRequest(True, [ids], req.sampling_params(max_tokens, vocab_size, logprobs=top), *req.streaming())
