@@ -70,8 +70,7 @@ class LogitsProcessorState:
         todo = [r for r, b in enumerate(rows) if batch.process[b]]
         if not todo:
             return logits
-        out = logits.float().clone()
-        sub = out[todo]
+        sub = logits[todo].float()  # a copy: the raw logits stay as they are (logprobs report them)
         params = [rows[r] for r in todo]
         slots = torch.tensor([self.slot_of[seq_ids[r]] for r in todo], device=self.device)
         biased = [(j, self.bias[int(slot)]) for j, slot in enumerate(slots.tolist()) if slot in self.bias]
@@ -86,15 +85,24 @@ class LogitsProcessorState:
                      torch.tensor([t for _, t in extra], device=self.device))
             counts.index_put_(index, torch.ones(len(extra), dtype=torch.int32, device=self.device), accumulate=True)
             seen[index] = True
-        rep = torch.tensor([batch.repetition_penalty[b] for b in params], device=self.device).unsqueeze(-1)
-        penalised = torch.where(sub > 0, sub / rep, sub * rep)
-        sub = torch.where(seen & (rep != 1.0), penalised, sub)
-        freq = torch.tensor([batch.frequency_penalty[b] for b in params], device=self.device).unsqueeze(-1)
-        pres = torch.tensor([batch.presence_penalty[b] for b in params], device=self.device).unsqueeze(-1)
-        sub = sub - freq * counts - pres * (counts > 0)
+        # Penalties touch only the tokens seen or counted (a few hundred per row, not the vocabulary).
+        rep = [batch.repetition_penalty[b] for b in params]
+        if any(r != 1.0 for r in rep):
+            r_idx, t_idx = seen.nonzero(as_tuple=True)
+            values, factor = sub[r_idx, t_idx], torch.tensor(rep, device=self.device)[r_idx]
+            sub[r_idx, t_idx] = torch.where(values > 0, values / factor, values * factor)
+        freq = [batch.frequency_penalty[b] for b in params]
+        pres = [batch.presence_penalty[b] for b in params]
+        if any(freq) or any(pres):
+            r_idx, t_idx = counts.nonzero(as_tuple=True)
+            sub[r_idx, t_idx] -= (torch.tensor(freq, device=self.device)[r_idx] * counts[r_idx, t_idx]
+                                  + torch.tensor(pres, device=self.device)[r_idx])
         masked = [(j, t) for j, (r, b) in enumerate(zip(todo, params))
                   if (offsets[r] if offsets else 0) < batch.min_tokens_left[b] for t in batch.suppress[b]]
         if masked:
             sub[[j for j, _ in masked], [t for _, t in masked]] = float("-inf")
+        if len(todo) == len(rows):
+            return sub
+        out = logits.float().clone()
         out[todo] = sub
         return out

@@ -18,11 +18,17 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], top_n: list[int]) ->
     if not tokens:
         return []
     lp = torch.log_softmax(logits.float(), dim=-1)
-    chosen = lp.gather(1, torch.tensor(tokens, device=lp.device).unsqueeze(1))
-    ranks = ((lp > chosen).sum(dim=-1) + 1).tolist()
-    k = max(top_n)
-    top_values, top_ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
-    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    ids = torch.tensor(tokens, device=lp.device).unsqueeze(1)
+    chosen = lp.gather(1, ids)
+    k = max(max(top_n), 1)
+    top_values, top_ids = lp.topk(k, dim=-1)
+    # A token among the top k has every more likely token there too: count within the top k;
+    # only rows whose token lies outside it count over the whole vocabulary.
+    ranks = (top_values > chosen).sum(dim=-1) + 1
+    outside = ~(top_ids == ids).any(dim=-1)
+    if bool(outside.any()):
+        ranks[outside] = (lp[outside] > chosen[outside]).sum(dim=-1) + 1
+    ranks, top_values, top_ids = ranks.tolist(), top_values.tolist(), top_ids.tolist()
     return [TokenLogprob(t, float(c), rank, list(zip(ids[:n], vals[:n])))
             for t, c, rank, ids, vals, n in zip(tokens, chosen[:, 0].tolist(), ranks, top_ids, top_values, top_n)]
 

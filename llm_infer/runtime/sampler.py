@@ -17,7 +17,7 @@ import torch
 from llm_infer.runtime.logits_processors import LogitsProcessorState
 from llm_infer.runtime.logprobs import token_logprobs
 from llm_infer.runtime.outputs import TokenLogprob
-from llm_infer.runtime.random_draws import draw_seed
+from llm_infer.runtime.random_draws import draw_seed, exponential_noise
 from llm_infer.runtime.speculative.rejection import verify_greedy, verify_sampled
 from llm_infer.runtime.step_plan import SamplingBatch, StepPlan
 
@@ -73,9 +73,8 @@ class Sampler:
         probs = self.probs(logits[rows], sub)
         noise = torch.empty_like(probs)
         for j, (seed, index) in enumerate(zip(sub.seeds, sub.output_index)):
-            gen = torch.Generator(device=probs.device).manual_seed(draw_seed(seed, index))
-            noise[j].exponential_(generator=gen)
-        sampled = (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
+            exponential_noise(noise[j], torch.Generator(device=probs.device).manual_seed(draw_seed(seed, index)))
+        sampled = (probs / noise).argmax(dim=-1)
         out = greedy.tolist()
         for j, i in enumerate(rows):
             out[i] = int(sampled[j])
