@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -189,6 +190,13 @@ def main() -> None:
                  if (r := spawn(__file__, ["--overhead", spec, "--overhead-steps", str(args.overhead_steps)]))]
     if args.overhead_only:
         _print_overheads(overheads)
+        out = RESULTS / "control_overhead.json"
+        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                  cwd=Path(__file__).parent).stdout.strip()
+        out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                   "revision": revision, "cores": os.cpu_count(), "statistic": "median",
+                                   "control_overhead_tiny_model": overheads}, indent=2))
+        print(f"wrote {out}")
         return
     ensure_model()
     common = ["--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--batch", str(args.batch),

@@ -52,6 +52,11 @@ def scheduler(llm: LLM) -> Scheduler:
     return llm.engine.scheduler
 
 
+def eos_token_ids(llm: LLM) -> list[int]:
+    """The ids that end a sequence (tokenizer's and model config's)."""
+    return llm.engine.eos_token_ids
+
+
 def block_manager(llm: LLM) -> BlockManager:
     return llm.engine.block_manager
 

@@ -210,3 +210,19 @@ def test_chat_lengths():
     assert got.param == "max_tokens" and "maximum context length is 64 tokens" in got.message
     got = rejected(completion, {**OK_COMPLETION, "prompt": [7] * 64})
     assert got.param == "prompt" and "the prompt has 64 tokens" in got.message
+
+
+@pytest.mark.parametrize("parse,body,param,nested", [
+    (chat, {**OK_CHAT, "messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages", "name"),
+    (chat, {**OK_CHAT, "messages": [{"role": "user", "content": "hi", "tool_calls": [{"id": "x"}]}]},
+     "messages", "tool_calls"),
+    (chat, {**OK_CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi",
+                                                                 "cache_control": {"type": "ephemeral"}}]}]},
+     "messages", "cache_control"),
+    (completion, {**OK_COMPLETION, "stream": True, "stream_options": {"include_usage": True,
+                                                                      "continuous_usage_stats": True}},
+     "stream_options", "continuous_usage_stats"),
+])
+def test_unknown_nested_fields_are_refused_not_dropped(parse, body, param, nested):
+    error = rejected(parse, body)
+    assert error.param == param and nested in str(error)

@@ -92,3 +92,14 @@ def test_invalid_sampling_values_are_user_errors(kwargs, message):
 
 def test_top_k_minus_one_means_disabled():
     assert SamplingParams(top_k=-1).top_k == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"stop": None}, {"stop_token_ids": None}])
+def test_none_lists_mean_empty(kwargs):
+    assert getattr(SamplingParams(**kwargs), next(iter(kwargs))) == []
+
+
+@pytest.mark.parametrize("kwargs,field", [({"stop": 5}, "stop"), ({"stop_token_ids": 7}, "stop_token_ids")])
+def test_non_lists_are_one_line_errors(kwargs, field):
+    with pytest.raises(UserError, match=field):
+        SamplingParams(**kwargs)

@@ -80,7 +80,7 @@ def test_logit_bias_forces_and_forbids(llm):
 
 
 def test_min_tokens_masks_eos_until_reached(llm):
-    eos = llm.engine.eos_token_ids[0]
+    eos = introspect.eos_token_ids(llm)[0]
     p = SamplingParams(max_tokens=20, temperature=0, min_tokens=6, logit_bias={eos: 100.0})
     out = llm.generate([PROMPT], p)[0]
     assert out.token_ids[:6] != [eos] * 6 and eos not in out.token_ids[:6]
@@ -167,9 +167,9 @@ def test_logits_accept_a_prompt_of_exactly_max_model_len(tiny_models):
 def test_n_samples_share_the_prefill_and_each_equals_its_seed_alone(llm):
     p = SamplingParams(max_tokens=10, temperature=1.0, seed=100, ignore_eos=True, n=4)
     fresh = [40 + (7 * i) % 200 for i in range(21)]  # no cached blocks from earlier tests
-    before = llm.engine.stats.prefill_tokens
+    before = introspect.engine_stats(llm).prefill_tokens
     out = llm.generate([fresh], p)[0]
-    computed = llm.engine.stats.prefill_tokens - before
+    computed = introspect.engine_stats(llm).prefill_tokens - before
     assert computed == len(fresh) + 3  # the prompt once, then one recomputed token per extra sample
     assert [o.index for o in out.outputs] == [0, 1, 2, 3]
     for i, sample in enumerate(out.outputs):
@@ -236,3 +236,47 @@ def test_token_ids_outside_the_vocabulary_are_one_line_errors(llm):
         with pytest.raises(UserError, match="outside the vocabulary"):
             llm.generate([PROMPT], params)
     assert llm.generate([PROMPT], SamplingParams(max_tokens=2))[0].token_ids  # the engine still serves
+
+
+def test_min_tokens_and_stop_strings_stream_what_the_final_text_says(llm):
+    letters = {t: 100.0 for t in b"abcde"}  # the tiny tokenizer has a token per byte: one letter per token
+    base = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True, logit_bias=letters)
+    text = llm.generate([PROMPT], base)[0].text
+    assert len(text) == 16
+    # Stops that begin in text streamed before min_tokens was reached and complete after it.
+    for min_tokens, stop in [(3, text[1:4]), (2, text[0:3]), (4, text[2:6]), (0, text[0:2]), (4, text[5:7])]:
+        p = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True, min_tokens=min_tokens, stop=[stop],
+                           logit_bias=letters)
+        final = llm.generate([PROMPT], p)[0]
+        streamed = "".join(u.new_text for u in llm.stream(PROMPT, p))
+        assert streamed == final.text, (min_tokens, stop)
+
+
+def test_forked_samples_with_prompt_logprobs_survive_preemption(tiny_models):
+    tight = tiny_engine_config(tiny_models["qwen2"], cache={"block_size": 16, "num_blocks": 6},
+                               scheduler={"max_model_len": 64})
+    p = SamplingParams(max_tokens=30, temperature=1.0, seed=1, ignore_eos=True, n=4, prompt_logprobs=1)
+    prompt = list(range(40, 60))
+    with LLM(tight, progress=False) as llm:
+        out = llm.generate([prompt], p)[0]
+        assert introspect.scheduler(llm).num_preemptions > 0
+        assert len(out.prompt_logprobs) == len(prompt) and all(len(o.token_ids) == 30 for o in out.outputs)
+        for i, sample in enumerate(out.outputs):
+            alone = llm.generate([prompt], SamplingParams(max_tokens=30, temperature=1.0, seed=1 + i,
+                                                          ignore_eos=True))[0]
+            assert sample.token_ids == alone.token_ids
+
+
+@pytest.mark.slow  # two engines with a draft model
+def test_sampled_n_with_a_draft_model_equals_each_seed_alone(tiny_models):
+    """Forked samples share blocks copied on write: the draft model's cache must be copied too."""
+    cfg = tiny_engine_config(tiny_models["qwen2"], cache={"block_size": 16, "num_blocks": 40},
+                             scheduler={"max_model_len": 64},
+                             speculative={"method": "draft", "num_tokens": 3, "draft_model": str(tiny_models["qwen2"])})
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6, 7, 8, 9, 5, 6, 7, 5, 6, 7, 5, 6, 7]  # the forks share a partly filled block
+    with LLM(cfg, progress=False) as llm:
+        out = llm.generate([prompt], SamplingParams(max_tokens=40, temperature=1.0, seed=1, ignore_eos=True, n=4))
+        for i, sample in enumerate(out[0].outputs):
+            alone = llm.generate([prompt], SamplingParams(max_tokens=40, temperature=1.0, seed=1 + i,
+                                                          ignore_eos=True))[0]
+            assert sample.token_ids == alone.token_ids

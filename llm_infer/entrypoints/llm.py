@@ -41,8 +41,9 @@ class LLM:
         if flat:
             self.config = load_config(self.config, flat)
         # The model folder, its config and the context length, read once here (each worker does the same).
-        resolved = resolve_model(self.config.model, self.config.dtype, resolve_device(self.config.device),
-                                 self.config.scheduler.max_model_len)
+        # `device: cuda` is not checked here: the workers may sit on other (GPU) nodes than this one.
+        device = torch.device("cuda") if self.config.device == "cuda" else resolve_device(self.config.device)
+        resolved = resolve_model(self.config.model, self.config.dtype, device, self.config.scheduler.max_model_len)
         self.model_config = resolved.config
         self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer) if self.config.tokenizer
                                    else resolved.model_dir)

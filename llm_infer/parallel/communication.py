@@ -78,13 +78,3 @@ def pp_recv(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.dev
         dist.recv(t, src)
     return out
 
-
-@_timed
-def tp_broadcast_ints(values: list[int]) -> list[int]:
-    """TP rank 0's list on every rank of the group (all ranks pass a list of the same length)."""
-    state = get_parallel_state()
-    if state.tp_size == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.int64)
-    dist.broadcast(t, src=dist.get_global_rank(state.tp_group, 0), group=state.tp_group)
-    return t.tolist()

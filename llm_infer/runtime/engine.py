@@ -85,6 +85,8 @@ class LLMEngine:
             text, ids = None, [int(t) for t in prompt]
         self._check_prompt(ids, params, return_logits)
         first_id = next(self._ids)
+        while request_id is None and str(first_id) in self._groups:  # a caller chose this id earlier
+            first_id = next(self._ids)
         request_id = request_id if request_id is not None else str(first_id)
         if request_id in self._groups:
             raise UserError(f"request id {request_id!r} is already in use")
@@ -187,7 +189,7 @@ class LLMEngine:
             proposed, tokens = plan.spec_len(i), result.token_ids[i]
             if req.seq_id in result.logits:
                 req.keep_logits(req.num_computed_tokens, result.logits[req.seq_id])
-            if req.seq_id in result.prompt_logprobs:
+            if req.seq_id in result.prompt_logprobs and req.prompt_logprobs is not None:
                 start = req.num_computed_tokens + 1  # row p scores prompt token p + 1
                 req.prompt_logprobs[start:] = result.prompt_logprobs[req.seq_id]
             if tokens and n - proposed == 1 and req.output_token_ids:

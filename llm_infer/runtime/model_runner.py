@@ -90,6 +90,8 @@ class ModelRunner:
         sampling rank returns the step's tokens; other ranks return None."""
         if plan.block_copies:
             self.kv_cache.copy_blocks(plan.block_copies)
+            if self.drafter is not None and self.drafter.cache is not None:  # the draft's cache shares the tables
+                self.drafter.cache.copy_blocks(plan.block_copies)
         if plan.finished_seq_ids:
             self.sampler.forget(plan.finished_seq_ids)
             if self.drafter is not None:

@@ -19,7 +19,7 @@ class OutputProcessor:
     def append(self, req: Request, tokens: list[int], scores: list[TokenLogprob] | None,
                now: float) -> CompletionOutput:
         """Append a step's tokens to one sample until one of them stops it; the update to report.
-        Stop strings are looked for only once `min_tokens` tokens exist."""
+        Stop strings are looked for only once `min_tokens` tokens exist, in the text from there on."""
         added: list[int] = []
         new_text = ""
         for k, token in enumerate(tokens):
@@ -34,14 +34,19 @@ class OutputProcessor:
             detok = req.detokenizer
             delta = detok.add(token) if reason is None else detok.add(token) + detok.flush()
             req.text += delta
-            stops = req.params.stop if len(req.output_token_ids) >= req.params.min_tokens else []
+            stops = req.params.stop
+            if len(req.output_token_ids) < req.params.min_tokens:
+                # Before min_tokens no stop string is looked for, and this text streams as it comes,
+                # so no later match may start inside it.
+                stops, req.stop_from = [], len(req.text)
             if stops and delta:
-                at = find_stop_string(req.text, stops, len(delta))
+                at = find_stop_string(req.text, stops, len(delta), start_at=req.stop_from)
                 if at is not None:
                     req.text, reason = req.text[:at], "stop"
             if reason is not None:
                 self.finish(req, reason, now)
-            visible = len(req.text) if reason is not None else len(req.text) - partial_stop_suffix(req.text, stops)
+            held = partial_stop_suffix(req.text[req.stop_from:], stops) if reason is None else 0
+            visible = len(req.text) - held
             new_text += req.text[req.streamed : visible]
             req.streamed = max(req.streamed, visible)
             if reason is not None:

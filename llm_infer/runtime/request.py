@@ -66,6 +66,7 @@ class Request:
     finish_time: float | None = None
     text: str = ""  # the output text (stop strings cut off)
     streamed: int = 0  # characters of `text` already reported as new text
+    stop_from: int = 0  # stop strings match only from here (the text before min_tokens was reached)
     logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # float32 [positions, vocab] pieces
     index: int = 0  # which of the request's `n` samples this is
     forks: list[Request] = field(default_factory=list)  # samples 1..n-1, started once the prompt is computed
@@ -98,7 +99,7 @@ class Request:
     @property
     def needs_prompt_rows(self) -> bool:
         """Whether the logits of its prompt positions are wanted (so cached blocks cannot be reused)."""
-        return self.return_logits or self.params.prompt_logprobs is not None
+        return self.return_logits or self.prompt_logprobs is not None
 
     def tokens_between(self, start: int, end: int) -> list[int]:
         n_prompt = len(self.prompt_token_ids)

@@ -62,8 +62,11 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        self.stop = list(self.stop)
-        self.stop_token_ids = list(self.stop_token_ids)
+        for name in ("stop", "stop_token_ids"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (list, tuple)):
+                raise SamplingParamsError(name, f"{name} must be a list")
+            setattr(self, name, list(value or []))
         if self.top_k == -1:
             self.top_k = 0
         self.logit_bias = dict(self.logit_bias or {})

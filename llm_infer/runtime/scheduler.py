@@ -56,7 +56,7 @@ class Scheduler:
         """Pick (request, new tokens) pairs for one step, skipping requests whose ids are
         `busy`, and taking at most `max_seqs` requests."""
         budget = self.config.max_num_batched_tokens
-        limit = max_seqs or self.config.max_num_seqs
+        limit = min(max_seqs or self.config.max_num_seqs, self.config.max_num_seqs)
         scheduled: list[tuple[Request, int]] = []
         taken: set[int] = set()
         preemptions_before = self.num_preemptions

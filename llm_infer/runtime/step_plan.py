@@ -148,7 +148,7 @@ def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_co
                         if drafts and draft_method == "draft" else [])
         # Prompt logprobs: rows at positions below len(prompt) - 1 predict the next prompt token.
         prompt_len = len(seq.prompt_token_ids)
-        wants = seq.params.prompt_logprobs is not None
+        wants = seq.prompt_logprobs is not None  # the first sample only: the others share its prompt
         targets.append(seq.prompt_token_ids[start + 1 : min(start + n, prompt_len - 1) + 1] if wants else [])
         top.append(seq.params.prompt_logprobs or 0)
         if samples:

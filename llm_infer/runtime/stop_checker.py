@@ -15,11 +15,12 @@ def token_stop_reason(params: SamplingParams, token_id: int, num_output: int, nu
     return None
 
 
-def find_stop_string(text: str, stops: list[str], num_new_chars: int) -> int | None:
-    """Where the earliest stop string completed by the last `num_new_chars` characters starts."""
+def find_stop_string(text: str, stops: list[str], num_new_chars: int, start_at: int = 0) -> int | None:
+    """Where the earliest stop string completed by the last `num_new_chars` characters starts
+    (matches starting before `start_at` do not count)."""
     best = None
     for stop in stops:
-        start = max(0, len(text) - num_new_chars - len(stop) + 1)
+        start = max(start_at, len(text) - num_new_chars - len(stop) + 1)
         at = text.find(stop, start)
         if at != -1 and (best is None or at < best):
             best = at

@@ -74,7 +74,13 @@ def bad_request(err: ValidationError, model: type[BaseModel]) -> ApiError:
     `Field(description=...)`, else what its plain type is (`'stream': must be true or false`,
     `'messages': messages[0].content must be a string or ...`).
     """
-    error = err.errors()[0]
+    errors = err.errors()
+    extra = next((e for e in errors if e["type"] == "extra_forbidden"), None)
+    if extra is not None:  # a nested field we do not implement: name it rather than drop it
+        loc = [p for p in extra["loc"] if isinstance(p, int) or "[" not in p]  # without union tags
+        where = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+        return ApiError(400, f"'{loc[0]}': {where} is not supported by this server", param=str(loc[0]))
+    error = errors[0]
     param = str(error["loc"][0])
     path, where, expected = "", param, None
     models = [model]

@@ -23,6 +23,9 @@ from llm_infer.runtime.tokenizer import Tokenizer
 
 _COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 _BODY = ConfigDict(strict=True, extra="ignore")  # unknown top-level fields are caught by check_fields
+# Nested objects refuse what they do not know (a message's `name` or `tool_calls`, a part's
+# `cache_control`, ...): the server would otherwise drop something that changes the answer.
+_NESTED = ConfigDict(strict=True, extra="forbid")
 _SAMPLING = {"temperature", "top_p", "top_k", "min_p", "seed", "stop", "ignore_eos", "presence_penalty",
              "frequency_penalty", "repetition_penalty", "min_tokens", "stop_token_ids", "n"}
 _Body = TypeVar("_Body", bound=BaseModel)
@@ -64,7 +67,7 @@ class GenerationRequest:
 class StreamOptions(BaseModel):
     """`stream_options`: a final chunk with the token counts when `include_usage`."""
 
-    model_config = _BODY
+    model_config = _NESTED
     include_usage: bool | None = None
 
 
@@ -142,7 +145,7 @@ class CompletionRequest(SamplingFields):
 class TextPart(BaseModel):
     """One part of a message's content; only text parts are supported."""
 
-    model_config = _BODY
+    model_config = _NESTED
     type: Literal["text"]
     text: str
 
@@ -150,7 +153,7 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     """One chat message: `content` is a string or a list of text parts (joined by newlines)."""
 
-    model_config = _BODY
+    model_config = _NESTED
     role: str
     content: str | list[TextPart] = Field(description="a string or a list of {type: 'text', text: string} parts")
 
