@@ -108,3 +108,28 @@ def test_logits_of_a_prompt_through_the_cache_equal_decode_logits(llm):
     prefix = llm.logits(prompt[:-1])
     assert full.shape == (len(prompt), llm.model_config.vocab_size)
     assert (full[:-1] - prefix).abs().max() < 1e-5
+
+
+def test_automatic_request_ids_never_take_an_id_a_caller_chose(llm):
+    engine = llm.engine
+    taken = engine.add_request([1, 2, 3], SamplingParams(max_tokens=2), request_id="1000")
+    auto = [engine.add_request([1, 2, 3], SamplingParams(max_tokens=2)) for _ in range(1100)]
+    assert taken not in auto and len(set(auto)) == len(auto)
+    for rid in [taken, *auto]:
+        engine.abort(rid)
+    assert not engine.has_unfinished()
+
+
+def test_a_step_never_carries_more_than_max_num_seqs():
+    from llm_infer.config import SchedulerConfig
+    from llm_infer.runtime.block_manager import BlockManager
+    from llm_infer.runtime.request import Request
+    from llm_infer.runtime.scheduler import Scheduler
+
+    scheduler = Scheduler(SchedulerConfig(max_num_seqs=4), BlockManager(64, 4))
+    for i in range(10):  # forked samples join `running` directly, beyond max_num_seqs
+        req = Request(i, str(i), [1, 2, 3], SamplingParams(), seed=0)
+        scheduler.blocks.allocate(req, 3)
+        req.num_computed_tokens = 2
+        scheduler.add_running(req)
+    assert len(scheduler.schedule(max_seqs=6)) == 4
