@@ -48,7 +48,8 @@ class SchedulerConfig:
     max_num_seqs: StrictInt = Field(16, ge=1, description="sequences in the running batch")
     max_num_batched_tokens: StrictInt = Field(2048, ge=1, description="tokens per step; longer prompts are "
                                               "prefilled in chunks")
-    max_model_len: StrictInt | None = Field(None, ge=1, description="null: the model's `max_position_embeddings`")
+    max_model_len: StrictInt | None = Field(None, ge=1, description="null: the model's context "
+                                        "(`max_position_embeddings`, stretched by RoPE scaling)")
 
 
 @dataclass(config=_SECTION)
@@ -63,10 +64,17 @@ class ParallelConfig:
                                                      "`nccl`, `gloo`")
     pipeline_layers: list[Annotated[StrictInt, Field(ge=1)]] | None = Field(
         None, strict=True, description="layers per stage, e.g. `[16, 8]`; null splits evenly, remainder first")
+    expert_parallel: StrictBool = Field(False, description="mixture-of-experts models: the tensor-parallel ranks "
+                                        "hold whole experts (contiguous ranges) instead of a slice of every expert; "
+                                        "attention stays tensor-parallel")
     ray_address: StrictStr | None = Field(None, description="`auto`, `host:port`, or null for a private local Ray "
                                           "on 127.0.0.1")
-    timeout_s: StrictFloat = Field(120.0, gt=0, description="collectives and worker replies; past it the run stops "
-                                   "with the rank named")
+    timeout_s: StrictFloat = Field(120.0, gt=0, description="collectives and worker replies; past it the rank is "
+                                   "declared hung (see Faults)")
+    max_restarts: StrictInt = Field(3, ge=0, description="worker-set restarts allowed within `restart_window_s` after "
+                                    "a worker dies or hangs; beyond them the run stops with the rank named (0: never)")
+    restart_window_s: StrictFloat = Field(600.0, gt=0, description="the window `max_restarts` counts restarts in, "
+                                          "seconds")
 
 
 @dataclass(config=_SECTION)
@@ -96,6 +104,19 @@ class QuantizationConfig:
 
 
 @dataclass(config=_SECTION)
+class ChatConfig:
+    """How chat replies are parsed into reasoning, content and tool calls (README: Chat: tools,
+    reasoning and templates)."""
+
+    reasoning_parser: Literal["auto", "qwen3"] | None = Field(
+        "auto", description="`qwen3`: `<think>` text becomes `reasoning_content`; `auto`: qwen3 when the chat "
+        "template mentions `</think>`; null: off")
+    tool_call_parser: Literal["auto", "hermes"] | None = Field(
+        "auto", description="`hermes`: `<tool_call>` JSON blocks become `tool_calls`; `auto`: hermes when the chat "
+        "template mentions `<tool_call>`; null: off")
+
+
+@dataclass(config=_SECTION)
 class EngineConfig:
     """The whole configuration: top-level keys, then one section per concern."""
 
@@ -111,11 +132,15 @@ class EngineConfig:
                                                       "built), `torch` (reference), `cuda`")
     cuda_graphs: StrictBool = Field(True, description="capture decode steps as CUDA graphs (CUDA, our kernels, "
                                     "one process)")
+    deterministic: StrictBool = Field(False, description="batch-invariant CPU kernels: a request's tokens and "
+                                      "logits never depend on its batch, chunking or cache hits (see Deterministic "
+                                      "mode)")
     cache: CacheConfig = Field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
 
     @property
     def world_size(self) -> int:
@@ -134,6 +159,11 @@ class EngineConfig:
         if spec.method == "layers" and parallel.tensor > 1:
             raise ValueError("speculative.method: layers runs the target's own layers on one rank, so it needs "
                              "parallel.tensor: 1 (use ngram or draft)")
+        if self.deterministic and self.quantization.lm_head is not None:
+            raise ValueError("deterministic: true does not cover quantization.lm_head: int8 (its kernel changes with "
+                             "the row count); use one or the other")
+        if self.deterministic and self.kernels != "auto":
+            raise ValueError(f"deterministic: true needs kernels: auto (the C++ CPU kernels), not {self.kernels}")
         if spec.ngram_min > spec.ngram_max:
             raise ValueError(f"speculative.ngram_min ({spec.ngram_min}) must not exceed ngram_max ({spec.ngram_max})")
         layers = parallel.pipeline_layers

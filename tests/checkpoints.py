@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen3's added (not special) tokens of the thinking and tool-call formats: ids 259..264 after the specials.
+QWEN3_ADDED = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+QWEN3_TEMPLATE = Path(__file__).parent / "data" / "qwen3_chat_template.jinja"
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -16,6 +19,8 @@ CHATML = (
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=320, max_position_embeddings=512, initializer_range=0.08)
+# Mixture-of-experts additions to TINY: 8 experts, top-2.
+TINY_MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
 # The 0.5B-sized Qwen2 used by benchmarks.
 QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096)
@@ -34,42 +39,60 @@ def _byte_chars() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def write_byte_tokenizer(path: Path) -> None:
-    """A byte-level tokenizer (one token per byte, ChatML specials at 256..258)."""
+def write_byte_tokenizer(path: Path, chat_template: str = "chatml") -> None:
+    """A byte-level tokenizer (one token per byte, ChatML specials at 256..258). `chat_template`:
+    `chatml` (in tokenizer_config.json), or `qwen3`: our Qwen3-style template
+    (`tests/data/qwen3_chat_template.jinja`, as chat_template.jinja) and Qwen3's added tokens
+    `QWEN3_ADDED` at 259..264, not special and not normalized, as Qwen's tokenizer declares them."""
     vocab = {c: i for i, c in enumerate(_byte_chars())}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIALS)
+    config = {"eos_token": "<|im_end|>", "bos_token": None}
+    if chat_template == "chatml":
+        config["chat_template"] = CHATML
+    elif chat_template == "qwen3":
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN3_ADDED])
+        (path / "chat_template.jinja").write_text(QWEN3_TEMPLATE.read_text())
+    else:
+        raise ValueError(chat_template)
     tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<|im_end|>", "bos_token": None, "chat_template": CHATML}))
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+_TRANSFORMERS_CLASSES = {
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+}
 
 
 def make_checkpoint(path: Path, arch: str = "qwen2", seed: int = 0, dtype: torch.dtype = torch.float32,
-                    **overrides) -> Path:
-    """Write a random `arch` (qwen2 | qwen3 | llama) checkpoint with a byte tokenizer into `path`."""
+                    fused_experts: bool = False, chat_template: str = "chatml", **overrides) -> Path:
+    """Write a random `arch` (qwen2 | qwen3 | llama | qwen2_moe | qwen3_moe) checkpoint with a byte
+    tokenizer into `path` (`chat_template`: `chatml` or `qwen3`, see `write_byte_tokenizer`). MoE
+    checkpoints are saved per expert (`experts.{e}.gate_proj.weight`, what transformers writes by
+    default) or, with `fused_experts`, as transformers holds them in memory (`experts.gate_up_proj`
+    `[E, 2I, H]`, `experts.down_proj` `[E, H, I]`)."""
     import transformers
 
     torch.manual_seed(seed)
-    params = {**TINY, **overrides}
-    if arch == "qwen2":
-        config = transformers.Qwen2Config(**params)
-        model = transformers.Qwen2ForCausalLM(config)
-    elif arch == "qwen3":
-        params.setdefault("head_dim", params["hidden_size"] // params["num_attention_heads"])
-        config = transformers.Qwen3Config(**params)
-        model = transformers.Qwen3ForCausalLM(config)
-    elif arch == "llama":
-        config = transformers.LlamaConfig(**params)
-        model = transformers.LlamaForCausalLM(config)
-    else:
+    params = {**TINY, **(TINY_MOE if arch.endswith("_moe") else {}), **overrides}
+    if arch not in _TRANSFORMERS_CLASSES:
         raise ValueError(arch)
+    if arch.startswith("qwen3"):  # Qwen3 configs default head_dim to 128
+        params.setdefault("head_dim", params["hidden_size"] // params["num_attention_heads"])
+    if arch == "qwen2_moe":
+        params.setdefault("shared_expert_intermediate_size", 48)
+    config_class, model_class = (getattr(transformers, name) for name in _TRANSFORMERS_CLASSES[arch])
+    config = config_class(**params)
+    model = model_class(config)
     config.eos_token_id = 258
     config.bos_token_id = 257
     path.mkdir(parents=True, exist_ok=True)
-    model.to(dtype).save_pretrained(path)
-    write_byte_tokenizer(path)
+    model.to(dtype).save_pretrained(path, save_original_format=not fused_experts)
+    write_byte_tokenizer(path, chat_template)
     return path
 
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,21 @@ def tiny_engine_config(model: Path, **extra) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+@contextlib.contextmanager
+def served_engine(config: dict) -> Iterator:
+    """An `AsyncEngine` (the server's engine thread) over an `LLM` built from `config`, shut down after."""
+    from llm_infer import LLM
+    from llm_infer.entrypoints.server import AsyncEngine
+
+    llm = LLM(config, progress=False)
+    engine = AsyncEngine(llm)
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
+        llm.close()
 
 
 def cpu_extension_or_skip():

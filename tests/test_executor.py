@@ -44,7 +44,8 @@ def test_collective_rpc_replies_and_profiling(tiny_models, tensor):
 
 @pytest.mark.slow  # worker processes
 def test_a_failed_call_names_the_rank_and_stops_the_group(tiny_models):
-    llm = LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2}), progress=False)
+    # No restarts: the engine would otherwise replace the stopped group at the next step.
+    llm = LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2, "max_restarts": 0}), progress=False)
     with pytest.raises(WorkerError, match=r"worker rank [01] failed: AttributeError: .*'no_such_method'"):
         introspect.executor(llm).collective_rpc("no_such_method")
     assert all(p.poll() is not None for p in introspect.worker_procs(llm))

@@ -7,9 +7,10 @@ import shutil
 import pytest
 import torch
 
-from llm_infer import LLM, SamplingParams
+from llm_infer import LLM
 from tests.checkpoints import reference_model
 from tests.conftest import tiny_engine_config
+from tests.oracle import engine_greedy
 
 ARCHS = ["qwen2", "qwen3", "llama"]
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101, 32, 99, 97, 116]
@@ -51,16 +52,10 @@ def test_prompt_logits_match_transformers(pair):
 def test_decode_through_paged_cache_matches_transformers(pair):
     llm, hf = pair
     ref_tokens, ref_logits = hf_greedy(hf, PROMPT, 32)
-    rid = llm.engine.add_request(PROMPT, SamplingParams(max_tokens=32, temperature=0, ignore_eos=True),
-                                 return_logits=True)
-    out = None
-    while llm.engine.has_unfinished():
-        for o in llm.engine.step():
-            if o.request_id == rid and o.finished:
-                out = o
-    assert out.token_ids == ref_tokens
+    tokens, logits = engine_greedy(llm, PROMPT, 32)
+    assert tokens == ref_tokens
     # Prompt positions come from the prefill, the rest from 31 one-token decode steps over the cache.
-    torch.testing.assert_close(out.logits[: len(ref_logits)], ref_logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits[: len(ref_logits)], ref_logits, atol=1e-4, rtol=0)
 
 
 def test_chunked_prefill_gives_the_same_logits(tiny_models):

@@ -78,7 +78,9 @@ def test_tensor_size_that_fits_no_head_count_is_a_config_error(tiny_models):
 
 @pytest.mark.slow  # worker processes
 def test_killed_worker_is_a_clear_error_not_a_hang(tiny_models):
-    llm = LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2, "timeout_s": 20}), progress=False)
+    # With restarts allowed the workers would be replaced (tests/test_recovery.py); here none are.
+    llm = LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2, "timeout_s": 20, "max_restarts": 0}),
+              progress=False)
     victim = introspect.worker_procs(llm)[1]
     threading.Timer(0.5, lambda: os.kill(victim.pid, signal.SIGKILL)).start()
     start = time.monotonic()

@@ -19,7 +19,8 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return [ord(c) % VOCAB for c in text]
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool | None = None,
+                    **template: object) -> list[int]:
         return self.encode("".join(m["content"] for m in messages))
 
 
@@ -120,10 +121,13 @@ def test_chat_message_mistakes_name_where(messages, message):
     ({**OK_CHAT, "max_tokens": 0}, "max_tokens", "'max_tokens': must be at least 1"),
     ({**OK_CHAT, "max_completion_tokens": 0}, "max_tokens", "'max_tokens': must be at least 1"),
     ({**OK_CHAT, "echo": True}, "echo", "'echo': unknown field"),
-    ({**OK_CHAT, "tools": [{"type": "function"}]}, "tools",
-     "'tools': not supported by this server (only null or [] is accepted)"),
-    ({**OK_CHAT, "response_format": {"type": "json_object"}}, "response_format",
-     "'response_format': not supported by this server (only null or {'type': 'text'} is accepted)"),
+    ({**OK_CHAT, "tools": [{"type": "function"}]}, "tools", "'tools': tools[0].function is required"),
+    ({**OK_CHAT, "tool_choice": "required"}, "tool_choice", "'tool_choice': 'required' needs tools"),
+    ({**OK_CHAT, "tool_choice": "sometimes"}, "tool_choice",
+     "'tool_choice': must be 'none', 'auto', 'required' or {type: 'function', function: {name}}"),
+    ({**OK_CHAT, "response_format": {"type": "json_schema"}}, "response_format",
+     "'response_format': type json_schema needs json_schema: {name, schema}"),
+    ({**OK_CHAT, "guided_regex": "a", "guided_choice": ["b"]}, "guided_choice", "'guided_choice': only one of"),
 ])
 def test_chat_score_and_unsupported_field_mistakes(body, param, message):
     got = rejected(chat, body)
@@ -213,9 +217,12 @@ def test_chat_lengths():
 
 
 @pytest.mark.parametrize("parse,body,param,nested", [
-    (chat, {**OK_CHAT, "messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages", "name"),
-    (chat, {**OK_CHAT, "messages": [{"role": "user", "content": "hi", "tool_calls": [{"id": "x"}]}]},
-     "messages", "tool_calls"),
+    (chat, {**OK_CHAT, "messages": [{"role": "assistant", "content": "hi", "function_call": {"name": "f"}}]},
+     "messages", "function_call"),
+    (chat, {**OK_CHAT, "messages": [{"role": "assistant", "tool_calls": [{"id": "x", "function": {
+        "name": "f", "arguments": "{}", "strict": True}}]}]}, "messages", "strict"),
+    (chat, {**OK_CHAT, "tools": [{"type": "function", "function": {"name": "f", "returns": "int"}}]},
+     "tools", "returns"),
     (chat, {**OK_CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi",
                                                                  "cache_control": {"type": "ephemeral"}}]}]},
      "messages", "cache_control"),
@@ -226,3 +233,74 @@ def test_chat_lengths():
 def test_unknown_nested_fields_are_refused_not_dropped(parse, body, param, nested):
     error = rejected(parse, body)
     assert error.param == param and nested in str(error)
+
+
+class RecordingTokenizer(ByteTokenizer):
+    """Remembers what the chat template would have received."""
+
+    def encode_chat(self, messages, add_generation_prompt=None, **template):
+        self.sent = (messages, add_generation_prompt, template)
+        return super().encode_chat(messages)
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather now",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+
+
+def test_chat_history_tools_and_template_options_reach_the_template():
+    tok = RecordingTokenizer()
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Weather?"}], "name": "ann"},
+                {"role": "assistant", "content": None, "reasoning_content": "Look it up.", "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                {"role": "assistant", "content": "It is"}]
+    req = parse_chat({**OK_CHAT, "messages": messages, "tools": TOOLS, "continue_final_message": True,
+                      "chat_template_kwargs": {"enable_thinking": False}, "add_generation_prompt": False},
+                     tok, MAX_MODEL_LEN, VOCAB)
+    sent, add_generation_prompt, template = tok.sent
+    assert sent == [{"role": "user", "content": "Weather?", "name": "ann"},
+                    {"role": "assistant", "content": "", "reasoning_content": "Look it up.", "tool_calls": [CALL]},
+                    {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
+                    {"role": "assistant", "content": "It is"}]
+    assert add_generation_prompt is False
+    assert template == {"tools": TOOLS, "continue_final_message": True,
+                        "chat_template_kwargs": {"enable_thinking": False}}
+    assert req.parse_tools and req.params.structured_outputs is None
+
+
+def test_tool_choice_decides_parsing_and_none_keeps_the_tools_in_the_prompt():
+    tok = RecordingTokenizer()
+    assert not chat(OK_CHAT).parse_tools  # no tools: nothing to parse
+    assert chat({**OK_CHAT, "tools": TOOLS, "tool_choice": "auto"}).parse_tools
+    req = parse_chat({**OK_CHAT, "tools": TOOLS, "tool_choice": "none"}, tok, MAX_MODEL_LEN, VOCAB)
+    assert not req.parse_tools and tok.sent[2]["tools"] == TOOLS
+    got = rejected(chat, {**OK_CHAT, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}})
+    assert (got.param, got.message) == ("tool_choice", "'tool_choice': function 'nope' is not among the tools "
+                                                       "(get_weather)")
+    assert chat({**OK_CHAT, "parallel_tool_calls": True}).params == chat(OK_CHAT).params
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_choice_that_needs_a_grammar_is_constrained_or_refused(choice):
+    try:
+        from llm_infer.runtime.structured_output.tool_calls import tool_call_constraint  # noqa: F401
+    except ImportError:
+        got = rejected(chat, {**OK_CHAT, "tools": TOOLS, "tool_choice": choice})
+        assert got.param == "tool_choice" and "not supported yet" in got.message
+        return
+    req = chat({**OK_CHAT, "tools": TOOLS, "tool_choice": choice})
+    assert req.parse_tools and req.params.structured_outputs is not None
+
+
+@pytest.mark.parametrize("messages,message", [
+    ([{"role": "user"}], "'messages': messages[0].content is required"),
+    ([{"role": "assistant"}], "'messages': messages[0].content is required"),
+    ([{"role": "user", "content": "x", "tool_calls": [CALL]}],
+     "'messages': messages[0].tool_calls is only for assistant messages"),
+    ([{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}]}],
+     "'messages': messages[0].tool_calls[0].function.arguments is required"),
+])
+def test_chat_history_mistakes_name_the_message(messages, message):
+    got = rejected(chat, {**OK_CHAT, "messages": messages})
+    assert (got.param, got.message) == ("messages", message)

@@ -44,7 +44,8 @@ def test_ray_layouts_match_tp1(local_ray, tiny_models, reference, tp, pp):
 
 
 def test_killed_ray_actor_is_a_clear_error(local_ray, tiny_models):
-    cfg = tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2, "launcher": "ray", "timeout_s": 20})
+    cfg = tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": 2, "launcher": "ray", "timeout_s": 20,
+                                                             "max_restarts": 0})  # no replacement here
     llm = LLM(cfg, progress=False)
     ray.kill(introspect.ray_actors(llm)[1])
     start = time.monotonic()

@@ -32,7 +32,7 @@ from llm_infer.entrypoints.cli import main as cli_main
 from llm_infer.entrypoints.server import AsyncEngine, build_app
 from llm_infer.entrypoints.server.serve import ServerThread, served_model_name
 from tests import introspect
-from tests.conftest import tiny_engine_config
+from tests.conftest import served_engine, tiny_engine_config
 
 KEY = "test-key"
 MODEL = "qwen2"  # the tiny checkpoint's folder name
@@ -53,11 +53,8 @@ def offline(tiny_models):
 
 @pytest.fixture(scope="module")
 def engine(tiny_models):
-    llm = LLM(server_config(tiny_models["qwen2"]), progress=False)
-    async_engine = AsyncEngine(llm)
-    yield async_engine
-    async_engine.shutdown()
-    llm.close()
+    with served_engine(server_config(tiny_models["qwen2"])) as async_engine:
+        yield async_engine
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,8 @@ def test_kv_cache_after_speculation_equals_plain_decoding(tiny, name):
 def _exact_marginals(model_dir, prompt: list[int], vocab: int, steps: int,
                      params: SamplingParams | None = None) -> list[torch.Tensor]:
     """The target's own distribution of output tokens 0..steps-1 at temperature 1 (transformers),
-    after the request's logit bias and frequency/presence penalties (OpenAI definitions)."""
+    after the request's logit bias and frequency/presence penalties (OpenAI definitions) and, for
+    a constrained request, with tokens outside ALLOWED masked."""
     import transformers
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -238,6 +239,8 @@ def _exact_marginals(model_dir, prompt: list[int], vocab: int, steps: int,
                     row[token] += bias
                 for token in set(prefix):
                     row[token] -= params.frequency_penalty * prefix.count(token) + params.presence_penalty
+                if params.structured_outputs is not None:  # the regex of the constrained variant: a token set
+                    row[[t for t in range(vocab) if t not in ALLOWED]] = float("-inf")
             probs = torch.softmax(logits, dim=-1)
             nxt, marginal = {}, torch.zeros(vocab, dtype=torch.float64)
             for prefix, row in zip(prefixes, probs):
@@ -248,8 +251,12 @@ def _exact_marginals(model_dir, prompt: list[int], vocab: int, steps: int,
     return marginals
 
 
+ALLOWED = (1, 2, 3, 5)  # the constrained variant's regex admits these bytes (the tiny tokenizer: byte b is token b)
+
+
 @pytest.mark.slow  # chi-square: 3000 sampled runs
-@pytest.mark.parametrize("method", ["draft-poor", "ngram", "draft-self-penalised"])
+@pytest.mark.parametrize("method", ["draft-poor", "ngram", "draft-self-penalised", "ngram-constrained",
+                                    "draft-self-constrained"])
 def test_sampled_tokens_follow_the_targets_distribution(tmp_path, method):
     """With penalties and a bias the acceptance test uses the processed distribution at each
     position, counting the proposals before it (the draft, here the target itself so that
@@ -262,11 +269,13 @@ def test_sampled_tokens_follow_the_targets_distribution(tmp_path, method):
     poor = make_checkpoint(tmp_path / "d", "qwen2", seed=3, vocab_size=vocab, num_hidden_layers=1,
                            initializer_range=0.5)
     prompt = [1, 2, 3, 1, 2, 3, 1, 2]  # repetitive, so the n-gram proposer proposes [3 1 2 ...]
-    draft = target if method == "draft-self-penalised" else poor
+    draft = target if method.startswith("draft-self") else poor
     spec = ({"method": "draft", "draft_model": str(draft), "draft_dtype": "float32"} if method.startswith("draft")
             else {"method": "ngram", "ngram_min": 1})
     processing = (dict(frequency_penalty=2.0, presence_penalty=1.0, logit_bias={2: 1.5})
                   if method.endswith("penalised") else {})
+    if method.endswith("constrained"):  # the grammar masks per position, rolled back with rejected proposals
+        processing = dict(frequency_penalty=1.0, structured_outputs={"regex": "[\\x01-\\x03\\x05]*"})
     params = [SamplingParams(max_tokens=steps + 2, temperature=1.0, seed=s, ignore_eos=True, **processing)
               for s in range(runs)]
     cfg = tiny_engine_config(target, speculative=spec, scheduler={"max_num_seqs": 256},

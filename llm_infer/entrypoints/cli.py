@@ -89,12 +89,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             messages.append({"role": "user", "content": line.rstrip("\n")})
-            reply = ""
-            for update in llm.stream(llm.tokenizer.encode_chat(messages), params):
+            prompt, reply = llm.tokenizer.encode_chat(messages), ""
+            for update in llm.stream(prompt, params):
                 reply += update.new_text
                 print(update.new_text, end="", flush=True)
             print(flush=True)
-            messages.append({"role": "assistant", "content": reply})
+            # The history keeps the answer and the reasoning apart, as the template wants them
+            # (message text is always text: raw <think> tags would not be markers there).
+            parsed = llm.chat_parser.parse(reply, prompt, parse_tools=False)
+            messages.append({"role": "assistant", "content": parsed.content or "",
+                             **({"reasoning_content": parsed.reasoning_content} if parsed.reasoning_content else {})})
     except KeyboardInterrupt:
         print()
     finally:

@@ -15,6 +15,7 @@ from llm_infer.parallel.layout import check_layout
 from llm_infer.runtime.engine import LLMEngine
 from llm_infer.runtime.models.build import resolve_device, resolve_model
 from llm_infer.runtime.models.resolve import resolve_model_dir
+from llm_infer.runtime.output_parsers import ChatOutputParser
 from llm_infer.runtime.outputs import RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.tokenizer import Tokenizer
@@ -47,8 +48,11 @@ class LLM:
         self.model_config = resolved.config
         self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer) if self.config.tokenizer
                                    else resolved.model_dir)
+        self.chat_parser = ChatOutputParser(self.tokenizer, self.config.chat.reasoning_parser,
+                                            self.config.chat.tool_call_parser)
         mc = self.model_config
-        check_layout(mc.num_heads, mc.num_kv_heads, mc.intermediate_size, mc.num_layers, self.config.parallel)
+        check_layout(mc.num_heads, mc.num_kv_heads, mc.intermediate_size, mc.num_layers, self.config.parallel,
+                     mc.moe)
         self._executor = make_executor(self.config, progress=progress)
         # Workers (processes, Ray actors and placement groups) are released by close(), or when this
         # object is garbage collected, or at interpreter exit, whichever comes first. The finalizer
@@ -68,14 +72,31 @@ class LLM:
         return self._run([(p, sp, False) for p, sp in zip(batch, param_list)])
 
     def chat(self, messages: list[Message] | list[list[Message]],
-             params: SamplingParams | Sequence[SamplingParams] | None = None) -> RequestOutput | list[RequestOutput]:
-        """Render the conversation(s) with the model's chat template and generate the reply."""
+             params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+             tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
+             add_generation_prompt: bool | None = None,
+             continue_final_message: bool = False) -> RequestOutput | list[RequestOutput]:
+        """Render the conversation(s) with the model's chat template and generate the reply.
+
+        `tools` (OpenAI's tool list), `chat_template_kwargs` (e.g. `{"enable_thinking": False}`),
+        `add_generation_prompt` (default: `not continue_final_message`) and `continue_final_message`
+        (the reply continues the last, assistant, message) reach the template as
+        `Tokenizer.encode_chat` describes; text in the messages never becomes control tokens.
+        Each sample's `message` is its reply parsed by the configured parsers (`chat` section):
+        `content`, `reasoning_content` and, when `tools` are given, `tool_calls`
+        (`message.finish_reason(sample.finish_reason)` gives OpenAI's `tool_calls` reason).
+        """
         if not isinstance(messages, list) or not messages:
             raise UserError("messages must be a non-empty list of {role, content} objects")
         single = isinstance(messages[0], dict)
         conversations = [messages] if single else messages
-        prompts = [self.tokenizer.encode_chat(c) for c in conversations]
+        prompts = [self.tokenizer.encode_chat(c, add_generation_prompt, tools=tools,
+                                              continue_final_message=continue_final_message,
+                                              chat_template_kwargs=chat_template_kwargs) for c in conversations]
         outputs = self.generate(prompts, params)
+        for out in outputs:
+            for sample in out.outputs:
+                sample.message = self.chat_parser.parse(sample.text, out.prompt_token_ids, parse_tools=bool(tools))
         return outputs[0] if single else outputs
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:

@@ -41,6 +41,8 @@ class Executor(ABC):
 
     # Steps that may be in flight at once: the number of pipeline stages (1 without pipelining).
     max_inflight: int = 1
+    # Whether `restart` can replace the workers (not for a worker in the controller's own process).
+    can_restart: bool = False
 
     @abstractmethod
     def available_blocks(self) -> int:
@@ -63,6 +65,12 @@ class Executor(ABC):
     @abstractmethod
     def shutdown(self) -> None:
         """Stop the workers and release what they hold; calling it again does nothing."""
+
+    def restart(self) -> None:
+        """Replace every worker with a fresh one started the same way, with its weights loaded and
+        the last `init_cache` block count allocated. Raises WorkerError if the new set fails too,
+        UserError for a mistake a new worker finds (a checkpoint corrupted meanwhile)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restart its workers")
 
     def init_cache(self, num_blocks: int) -> None:
         """Allocate `num_blocks` KV blocks on every rank (returns once all have)."""

@@ -107,8 +107,9 @@ class ControllerChannel:
         while True:
             remaining = end - time.monotonic()
             if remaining <= 0:
-                raise WorkerError(f"worker rank {min(wanted)} did not answer within {timeout_s:.0f} s "
-                                  "(parallel.timeout_s)")
+                rank, why = self._stopped_rank() or (min(wanted), "")
+                raise WorkerError(f"worker rank {rank} did not answer within {timeout_s:.0f} s "
+                                  f"(parallel.timeout_s){why}")
             for conn in wait(list(by_conn), timeout=remaining):
                 r = by_conn[conn]
                 try:
@@ -118,10 +119,43 @@ class ControllerChannel:
                 if message[0] == "error":
                     if message[2]:  # the user's mistake, found by a worker
                         raise UserError(message[1])
+                    self._raise_if_another_failed(r)  # a collective fails on every rank when one dies
                     raise WorkerError(f"worker rank {r} failed: {message[1]}")
                 if r in wanted:
                     return r, message[1]
                 raise WorkerError(f"worker rank {r} sent a reply nobody asked for")
+
+    def _raise_if_another_failed(self, failed: int, grace_s: float = 0.5) -> None:
+        """Name the rank that died or stopped, not the one whose collective failed because of it:
+        raise WorkerError if another rank's connection closes within `grace_s` or its process is
+        stopped."""
+        others = {conn: r for r, conn in self.conns.items() if r != failed}
+        for conn in wait(list(others), timeout=grace_s):
+            try:
+                conn.recv_bytes()
+            except (EOFError, OSError):
+                r = others[conn]
+                raise WorkerError(f"worker rank {r} died: {self.describe_death(r)}") from None
+        stopped = self._stopped_rank()
+        if stopped is not None:
+            raise WorkerError(f"worker rank {stopped[0]} stopped answering{stopped[1]}")
+
+    def _stopped_rank(self) -> tuple[int, str] | None:
+        """A rank whose process on this machine is stopped (SIGSTOP, a debugger), with the words
+        for it, or None. Asked when a reply is late: the late rank may only be waiting for it."""
+        local = {self.address[0], "127.0.0.1", "::1"}
+        for rank, info in sorted(self.hello.items()):
+            pid = info.get("pid")
+            if info.get("ip") not in local or pid is None:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state in ("T", "t"):
+                return rank, f": process {pid} is stopped"
+        return None
 
     def close(self) -> None:
         for conn in self.conns.values():

@@ -5,7 +5,8 @@ describe, watch and kill them; this class does the rest: the start-up calls
 (`init_worker` on each rank's host, which builds the Worker), `collective_rpc`,
 and steps as calls to `execute` answered by the sampling rank, up to one per
 pipeline stage in flight, collected in order. Any worker failure shuts the whole
-group down and surfaces as one `WorkerError` naming the rank.
+group down and surfaces as one `WorkerError` naming the rank; `restart` then starts a
+fresh group the same way (the engine decides whether to, see `runtime/recovery.py`).
 """
 
 from __future__ import annotations
@@ -26,17 +27,25 @@ T = TypeVar("T")
 class ChannelExecutor(Executor):
     """Workers reached through a `ControllerChannel` listening on `host`."""
 
+    can_restart = True
+
     def __init__(self, config: EngineConfig, host: str):
         self.config = config
         self.world_size = config.world_size
-        self.channel = ControllerChannel(host, self.world_size, config.parallel.timeout_s,
-                                         describe_death=self.describe_death, check_alive=self.check_alive)
+        self.host = host
+        self.channel = self._open_channel()
         self.max_inflight = config.parallel.pipeline
         self.sampler_rank = (config.parallel.pipeline - 1) * config.parallel.tensor
         self._step_reply = (self.sampler_rank,)
         self._blocks = 0
         self._pending: deque[int] = deque()  # step ids in flight, oldest first
         self._closed = False
+        self._failure = ""  # why the workers were stopped, when a failure stopped them
+        self._cache_blocks: int | None = None  # what init_cache allocated (a restart allocates it again)
+
+    def _open_channel(self) -> ControllerChannel:
+        return ControllerChannel(self.host, self.world_size, self.config.parallel.timeout_s,
+                                 describe_death=self.describe_death, check_alive=self.check_alive)
 
     # Subclass hooks ------------------------------------------------------------------
     def describe_death(self, rank: int) -> str:
@@ -46,12 +55,19 @@ class ChannelExecutor(Executor):
     def check_alive(self) -> None:
         """Raise WorkerError if a started worker has already exited."""
 
+    def launch(self) -> None:
+        """Start one set of workers that connect to `self.channel`, then `start` them."""
+        raise NotImplementedError
+
     def kill_workers(self) -> None:
         raise NotImplementedError
 
     def stop_workers(self) -> None:
         """After `shutdown` was sent: wait briefly for a clean exit, then kill."""
         self.kill_workers()
+
+    def release(self) -> None:
+        """At shutdown, after the workers are gone: release what the launcher itself holds."""
 
     # Start-up ------------------------------------------------------------------------
     def start(self, worker_config: EngineConfig, connect_timeout_s: float) -> None:
@@ -63,12 +79,26 @@ class ChannelExecutor(Executor):
             blocks = self.collective_rpc("init_worker", dataclasses.asdict(worker_config), first["ip"],
                                          first["port"], timeout_s=max(600.0, self.config.parallel.timeout_s))
             self._blocks = min(blocks)
-        except BaseException:
-            self._abort()
+        except BaseException as e:
+            self._abort(str(e))
             raise
 
     def available_blocks(self) -> int:
         return self._blocks
+
+    def init_cache(self, num_blocks: int) -> None:
+        super().init_cache(num_blocks)
+        self._cache_blocks = num_blocks
+
+    def restart(self) -> None:
+        if not self._closed:
+            self._abort()
+        self._pending.clear()
+        self.channel = self._open_channel()
+        self._closed, self._failure = False, ""
+        self.launch()  # `start` stops the new set again if it fails
+        if self._cache_blocks is not None:
+            self.init_cache(self._cache_blocks)
 
     # Calls ---------------------------------------------------------------------------
     def collective_rpc(self, method: str, *args: Any, reply_rank: ReplyRank = ALL,
@@ -90,32 +120,33 @@ class ChannelExecutor(Executor):
         step_id = self._pending.popleft()
         out = self._guard(lambda: self.channel.recv_from(self.sampler_rank))
         if out.step_id != step_id:
-            self._abort()
-            raise WorkerError(f"worker rank {self.sampler_rank} answered step {out.step_id}, expected {step_id}")
+            error = f"worker rank {self.sampler_rank} answered step {out.step_id}, expected {step_id}"
+            self._abort(error)
+            raise WorkerError(error)
         return out
 
     def _guard(self, action: Callable[[], T]) -> T:
         if self._closed:
-            raise WorkerError("the workers were shut down after an earlier failure")
+            raise WorkerError(f"the workers were shut down after an earlier failure ({self._failure})")
         try:
             return action()
-        except (WorkerError, UserError):
-            self._abort()
+        except (WorkerError, UserError) as e:
+            self._abort(str(e))
             raise
 
     # Shutdown ------------------------------------------------------------------------
-    def _abort(self) -> None:
-        self._closed = True
+    def _abort(self, reason: str = "") -> None:
+        self._closed, self._failure = True, reason
         self.kill_workers()
         self.channel.close()
 
     def shutdown(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self.channel.send_call("shutdown", (), ())
-        except WorkerError:
-            pass
-        self.stop_workers()
-        self.channel.close()
+        if not self._closed:
+            self._closed = True
+            try:
+                self.channel.send_call("shutdown", (), ())
+            except WorkerError:
+                pass
+            self.stop_workers()
+            self.channel.close()
+        self.release()

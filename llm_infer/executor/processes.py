@@ -28,10 +28,11 @@ class ProcessExecutor(ChannelExecutor):
     def __init__(self, config: EngineConfig):
         self.procs: list[subprocess.Popen] = []
         super().__init__(config, HOST)
-        world = config.world_size
-        threads = config.threads or max(1, (os.cpu_count() or 1) // world)
-        worker_config = dataclasses.replace(config, threads=threads)
-        env = dict(os.environ, LLM_INFER_AUTHKEY=self.channel.authkey.hex(), OMP_NUM_THREADS=str(threads))
+        self.threads = config.threads or max(1, (os.cpu_count() or 1) // config.world_size)
+        self.launch()
+
+    def launch(self) -> None:
+        env = dict(os.environ, LLM_INFER_AUTHKEY=self.channel.authkey.hex(), OMP_NUM_THREADS=str(self.threads))
         host, port = self.channel.address
         self.procs = [
             subprocess.Popen(
@@ -39,9 +40,9 @@ class ProcessExecutor(ChannelExecutor):
                  "--rank", str(rank), "--local-rank", str(rank), "--node-ip", HOST],
                 env=env, stdin=subprocess.DEVNULL,
             )
-            for rank in range(world)
+            for rank in range(self.world_size)
         ]
-        self.start(worker_config, connect_timeout_s=120.0)
+        self.start(dataclasses.replace(self.config, threads=self.threads), connect_timeout_s=120.0)
 
     def check_alive(self) -> None:
         for rank, proc in enumerate(self.procs):

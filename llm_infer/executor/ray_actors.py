@@ -56,15 +56,23 @@ class RayExecutor(ChannelExecutor):
         use_gpu = config.device == "cuda" or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
         threads = config.threads or (1 if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // world))
         super().__init__(config, self._driver_ip())
-        bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": threads}
-        try:
-            self._place(bundle, p.tensor, p.pipeline)
-        except BaseException:
-            self._abort()
-            raise
+        self.bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": threads}
+        self.worker_config = dataclasses.replace(config, threads=threads, device="cuda" if use_gpu else "cpu")
         _LIVE.add(self)
-        worker_config = dataclasses.replace(config, threads=threads, device="cuda" if use_gpu else "cpu")
-        self.start(worker_config, connect_timeout_s=300.0)
+        try:
+            self.launch()
+        except BaseException:
+            self.release()  # nobody will call shutdown on an executor that never started
+            raise
+
+    def launch(self) -> None:
+        """New placement groups and actors (on whichever nodes have room), then the workers' start-up."""
+        try:
+            self._place(self.bundle, self.config.parallel.tensor, self.config.parallel.pipeline)
+        except BaseException as e:
+            self._abort(str(e))
+            raise
+        self.start(self.worker_config, connect_timeout_s=300.0)
 
     def _connect(self, config: EngineConfig) -> None:
         address = config.parallel.ray_address
@@ -133,7 +141,10 @@ class RayExecutor(ChannelExecutor):
                 remove_placement_group(group)
             except Exception:
                 pass
-        self.actors, self.groups = [], []
+        self.actors, self.groups, self.refs = [], [], []
+
+    def release(self) -> None:
+        """Stop the private Ray instance this executor started (joined clusters stay up)."""
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False

@@ -24,7 +24,7 @@ from llm_infer.paths import llm_infer_home
 
 CSRC = Path(__file__).parent / "csrc" / "cpu"
 SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "awq_gemv.cpp", "elementwise.cpp", "attention.cpp", "decode_stack.cpp",
-           "int8_gemv.cpp"]
+           "int8_gemv.cpp", "moe.cpp"]
 
 
 cache_home = llm_infer_home  # the kernel builds live under cache_home() / "build"

@@ -4,6 +4,10 @@
 `auto` runs our compiled kernels where they are built for the device (C++ on
 CPU for bf16/fp32; CUDA on GPUs for fp16/bf16) and the torch reference
 otherwise. `cuda` insists on the CUDA kernels: an error if they cannot run.
+`deterministic: true` takes the batch-invariant C++ set (`_cpu_kernels(ext, True)`):
+every matmul through the GEMV tiles whatever the row count (`linear_invariant`),
+every query row through the paged attention kernel with fixed KV chunks (prefill
+rows too), norms per row; it needs the C++ CPU kernels (an error otherwise).
 A model receives one `Kernels` set and its layers call through it.
 """
 
@@ -15,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from llm_infer.errors import UserError
-from llm_infer.kernels import awq_torch, torch_ref
+from llm_infer.kernels import awq_torch, moe_torch, torch_ref
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 
 
@@ -31,6 +35,8 @@ class Kernels:
     awq_prepare: Callable[..., awq_torch.AWQWeights]  # (qweight, qzeros, scales, group) -> kernel's form
     awq_linear: Callable[..., torch.Tensor]  # (x, AWQWeights, bias) -> x @ W.T + bias
     int8_linear: Callable[..., torch.Tensor]  # (x, int8 W, fp32 row scales) -> x @ (scales * W).T
+    # (x, gate_up [E, 2I, H], down [E, H, I], fp32 weights [T, k], ids [T, k], first expert) -> [T, H]
+    moe: Callable[..., torch.Tensor] = moe_torch.fused_moe
 
 
 TORCH = Kernels("torch", torch_ref.linear, torch_ref.rms_norm, torch_ref.add_rms_norm, torch_ref.rotary_,
@@ -38,7 +44,14 @@ TORCH = Kernels("torch", torch_ref.linear, torch_ref.rms_norm, torch_ref.add_rms
                 torch_ref.int8_linear)
 
 
-def select_kernels(setting: str, device: torch.device, dtype: torch.dtype) -> Kernels:
+# Deterministic mode: KV positions are reduced in chunks starting at multiples of this (rounded up
+# to whole blocks), whatever the batch; 256 keeps a decode step's chunks few and a prefill's merge small.
+DETERMINISTIC_CHUNK = 256
+
+
+def select_kernels(setting: str, device: torch.device, dtype: torch.dtype, deterministic: bool = False) -> Kernels:
+    if deterministic:
+        return _deterministic_kernels(device, dtype)
     if setting == "torch":
         return TORCH
     if device.type == "cuda":
@@ -80,8 +93,33 @@ def _cuda_kernels(ext: Any) -> Kernels:
                    CudaAttentionBackend(ext), awq_torch.prepare_ref, awq_linear, torch_ref.int8_linear)
 
 
-def _cpu_kernels(ext: Any) -> Kernels:
+def _deterministic_kernels(device: torch.device, dtype: torch.dtype) -> Kernels:
+    ext = None
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
+        from llm_infer.kernels.cpu_extension import load_cpu_extension
+
+        ext = load_cpu_extension()
+    if ext is None:
+        raise UserError("deterministic: true needs the C++ CPU kernels (device: cpu, dtype float32 or bfloat16, "
+                        "and a C++ compiler)")
+    return _cpu_kernels(ext, deterministic=True)
+
+
+def _not_deterministic(what: str) -> Callable[..., Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise UserError(f"deterministic: true does not cover {what} yet")
+    return refuse
+
+
+def _cpu_kernels(ext: Any, deterministic: bool = False) -> Kernels:
     from llm_infer.kernels.attention_cpu import CpuAttentionBackend
+
+    if deterministic:
+        return Kernels("cpu-deterministic", ext.linear_invariant, ext.rms_norm,
+                       lambda x, residual, weight, eps: (ext.add_rms_norm_(x, residual, weight, eps), residual),
+                       ext.rotary_, ext.silu_and_mul, CpuAttentionBackend(ext, fixed_chunk=DETERMINISTIC_CHUNK),
+                       _not_deterministic("AWQ int4 checkpoints"), _not_deterministic("AWQ int4 checkpoints"),
+                       _not_deterministic("an int8 LM head"), _not_deterministic("mixture-of-experts models"))
 
     def add_rms_norm(x, residual, weight, eps):
         return ext.add_rms_norm_(x, residual, weight, eps), residual
@@ -92,4 +130,4 @@ def _cpu_kernels(ext: Any) -> Kernels:
         return ext.awq_linear(x, w.packed, w.scales_nk, w.zeros_nk, w.group, bias)
 
     return Kernels("cpu", ext.linear, ext.rms_norm, add_rms_norm, ext.rotary_, ext.silu_and_mul,
-                   CpuAttentionBackend(ext), awq_torch.repack_for_cpu, awq_linear, ext.int8_linear)
+                   CpuAttentionBackend(ext), awq_torch.repack_for_cpu, awq_linear, ext.int8_linear, ext.fused_moe)

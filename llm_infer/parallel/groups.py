@@ -24,10 +24,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def init_parallel_groups(tp: int, pp: int, rank: int, backend: str, master_addr: str, master_port: int,
-                         timeout_s: float, device: torch.device) -> ParallelState:
+                         timeout_s: float, device: torch.device, expert_parallel: bool = False) -> ParallelState:
+    """`expert_parallel`: MoE layers give each TP rank whole experts (see `parallel/experts.py`)."""
     world = tp * pp
     if world == 1:
-        state = ParallelState()
+        state = ParallelState(expert_parallel=expert_parallel)
         set_parallel_state(state)
         return state
     if device.type == "cuda":
@@ -46,7 +47,7 @@ def init_parallel_groups(tp: int, pp: int, rank: int, backend: str, master_addr:
         if stage == pp_rank:
             tp_group = group
     state = ParallelState(tp_size=tp, tp_rank=tp_rank, pp_size=pp, pp_rank=pp_rank,
-                          tp_group=tp_group if tp > 1 else None)
+                          tp_group=tp_group if tp > 1 else None, expert_parallel=expert_parallel)
     set_parallel_state(state)
     return state
 

@@ -125,6 +125,20 @@ def _scaled(size: float, what: str) -> int:
     return int(size)
 
 
+class ReplicatedLinear(LinearBase):
+    """Every rank holds the whole weight and computes the whole output (MoE routers and gates)."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False,
+                 dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None):
+        super().__init__(input_size, output_size, input_size, output_size, bias, dtype, linear_method)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        copy_checked(param.data, loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_method.apply(self, x, self.bias)
+
+
 class ColumnParallelLinear(LinearBase):
     """Output features split across TP ranks; output stays sharded."""
 
@@ -205,19 +219,27 @@ class QKVParallelLinear(ColumnParallelLinear):
 
 
 class RowParallelLinear(LinearBase):
-    """Input features split across TP ranks; partial outputs are all-reduced."""
+    """Input features split across TP ranks; partial outputs are all-reduced, unless
+    `reduce_results=False` leaves the partial sum to a caller that reduces once for several
+    (a MoE block: routed and shared experts together; a bias is then refused)."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False,
-                 dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None):
+                 dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None,
+                 reduce_results: bool = True):
         tp = get_parallel_state().tp_size
+        if bias and not reduce_results:
+            raise ValueError("a row-parallel bias is added after the reduction: it needs reduce_results")
         super().__init__(input_size, output_size, divide(input_size, tp, "input features"), output_size,
                          bias, dtype, linear_method)
+        self.reduce_results = reduce_results
 
     def weight_loader(self, param, loaded, shard_id=None):
         self._load_split(param, loaded, "input_dim")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear_method.apply(self, x, None)
+        if not self.reduce_results:
+            return out
         out = tp_all_reduce(out)
         if self.bias is not None:
             out = out + self.bias

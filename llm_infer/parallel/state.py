@@ -17,6 +17,7 @@ class ParallelState:
     pp_size: int = 1
     pp_rank: int = 0
     tp_group: Any = None  # torch.distributed ProcessGroup of this stage, None when tp_size == 1
+    expert_parallel: bool = False  # MoE experts: whole experts per TP rank instead of slices of each
 
     @property
     def is_first_stage(self) -> bool:

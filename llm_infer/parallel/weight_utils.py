@@ -22,13 +22,20 @@ def shape_of(loaded: Any) -> tuple[int, ...]:
 
 
 def narrow(loaded: Any, dim: int, start: int, size: int) -> Any:
+    """Rows start..start + size of `dim` (a view of a tensor; only those bytes of a slice)."""
+    return narrow_dims(loaded, {dim: (start, size)})
+
+
+def narrow_dims(loaded: Any, ranges: dict[int, tuple[int, int]]) -> Any:
+    """The block of `loaded` with dim d narrowed to `ranges[d] = (start, size)`: a view of a
+    tensor, or read at once from a safetensors slice (only those bytes). Raises WeightShapeError
+    past the end."""
     full = shape_of(loaded)
-    if start + size > full[dim]:
-        raise WeightShapeError(f"needs rows {start}..{start + size} of dim {dim}, tensor has shape {list(full)}")
-    if isinstance(loaded, torch.Tensor):
-        return loaded.narrow(dim, start, size)
     index = [slice(None)] * len(full)
-    index[dim] = slice(start, start + size)
+    for dim, (start, size) in ranges.items():
+        if start + size > full[dim]:
+            raise WeightShapeError(f"needs rows {start}..{start + size} of dim {dim}, tensor has shape {list(full)}")
+        index[dim] = slice(start, start + size)
     return loaded[tuple(index)]
 
 

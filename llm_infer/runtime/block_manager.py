@@ -187,6 +187,17 @@ class BlockManager:
         seq.block_table = []
         seq.num_cached_blocks = 0
 
+    def drop_cache(self) -> None:
+        """Forget every cache entry: the workers were replaced and their KV is gone. Call once no
+        sequence holds a block; every block is then plain free."""
+        if any(self._ref):
+            raise RuntimeError("drop_cache() while sequences still hold blocks")
+        self._free = deque(range(self.num_blocks))
+        self._evictable.clear()
+        self._key_of.clear()
+        self._block_of.clear()
+        self.copies = []
+
     def usage(self) -> float:
         """Share of blocks referenced by sequences (free cache entries count as free)."""
         return 1.0 - self.num_free_blocks / self.num_blocks

@@ -18,16 +18,19 @@ from typing import TYPE_CHECKING
 
 
 from llm_infer.config import EngineConfig
-from llm_infer.errors import UserError
+from llm_infer.errors import UserError, WorkerError
 from llm_infer.runtime.block_manager import BlockManager
 from llm_infer.runtime.detokenizer import IncrementalDetokenizer
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.output_processor import OutputProcessor
 from llm_infer.runtime.outputs import CompletionOutput, EngineSnapshot, RequestOutput
+from llm_infer.runtime.recovery import WorkerRecovery
 from llm_infer.runtime.request import Request, RequestStatus
-from llm_infer.runtime.sampling_params import SamplingParams, needs_processing
+from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError, needs_processing
 from llm_infer.runtime.scheduler import Scheduler
 from llm_infer.runtime.speculative.planner import SpecPlanner
+from llm_infer.runtime.structured_output.compiler import GrammarCompiler, end_of_sequence_ids
+from llm_infer.runtime.structured_output.params import ReasoningStart, constraint_spec
 from llm_infer.runtime.step_plan import StepOutput, StepPlan, StepTiming, build_step_plan
 from llm_infer.runtime.tokenizer import Tokenizer
 
@@ -50,7 +53,8 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.model_config = model_config
         self.max_model_len = model_config.max_model_len(config.scheduler.max_model_len)
-        self.eos_token_ids = sorted(set(tokenizer.eos_token_ids) | set(model_config.eos_token_ids))
+        self.eos_token_ids = end_of_sequence_ids(tokenizer, model_config)
+        self._grammar_compiler: GrammarCompiler | None = None  # made for the first constrained request
         bs = config.cache.block_size
         per_seq = -(-self.max_model_len // bs)
         num_blocks = min(executor.available_blocks(), per_seq * config.scheduler.max_num_seqs)
@@ -73,17 +77,22 @@ class LLMEngine:
         self._finished_ids: list[int] = []  # told to the workers with the next plan
         self.outputs = OutputProcessor(self.eos_token_ids, self.max_model_len)
         self.spec = SpecPlanner(config.speculative, self.max_model_len) if config.speculative.method else None
+        self.recovery = WorkerRecovery(config.parallel)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, return_logits: bool = False) -> str:
-        """Queue a request (`params.n` samples of it) and return its id. Raises UserError for an
-        empty or too long prompt, token ids outside the vocabulary, or an id already in use."""
+                    request_id: str | None = None, return_logits: bool = False,
+                    reasoning: ReasoningStart | None = None) -> str:
+        """Queue a request (`params.n` samples of it) and return its id. `reasoning`: how a chat
+        request's output begins (for the thinking budget and for constraints that apply after the
+        reasoning). Raises UserError for an empty or too long prompt, token ids outside the
+        vocabulary, an id already in use, or an invalid output constraint."""
         params = params or SamplingParams()
         if isinstance(prompt, str):
             text, ids = prompt, self.tokenizer.encode(prompt)
         else:
             text, ids = None, [int(t) for t in prompt]
         self._check_prompt(ids, params, return_logits)
+        constraint = constraint_spec(self._grammar(params), params.thinking_budget, reasoning)
         first_id = next(self._ids)
         while request_id is None and str(first_id) in self._groups:  # a caller chose this id earlier
             first_id = next(self._ids)
@@ -96,7 +105,7 @@ class LLMEngine:
             seq_id = first_id if index == 0 else next(self._ids)
             req = Request(seq_id, request_id, ids, params, seed + index, return_logits, prompt=text,
                           detokenizer=IncrementalDetokenizer(self.tokenizer, ids), index=index,
-                          processed=needs_processing(params),
+                          processed=needs_processing(params), constraint=constraint,
                           logprobs=[] if params.logprobs is not None else None,
                           prompt_logprobs=[None] if params.prompt_logprobs is not None and index == 0 else None)
             if self.spec is not None:
@@ -106,6 +115,19 @@ class LLMEngine:
         self._groups[request_id] = samples
         self.scheduler.add(samples[0])
         return request_id
+
+    def _grammar(self, params: SamplingParams) -> str | None:
+        """The request's grammar, checked against the model's tokenizer (None: unconstrained)."""
+        if params.structured_outputs is None:
+            return None
+        if self._grammar_compiler is None:
+            self._grammar_compiler = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
+        try:
+            grammar = params.structured_outputs.to_grammar()
+            self._grammar_compiler.check(grammar)
+        except UserError as e:
+            raise SamplingParamsError("structured_outputs", str(e)) from None
+        return grammar
 
     def _check_prompt(self, ids: list[int], params: SamplingParams, return_logits: bool) -> None:
         if not ids:
@@ -137,17 +159,24 @@ class LLMEngine:
         return EngineSnapshot(
             running=len(self.scheduler.running), waiting=len(self.scheduler.waiting), kv_usage=blocks.usage(),
             prefix_query_tokens=blocks.query_tokens, prefix_hit_tokens=blocks.hit_tokens,
-            spec_proposed=spec.proposed if spec else 0, spec_accepted=spec.accepted if spec else 0)
+            spec_proposed=spec.proposed if spec else 0, spec_accepted=spec.accepted if spec else 0,
+            restarts=self.recovery.restarts, recovered_requests=self.recovery.recovered_requests)
 
     def step(self) -> list[RequestOutput]:
-        """Run one step; return an update for every request that produced a token or finished."""
-        self._fill_pipeline()
-        if not self._inflight:
-            if self.scheduler.has_unfinished():
-                raise RuntimeError("scheduler made no progress although requests are waiting")
+        """Run one step; return an update for every request that produced a token or finished.
+        A worker failure within the restart budget returns no updates: the workers are replaced
+        and the requests resume in the next steps (see `runtime/recovery.py`)."""
+        try:
+            self._fill_pipeline()
+            if not self._inflight:
+                if self.scheduler.has_unfinished():
+                    raise RuntimeError("scheduler made no progress although requests are waiting")
+                return []
+            scheduled, plan = self._inflight.popleft()
+            result = self.executor.collect()
+        except WorkerError as error:
+            self._recover(error)
             return []
-        scheduled, plan = self._inflight.popleft()
-        result = self.executor.collect()
         self._busy.difference_update(req.seq_id for req, _ in scheduled)
         return self._process(scheduled, plan, result)
 
@@ -222,6 +251,20 @@ class LLMEngine:
                 del self._groups[request_id]
             results.append(out)
         return results
+
+    def _recover(self, error: WorkerError) -> None:
+        """Replace the failed workers and put every running request back for recomputation; raises
+        the error when no restart is allowed."""
+        self.recovery.check(error, self.executor)
+        self._inflight.clear()
+        self._busy.clear()
+        self._finished_ids = []
+        moved = self.scheduler.preempt_all()
+        self.block_manager.drop_cache()
+        for samples in self._groups.values():
+            for sample in samples:
+                sample.forget_worker_state()
+        self.recovery.restart(error, self.executor, len(moved))
 
     def _start_forks(self, parent: Request, now: float) -> None:
         """The prompt is computed: samples 1..n-1 start from its blocks, each recomputing only the

@@ -45,7 +45,7 @@ class FusedStackForward(ReferenceForward):
 
     def __init__(self, model: CausalLM, kernels: Kernels, block_size: int, device: torch.device):
         super().__init__(model, kernels, block_size, device)
-        self.stack = FusedDecode(model, kernels.attention.ext)
+        self.stack = FusedDecode(model, kernels.attention.ext, kernels.attention.fixed_chunk)
 
     def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None
                  ) -> torch.Tensor | IntermediateTensors:
@@ -80,7 +80,7 @@ def choose_forward(model: CausalLM, kernels: Kernels, block_size: int, device: t
     """The fastest path that applies to this rank's model and kernels (its KV cache must be bound)."""
     if FusedDecode.supported(model, kernels.name, tp_size):
         return FusedStackForward(model, kernels, block_size, device)
-    if cuda_graphs and kernels.name == "cuda" and world_size == 1:
+    if cuda_graphs and kernels.name == "cuda" and world_size == 1 and not model.model.rotary.dynamic:
         from llm_infer.runtime.cuda_graphs import DecodeGraphs
 
         first = model.attention_layers()[0]

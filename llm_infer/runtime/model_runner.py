@@ -22,6 +22,7 @@ from llm_infer.runtime.logprobs import prompt_logprobs
 from llm_infer.runtime.models.build import ResolvedModel, build_model
 from llm_infer.runtime.models.decoder import IntermediateTensors
 from llm_infer.runtime.sampler import Sampler
+from llm_infer.runtime.structured_output.compiler import GrammarCompiler
 from llm_infer.runtime.step_inputs import logit_rows, spec_proposals
 from llm_infer.runtime.step_plan import StepOutput, StepPlan, StepTiming
 
@@ -34,10 +35,10 @@ class ModelRunner:
         self.dtype = resolved.dtype
         self.block_size = config.cache.block_size
         self.max_model_len = resolved.max_model_len
-        self.kernels = dispatch.select_kernels(config.kernels, device, self.dtype)
+        self.kernels = dispatch.select_kernels(config.kernels, device, self.dtype, config.deterministic)
         self.model = build_model(resolved, device, self.kernels, config.quantization.lm_head == "int8", progress,
                                  config.parallel.pipeline_layers)
-        self.sampler = Sampler()
+        self.sampler = Sampler(lambda: GrammarCompiler.for_model(resolved.model_dir, resolved.config))
         self.kv_cache: KVCache | None = None
         self.reference = ReferenceForward(self.model, self.kernels, self.block_size, device)
         self.forward: ReferenceForward = self.reference  # replaced by a faster path in init_cache
@@ -107,6 +108,8 @@ class ModelRunner:
         proposals = spec_proposals(plan)
         draft_probs = [self.drafter.probs_for(seq_id, len(p)) if p and self.drafter is not None else None
                        for seq_id, p in zip(plan.seq_ids, proposals)]
+        if self.config.deterministic:  # plain draws decide every position: the tokens of speculation off
+            draft_probs = [None] * len(draft_probs)
         tokens, logprobs = self.sampler.sample_step(plan, logits, spans, proposals, draft_probs)
         out = StepOutput(plan.step_id, tokens, logprobs=logprobs)
         for i, want in enumerate(plan.return_logits):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from llm_infer.runtime.output_parsers.chat_output import ParsedMessage
 
 
 @dataclass
@@ -53,6 +57,7 @@ class CompletionOutput:
     new_text: str = ""  # text that became visible with this update (for streaming)
     new_token_ids: list[int] = field(default_factory=list)  # tokens appended with this update
     logprobs: list[TokenLogprob] | None = None  # one per token, when the request asked for them
+    message: ParsedMessage | None = None  # LLM.chat: the reply as content, reasoning_content and tool_calls
 
 
 @dataclass
@@ -102,6 +107,8 @@ class EngineSnapshot:
     prefix_hit_tokens: int = 0
     spec_proposed: int = 0
     spec_accepted: int = 0
+    restarts: int = 0  # worker sets started after a failure
+    recovered_requests: int = 0  # running requests recomputed on new workers
 
     @property
     def prefix_hit_rate(self) -> float:

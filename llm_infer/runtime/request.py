@@ -18,6 +18,7 @@ from llm_infer.runtime.detokenizer import IncrementalDetokenizer
 from llm_infer.runtime.outputs import TokenLogprob
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.speculative.ngram import NgramIndex
+from llm_infer.runtime.structured_output.params import ConstraintSpec
 
 
 class RequestStatus(enum.Enum):
@@ -72,6 +73,8 @@ class Request:
     forks: list[Request] = field(default_factory=list)  # samples 1..n-1, started once the prompt is computed
     processed: bool = False  # logits processed before sampling (penalties, bias, min_tokens)
     processor_known: bool = False  # the sampling rank has this request's processing state
+    constraint: ConstraintSpec | None = None  # grammar / reasoning gate, enforced on the sampling rank
+    constraint_known: bool = False  # the sampling rank has this request's constraint state
     logprobs: list[TokenLogprob] | None = None  # of the output tokens, when asked for
     prompt_logprobs: list[TokenLogprob | None] | None = None  # of the prompt tokens, when asked for
 
@@ -119,6 +122,13 @@ class Request:
                 break
             kept += piece.shape[0]
         self.logits.append(rows)
+
+    def forget_worker_state(self) -> None:
+        """The workers were replaced: nothing kept on them for this request survives. Every flag
+        saying "the workers already know this request" is reset here, so the next sampled row
+        sends the sampling rank what it needs again (`SamplingBatch.first_seen`)."""
+        self.processor_known = False
+        self.constraint_known = False
 
     def reset_for_recompute(self) -> None:
         """Preempted: its KV is gone; it will be prefilled again from position 0."""

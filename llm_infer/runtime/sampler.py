@@ -5,11 +5,14 @@ generator seeded by (request seed, output index) (`random_draws.py`), so a seede
 request samples the same tokens whether it runs alone, in a batch, or is preempted
 and recomputed. A request verifying speculative proposals keeps the accepted prefix
 plus one token by the rejection rule (`speculative/rejection.py`); plain decoding is
-the case with no proposals.
+the case with no proposals. Order per row: processing (bias, min_tokens, penalties) ->
+output constraint (grammar / reasoning gate bitmask, `structured_output/`) -> temperature
+and filters -> draw.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
 
 import torch
@@ -19,6 +22,8 @@ from llm_infer.runtime.logprobs import token_logprobs
 from llm_infer.runtime.outputs import TokenLogprob
 from llm_infer.runtime.random_draws import draw_seed, exponential_noise
 from llm_infer.runtime.speculative.rejection import verify_greedy, verify_sampled
+from llm_infer.runtime.structured_output.compiler import GrammarCompiler
+from llm_infer.runtime.structured_output.constraint import ConstraintState
 from llm_infer.runtime.step_plan import SamplingBatch, StepPlan
 
 def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
@@ -47,8 +52,11 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
 
 
 class Sampler:
-    def __init__(self) -> None:
+    def __init__(self, grammar_compiler: Callable[[], GrammarCompiler] | None = None) -> None:
+        """`grammar_compiler` makes the model's grammar compiler (called when a request first
+        needs one)."""
         self.state: LogitsProcessorState | None = None  # made when a request first asks for processing
+        self.constraints = ConstraintState(grammar_compiler)
 
     def probs(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """The distribution each (non-greedy) row samples from, after all filters."""
@@ -95,14 +103,23 @@ class Sampler:
         if batch.first_seen:
             if self.state is None:
                 self.state = LogitsProcessorState(logits.shape[-1], logits.device)
-            for row, (prompt_ids, bias) in batch.first_seen.items():
-                self.state.add(plan.seq_ids[self._request_of(params, row)], prompt_ids, bias)
+            for row, (prompt_ids, bias, output_ids) in batch.first_seen.items():
+                seq_id = plan.seq_ids[self._request_of(params, row)]
+                self.state.add(seq_id, prompt_ids, bias)
+                if output_ids:  # new workers after a restart: count what was generated before
+                    self.state.record([seq_id], [output_ids])
+        for row, (spec, output_ids) in batch.constraints.items():
+            seq_id = plan.seq_ids[self._request_of(params, row)]
+            self.constraints.add(seq_id, spec)
+            self.constraints.advance([seq_id], [output_ids])  # nonempty only on new workers after a restart
         out: list[list[int]] = [[] for _ in plan.seq_ids]
         plain = [i for i, s in enumerate(plan.sample) if s and not proposals[i]]
         if plain:
             rows = [spans[i][1] - 1 for i in plain]
             sub = batch if len(plain) == len(params) else select_rows(batch, [params[i] for i in plain])
             scores = self._process(logits[rows], [plan.seq_ids[i] for i in plain], [params[i] for i in plain], batch)
+            if any(batch.constrained[params[i]] for i in plain):
+                scores = self.constraints.mask(scores, [plan.seq_ids[i] for i in plain])
             for i, token in zip(plain, self(scores, sub)):
                 out[i] = [token]
         for i, draft in enumerate(proposals):
@@ -111,6 +128,8 @@ class Sampler:
             row, k = params[i], len(draft)
             target = self._process(logits[spans[i][1] - 1 - k : spans[i][1]], [plan.seq_ids[i]] * (k + 1),
                                    [row] * (k + 1), batch, [draft[:j] for j in range(k + 1)], list(range(k + 1)))
+            if batch.constrained[row]:
+                target = self.constraints.mask(target, [plan.seq_ids[i]], [draft])
             if batch.temperature[row] == 0:
                 out[i] = verify_greedy(target, draft)
             else:
@@ -118,6 +137,8 @@ class Sampler:
                 out[i] = verify_sampled(p, draft, draft_probs[i], batch.seeds[row], batch.output_index[row])
         if self.state is not None:
             self.state.record(plan.seq_ids, out)
+        if self.constraints.by_seq:
+            self.constraints.advance(plan.seq_ids, out)
         return out, self._logprobs(plan, logits, spans, proposals, params, out)
 
     def _process(self, logits: torch.Tensor, seq_ids: list[int], rows: list[int], batch: SamplingBatch,
@@ -150,9 +171,10 @@ class Sampler:
         return result
 
     def forget(self, seq_ids: list[int]) -> None:
-        """Drop the processing state of requests that ended."""
+        """Drop the processing and constraint state of requests that ended."""
         if self.state is not None:
             self.state.forget(seq_ids)
+        self.constraints.forget(seq_ids)
 
 
 def select_rows(batch: SamplingBatch, rows: list[int]) -> SamplingBatch:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from llm_infer.errors import UserError
+from llm_infer.runtime.structured_output.params import StructuredOutputsParams
 
 
 class SamplingParamsError(UserError):
@@ -39,6 +40,15 @@ class SamplingParams:
     logits, before processing and temperature, as vLLM does by default).
     `n` samples share the prompt's prefill; sample i draws with seed `seed + i` (so it
     equals a request of `n=1` with that seed). `max_tokens` 0 only scores the prompt.
+
+    `structured_outputs` (a `StructuredOutputsParams` or its fields as a dict): the output must
+    match a JSON schema, any JSON object, a regular expression, a choice or a grammar; tokens that
+    cannot continue a match are masked before sampling (after the processing above), and once
+    the match is complete only end-of-sequence tokens are allowed. A request that reaches
+    `max_tokens` first ends with finish reason `length` and text that is a prefix of a match.
+    In a chat request whose model reasons (a reasoning parser is on), the constraint applies
+    to the answer after the reasoning; `thinking_budget` caps the reasoning tokens (the end of
+    reasoning is forced when they are spent).
     """
 
     max_tokens: int = 16
@@ -58,6 +68,8 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     n: int = 1
+    structured_outputs: StructuredOutputsParams | None = None
+    thinking_budget: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -70,6 +82,13 @@ class SamplingParams:
         if self.top_k == -1:
             self.top_k = 0
         self.logit_bias = dict(self.logit_bias or {})
+        if isinstance(self.structured_outputs, dict):
+            try:
+                self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+            except TypeError as e:
+                raise SamplingParamsError("structured_outputs", f"structured_outputs: {e}") from None
+            except UserError as e:
+                raise SamplingParamsError("structured_outputs", str(e)) from None
         checks = [
             ("max_tokens", _integer(self.max_tokens) and self.max_tokens >= 0, "max_tokens must be an integer >= 0"),
             ("temperature", _number(self.temperature) and 0 <= self.temperature < math.inf,
@@ -99,6 +118,11 @@ class SamplingParams:
             ("prompt_logprobs", self.prompt_logprobs is None or _integer(self.prompt_logprobs)
              and 0 <= self.prompt_logprobs <= 20, "prompt_logprobs must be an integer in [0, 20]"),
             ("n", _integer(self.n) and 1 <= self.n <= 128, "n must be an integer in [1, 128]"),
+            ("structured_outputs", self.structured_outputs is None
+             or isinstance(self.structured_outputs, StructuredOutputsParams),
+             "structured_outputs must be a StructuredOutputsParams or a dict of its fields"),
+            ("thinking_budget", self.thinking_budget is None or _integer(self.thinking_budget)
+             and self.thinking_budget >= 0, "thinking_budget must be an integer >= 0"),
         ]
         for param, ok, message in checks:
             if not ok:

@@ -115,6 +115,14 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
+    def preempt_all(self) -> list[Request]:
+        """Put every running sequence back at the front of the queue, in running order, to be
+        recomputed (the workers lost their KV). Returns them."""
+        moved = list(self.running)
+        for seq in reversed(moved):
+            self._preempt(seq)
+        return moved
+
     def finish(self, seq: Request) -> None:
         """Release a sequence that is done (or aborted), wherever it is."""
         if seq in self.running:

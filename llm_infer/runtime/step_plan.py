@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llm_infer.runtime.structured_output.params import ConstraintSpec
+
 if TYPE_CHECKING:
     import torch
 
@@ -40,8 +42,13 @@ class SamplingBatch:
     min_tokens_left: list[int] = field(default_factory=list)
     suppress: list[list[int]] = field(default_factory=list)
     logprobs: list[int] = field(default_factory=list)  # top alternatives to report; -1: no logprobs
-    # Requests processed for the first time: row -> (prompt token ids, logit bias).
-    first_seen: dict[int, tuple[list[int], dict[int, float]]] = field(default_factory=dict)
+    # Requests processed for the first time (or again, by new workers after a restart):
+    # row -> (prompt token ids, logit bias, output token ids so far).
+    first_seen: dict[int, tuple[list[int], dict[int, float], list[int]]] = field(default_factory=dict)
+    # Output constraints (structured_output/): whether the row has one, and, for requests the
+    # sampling rank does not know yet, row -> (its constraint, output token ids so far).
+    constrained: list[bool] = field(default_factory=list)
+    constraints: dict[int, tuple[ConstraintSpec, list[int]]] = field(default_factory=dict)
 
     @property
     def all_greedy(self) -> bool:
@@ -177,5 +184,10 @@ def _add_sampling_row(sampling: SamplingBatch, seq: Request, eos_token_ids: list
     sampling.suppress.append(([] if p.ignore_eos else list(eos_token_ids)) + list(p.stop_token_ids) if left else [])
     sampling.logprobs.append(-1 if p.logprobs is None else p.logprobs)
     if seq.processed and not seq.processor_known:
-        sampling.first_seen[len(sampling.temperature) - 1] = (list(seq.prompt_token_ids), dict(p.logit_bias))
+        sampling.first_seen[len(sampling.temperature) - 1] = (list(seq.prompt_token_ids), dict(p.logit_bias),
+                                                              list(seq.output_token_ids))
         seq.processor_known = True
+    sampling.constrained.append(seq.constraint is not None)
+    if seq.constraint is not None and not seq.constraint_known:
+        sampling.constraints[len(sampling.temperature) - 1] = (seq.constraint, list(seq.output_token_ids))
+        seq.constraint_known = True

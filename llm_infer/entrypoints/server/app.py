@@ -18,7 +18,8 @@ from llm_infer.entrypoints.server.async_engine import AsyncEngine, EngineDeadErr
 from llm_infer.entrypoints.server.errors import ApiError, error_body, install_error_handlers
 from llm_infer.entrypoints.server.logprobs import TokenText
 from llm_infer.entrypoints.server.metrics import RequestCounter, ServerMetrics
-from llm_infer.entrypoints.server.protocol import GenerationRequest, check_model, parse_chat, parse_completion
+from llm_infer.entrypoints.server.protocol import (CONSTRAINT_FIELDS, GenerationRequest, check_model, parse_chat,
+                                                   parse_completion)
 from llm_infer.entrypoints.server.responses import Responder, sse
 from llm_infer.runtime.outputs import RequestOutput
 
@@ -60,7 +61,7 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
         check_model(body, model_names)
         req = parse(body, llm.tokenizer, async_engine.max_model_len, llm.model_config.vocab_size)
         responder = Responder(req.chat, served_model_name, token_text, n=req.params.n, top=req.params.logprobs,
-                              echo=req.echo)
+                              echo=req.echo, parser=llm.chat_parser, parse_tools=req.parse_tools)
         outputs = async_engine.generate(req.prompts, req.params, request_id=responder.id)
         finals = Finals(len(req.prompts), metrics)
         try:
@@ -70,7 +71,7 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
                                          media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
             await unless_disconnected(request, finals.collect(first, outputs))
         except UserError as e:
-            raise ApiError(400, str(e), param="messages" if req.chat else "prompt") from None
+            raise ApiError(400, str(e), param=_param_of(e, body, req.chat)) from None
         except EngineDeadError as e:
             raise ApiError(503, str(e), type="server_error") from None
         except ClientGone:
@@ -94,9 +95,10 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
 
     @app.get("/health")
     async def health() -> Response:
-        if async_engine.healthy:
+        reason = async_engine.unavailable
+        if reason is None:
             return JSONResponse({"status": "ok"})
-        return JSONResponse(error_body(f"the engine stopped: {async_engine.error}", "server_error"), status_code=503)
+        return JSONResponse(error_body(reason, "server_error"), status_code=503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -194,3 +196,10 @@ async def stream(first: tuple[int, RequestOutput], outputs: AsyncIterator[tuple[
     if finals.complete and req.include_usage:
         yield sse(responder.usage_chunk(finals.ordered()))
     yield sse("[DONE]")
+
+
+def _param_of(error: UserError, body: dict, chat: bool) -> str:
+    """The body field an engine-side error is about: the output constraint's field, else the prompt."""
+    if getattr(error, "param", None) == "structured_outputs":
+        return next((f for f in CONSTRAINT_FIELDS if body.get(f) is not None), "structured_outputs")
+    return "messages" if chat else "prompt"

@@ -2,8 +2,11 @@
 
 Requests and aborts go in through a thread-safe command queue; each step's outputs
 come back to the waiting coroutines through their event loop (`call_soon_threadsafe`).
-If a step fails (a worker died) every open request gets the error, the engine is
-marked dead and the thread stops; nothing a client sends can do that.
+A worker failure within the restart budget is survived inside the engine's step (the
+workers are replaced, requests resume: streams pause); while that runs the engine reports
+itself unavailable (`unavailable`, /health 503). If a step fails for good (the budget is
+spent) every open request gets the error, the engine is marked dead and the thread stops;
+nothing a client sends can do that.
 """
 
 from __future__ import annotations
@@ -73,8 +76,15 @@ class AsyncEngine:
         self._thread.start()
 
     @property
+    def unavailable(self) -> str | None:
+        """Why the engine cannot serve now (it stopped, or is restarting its workers); None when it can."""
+        if self.error is not None or not self._thread.is_alive():
+            return f"the engine stopped: {self.error}"
+        return self.llm.engine.recovery.status
+
+    @property
     def healthy(self) -> bool:
-        return self.error is None and self._thread.is_alive()
+        return self.unavailable is None
 
     async def generate(self, prompts: list[str | list[int]], params: SamplingParams,
                        request_id: str | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from llm_infer.runtime.outputs import EngineSnapshot
 from llm_infer.runtime.outputs import RequestOutput
@@ -41,6 +42,7 @@ class ServerMetrics:
                            lambda s: s.spec_acceptance))
         for name, doc, read in gauges:
             Gauge(name, doc, registry=r).set_function(_reader(snapshot, read))
+        r.register(_EngineCounters(snapshot))
 
     def observe_finished(self, out: RequestOutput) -> None:
         self.finished.labels(out.finish_reason or "unknown").inc()
@@ -60,6 +62,21 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineCounters:
+    """Counters the engine keeps itself, read from its snapshot at each scrape."""
+
+    def __init__(self, snapshot: Callable[[], EngineSnapshot]):
+        self.snapshot = snapshot
+
+    def collect(self) -> Any:
+        s = self.snapshot()
+        yield CounterMetricFamily("llm_infer_worker_restarts", "Worker sets started after a worker died or hung",
+                                  value=s.restarts)
+        yield CounterMetricFamily("llm_infer_recovered_requests",
+                                  "Running requests recomputed on new workers after a worker failure",
+                                  value=s.recovered_requests)
 
 
 def _reader(snapshot: Callable[[], EngineSnapshot], read: Callable[[EngineSnapshot], Any]) -> Callable[[], float]:

@@ -10,6 +10,8 @@ would change what the client gets back is dropped silently. The sampling ranges 
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
@@ -17,8 +19,11 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_infer.errors import UserError
+from llm_infer.entrypoints.server.chat_protocol import (ChatMessage, Tool, ToolChoice, check_tool_choice,
+                                                         template_tools)
 from llm_infer.entrypoints.server.errors import ApiError, bad_request
 from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError
+from llm_infer.runtime.structured_output.params import StructuredOutputsParams
 from llm_infer.runtime.tokenizer import Tokenizer
 
 _COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -40,8 +45,7 @@ REFUSED: dict[str, tuple[Any, ...]] = {
     "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "parallel_tool_calls": (None,),
-    "response_format": (None, {"type": "text"}),
+    "parallel_tool_calls": (None, True),  # several calls per reply are parsed; false cannot be enforced
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -62,6 +66,7 @@ class GenerationRequest:
     # Completions with echo: each prompt's text, returned before its completion (None: a token-id
     # prompt, decoded once the engine has accepted its ids).
     echo: list[str | None] | None = None
+    parse_tools: bool = False  # chat with tools and tool_choice other than none: replies' tool calls are parsed
 
 
 class StreamOptions(BaseModel):
@@ -69,6 +74,40 @@ class StreamOptions(BaseModel):
 
     model_config = _NESTED
     include_usage: bool | None = None
+
+
+class JsonSchemaFormat(BaseModel):
+    """`response_format.json_schema`: the schema is enforced whether or not `strict` is set."""
+
+    model_config = _NESTED
+    name: str
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: text (no constraint), any JSON object, or a JSON schema."""
+
+    model_config = _NESTED
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsField(BaseModel):
+    """The extension `structured_outputs` (as vLLM names it): exactly one of these."""
+
+    model_config = _NESTED
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+
+# vLLM's older names for the same constraints, accepted as aliases.
+_GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
+CONSTRAINT_FIELDS = ("response_format", "structured_outputs", *_GUIDED)
 
 
 class SamplingFields(BaseModel):
@@ -94,6 +133,41 @@ class SamplingFields(BaseModel):
     stop_token_ids: list[int] | None = Field(None, description="a list of token ids")
     stream: bool | None = None
     stream_options: StreamOptions | None = Field(None, description="an object like {include_usage: true}")
+    response_format: ResponseFormat | None = Field(
+        None, description="an object like {type: 'json_schema', json_schema: {name, schema}}")
+    structured_outputs: StructuredOutputsField | None = Field(
+        None, description="an object with one of json, json_object, regex, choice, grammar")
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+
+    def output_constraint(self) -> tuple[str, StructuredOutputsParams] | None:
+        """(the field that set it, the constraint) from response_format, structured_outputs or a
+        guided_* alias; a 400 when more than one is given or the one given is malformed."""
+        given: list[tuple[str, dict[str, Any]]] = []
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_object":
+            given.append(("response_format", {"json_object": True}))
+        elif fmt is not None and fmt.type == "json_schema":
+            if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+                raise ApiError(400, "'response_format': type json_schema needs json_schema: {name, schema}",
+                               param="response_format")
+            given.append(("response_format", {"json": fmt.json_schema.schema_}))
+        if self.structured_outputs is not None:
+            fields = self.structured_outputs.model_dump(exclude_none=True)
+            given.append(("structured_outputs", {k.rstrip("_"): v for k, v in fields.items()}))
+        given += [(name, {key: getattr(self, name)}) for name, key in _GUIDED.items() if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ApiError(400, f"'{given[1][0]}': only one of response_format, structured_outputs and guided_* "
+                                f"may be given (also got '{given[0][0]}')", param=given[1][0])
+        if not given:
+            return None
+        name, fields = given[0]
+        try:
+            return name, StructuredOutputsParams(**fields)
+        except UserError as e:
+            raise ApiError(400, f"'{name}': {e}", param=name) from None
 
     def sampling_params(self, max_tokens: int, vocab_size: int, **scores: int | None) -> SamplingParams:
         """SamplingParams from the fields sent (plus `scores`: logprobs, prompt_logprobs); its range
@@ -106,6 +180,9 @@ class SamplingFields(BaseModel):
         if outside is not None:
             raise ApiError(400, f"'stop_token_ids': token id {outside} is outside the vocabulary (size {vocab_size})",
                            param="stop_token_ids")
+        constraint = self.output_constraint()
+        if constraint is not None:
+            given["structured_outputs"] = constraint[1]
         try:
             return SamplingParams(max_tokens=max_tokens, **given, **{k: v for k, v in scores.items() if v is not None})
         except SamplingParamsError as e:
@@ -142,26 +219,6 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = None
 
 
-class TextPart(BaseModel):
-    """One part of a message's content; only text parts are supported."""
-
-    model_config = _NESTED
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    """One chat message: `content` is a string or a list of text parts (joined by newlines)."""
-
-    model_config = _NESTED
-    role: str
-    content: str | list[TextPart] = Field(description="a string or a list of {type: 'text', text: string} parts")
-
-    def text(self) -> str:
-        """The content as one string."""
-        return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
-
-
 class ChatCompletionRequest(SamplingFields):
     """The body of /v1/chat/completions."""
 
@@ -171,6 +228,15 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = None  # OpenAI's newer name; it wins over max_tokens
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    # Chat template inputs (see chat_protocol.py): tools reach the template; tool_choice `none` keeps
+    # them there but leaves the reply unparsed, as vLLM does.
+    tools: list[Tool] | None = Field(
+        None, description="a list of {type: 'function', function: {name, description, parameters}} objects")
+    tool_choice: ToolChoice | None = Field(
+        None, description="'none', 'auto', 'required' or {type: 'function', function: {name}}")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="an object of template variables")
+    add_generation_prompt: bool | None = None  # default: not continue_final_message
+    continue_final_message: bool | None = None
 
 
 def check_fields(body: dict, model: type[SamplingFields]) -> None:
@@ -259,13 +325,42 @@ def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size:
     req = _validate(ChatCompletionRequest, body)
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "'top_logprobs': needs logprobs: true", param="top_logprobs")
+    messages = [m.template_message(i) for i, m in enumerate(req.messages)]
+    tools = template_tools(req.tools)
+    choice = check_tool_choice(req.tools, req.tool_choice)
     try:
-        ids = tokenizer.encode_chat([{"role": m.role, "content": m.text()} for m in req.messages])
+        ids = tokenizer.encode_chat(messages, req.add_generation_prompt, tools=tools,
+                                    continue_final_message=bool(req.continue_final_message),
+                                    chat_template_kwargs=req.chat_template_kwargs)
     except UserError as e:
-        raise ApiError(400, f"'messages': {e}", param="messages") from None
+        param = getattr(e, "param", "messages")
+        raise ApiError(400, f"'{param}': {e}", param=param) from None
     asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if asked == 0:
         raise ApiError(400, "'max_tokens': must be at least 1", param="max_tokens")
     max_tokens = _fit(ids, asked, max_model_len, "messages", "the prompt")
     top = (req.top_logprobs or 0) if req.logprobs else None
-    return GenerationRequest(True, [ids], req.sampling_params(max_tokens, vocab_size, logprobs=top), *req.streaming())
+    params = req.sampling_params(max_tokens, vocab_size, logprobs=top)
+    if choice not in ("auto", "none"):
+        params = _with_tool_call_constraint(params, tools or [], choice)
+    return GenerationRequest(True, [ids], params, *req.streaming(), parse_tools=choice != "none")
+
+
+def _with_tool_call_constraint(params: SamplingParams, tools: list[dict[str, Any]],
+                               choice: str | dict[str, Any]) -> SamplingParams:
+    """tool_choice `required` or a named function: the reply is constrained to calls of the tools
+    by `structured_output.tool_calls.tool_call_constraint` (a 400 where that is not available, or
+    with another output constraint)."""
+    try:
+        module = importlib.import_module("llm_infer.runtime.structured_output.tool_calls")
+        constraint = getattr(module, "tool_call_constraint")
+    except (ImportError, AttributeError):
+        raise ApiError(400, "'tool_choice': 'required' and named functions are not supported yet (use 'auto')",
+                       param="tool_choice") from None
+    if params.structured_outputs is not None:
+        raise ApiError(400, "'tool_choice': 'required' and named functions cannot be combined with another output "
+                            "constraint (response_format, structured_outputs)", param="tool_choice")
+    try:
+        return dataclasses.replace(params, structured_outputs=constraint(tools, choice))
+    except UserError as e:
+        raise ApiError(400, f"'tool_choice': {e}", param="tool_choice") from None

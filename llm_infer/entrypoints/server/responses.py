@@ -2,6 +2,11 @@
 
 A request holds one engine request per prompt, each of `n` samples: choice `index` is
 prompt index x n + sample index. A stream sends a chunk per choice that has something new.
+Chat replies go through the model's output parsers (`ChatOutputParser`, one state per choice)
+when it reasons or the request parses tool calls: `message.reasoning_content` (null when there
+is none), `message.content` (null when empty), `message.tool_calls` and finish reason
+`tool_calls`; streamed as `reasoning_content` / `content` deltas and, per call, a delta with its
+`index`, `id`, `type` and `function.name` (arguments "") and then one with its arguments.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_infer.entrypoints.server.logprobs import TokenText, join_completion_logprobs
+from llm_infer.runtime.output_parsers import ChatDelta, ChatOutputParser, ChatOutputStream, ParsedMessage
 from llm_infer.runtime.outputs import CompletionOutput, RequestOutput, TokenLogprob
 
 
@@ -32,7 +38,8 @@ class Responder:
     """Builds the bodies of one request: a full response, or its stream chunks.
 
     `top` is how many alternatives each token's logprobs list (None: no logprobs asked);
-    `echo` the prompts' texts for completions with echo (None entries: decode the prompt's ids).
+    `echo` the prompts' texts for completions with echo (None entries: decode the prompt's ids);
+    `parser` the model's chat output parsers, `parse_tools` whether tool calls are parsed.
     """
 
     chat: bool
@@ -41,13 +48,19 @@ class Responder:
     n: int = 1
     top: int | None = None
     echo: list[str | None] | None = None
+    parser: ChatOutputParser | None = None
+    parse_tools: bool = False
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     _offset: dict[int, int] = field(default_factory=dict)  # streaming: choice -> text_offset of its next token
     _finished: set[int] = field(default_factory=set)  # streaming: choices whose finish_reason was sent
+    _streams: dict[int, ChatOutputStream] = field(default_factory=dict)  # streaming: each choice's parser state
 
     def __post_init__(self) -> None:
         self.id = self.id or f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
+        parser = self.parser
+        self._parsing = self.chat and parser is not None and (
+            parser.reasoning is not None or (self.parse_tools and parser.tool_calls is not None))
 
     def _head(self, object_: str) -> dict[str, Any]:
         return {"id": self.id, "object": object_, "created": self.created, "model": self.model}
@@ -75,11 +88,14 @@ class Responder:
             first = index not in self._offset
             finishing = c.finished and index not in self._finished
             scored = self.top is not None and c.new_token_ids
-            if not (c.new_text or scored or finishing or (first and self.echo)):
-                continue
+            scores = c.logprobs[len(c.logprobs) - len(c.new_token_ids):] if c.logprobs is not None else None
             if finishing:
                 self._finished.add(index)
-            scores = c.logprobs[len(c.logprobs) - len(c.new_token_ids):] if c.logprobs is not None else None
+            if self._parsing:
+                result += self._parsed_chunks(index, out, c, finishing, (scores or []) if scored else None)
+                continue
+            if not (c.new_text or scored or finishing or (first and self.echo)):
+                continue
             result.append(self._chunk([self._choice(p, out, c, c.new_text, c.new_token_ids, scores, echo=first,
                                                     stream=True)]))
         return result
@@ -96,6 +112,10 @@ class Responder:
                 logprobs = self.tokens.chat_logprobs(scores or [])
             if stream:
                 choice = {"index": index, "delta": {"content": text} if text else {}}
+            elif self._parsing:
+                parsed = self.parser.parse(text, out.prompt_token_ids, self.parse_tools)
+                choice = {"index": index, "message": self._message(parsed)}
+                reason = parsed.finish_reason(reason)
             else:
                 choice = {"index": index, "message": {"role": "assistant", "content": text}}
             return {**choice, "logprobs": logprobs, "finish_reason": reason}
@@ -116,3 +136,40 @@ class Responder:
 
     def usage_chunk(self, finals: list[RequestOutput]) -> dict[str, Any]:
         return {**self._chunk([]), "usage": usage(finals)}
+
+    def _message(self, parsed: ParsedMessage) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+        if self.parser is not None and self.parser.reasoning is not None:
+            message["reasoning_content"] = parsed.reasoning_content
+        if parsed.tool_calls:
+            message["tool_calls"] = [call.to_openai() for call in parsed.tool_calls]
+        return message
+
+    def _parsed_chunks(self, index: int, out: RequestOutput, c: CompletionOutput, finishing: bool,
+                       scores: list[TokenLogprob] | None) -> list[dict[str, Any]]:
+        """A parsed chat choice's chunks for one update: its reasoning/content delta (with the
+        update's token `scores`, if asked), then two per completed tool call; the last carries
+        the finish. Text a parser holds back (a tag may be starting) comes in a later chunk."""
+        stream = self._streams.get(index)
+        if stream is None:
+            stream = self._streams[index] = self.parser.stream(out.prompt_token_ids, self.parse_tools)
+        delta: ChatDelta = stream.feed(c.new_text)
+        if finishing:
+            delta += stream.finish()
+        choices = []
+        text = {key: value for key, value in (("reasoning_content", delta.reasoning), ("content", delta.content))
+                if value}
+        logprobs = self.tokens.chat_logprobs(scores) if scores is not None else None
+        if text or logprobs is not None:
+            choices.append({"index": index, "delta": text, "logprobs": logprobs, "finish_reason": None})
+        for k, call in delta.tool_calls:
+            head = {"index": k, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            choices.append({"index": index, "delta": {"tool_calls": [head]}, "logprobs": None, "finish_reason": None})
+            arguments = {"index": k, "function": {"arguments": call.arguments}}
+            choices.append({"index": index, "delta": {"tool_calls": [arguments]}, "logprobs": None,
+                            "finish_reason": None})
+        if finishing:
+            if not choices:
+                choices.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": None})
+            choices[-1]["finish_reason"] = stream.message.finish_reason(c.finish_reason)
+        return [self._chunk([choice]) for choice in choices]

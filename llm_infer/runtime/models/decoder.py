@@ -1,4 +1,5 @@
-"""One decoder for Llama, Qwen2 (q/k/v bias) and Qwen3 (per-head q/k RMSNorm).
+"""One decoder for Llama, Qwen2 (q/k/v bias) and Qwen3 (per-head q/k RMSNorm), and their
+mixture-of-experts variants Qwen2-MoE and Qwen3-MoE (sparse MLPs: `moe_block.py`).
 
 Module names follow the Hugging Face checkpoints, except that q/k/v and gate/up
 are merged (`qkv_proj`, `gate_up_proj`); `checkpoint_names` maps each parameter
@@ -11,7 +12,7 @@ head on the last.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Container
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from torch import nn
 from llm_infer.kernels.attention_metadata import AttentionMetadata
 from llm_infer.kernels.dispatch import TORCH, Kernels
 from llm_infer.parallel.embedding import ParallelLMHead, VocabParallelEmbedding
+from llm_infer.parallel.experts import FusedExperts
 from llm_infer.parallel.linear import (
     DenseLinearMethod,
     LinearMethod,
@@ -33,6 +35,7 @@ from llm_infer.runtime.layers.attention import Attention
 from llm_infer.runtime.layers.rms_norm import RMSNorm
 from llm_infer.runtime.layers.rotary import RotaryEmbedding
 from llm_infer.runtime.models.model_config import ModelConfig
+from llm_infer.runtime.models.moe_block import SparseMoeBlock
 
 # Merged parameter -> the checkpoint projections packed into it, with their shard ids.
 PACKED_MODULES: dict[str, list[tuple[str, str | int]]] = {
@@ -74,7 +77,7 @@ class DecoderAttention(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split_with_sizes([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        rope = (positions, rotary.cos_cache, rotary.sin_cache)
+        rope = rotary.lookup(positions, meta)
         if self.qk_norm:  # per-head norms before the rotation (Qwen3)
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.kv_size)
@@ -86,27 +89,44 @@ class DecoderAttention(nn.Module):
 
 
 class DecoderMLP(nn.Module):
+    """SwiGLU MLP of `intermediate_size` (default: the config's); `reduce_results=False` leaves the
+    tensor-parallel partial sum to the caller (a MoE block's shared expert)."""
+
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
-                 prefix: str):
+                 prefix: str, intermediate_size: int | None = None, reduce_results: bool = True):
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=False,
+        inter = intermediate_size or cfg.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [inter] * 2, bias=False,
                                                        dtype=dtype, linear_method=method_for(f"{prefix}.gate_up_proj"))
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=False, dtype=dtype,
-                                           linear_method=method_for(f"{prefix}.down_proj"))
+        self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=False, dtype=dtype,
+                                           linear_method=method_for(f"{prefix}.down_proj"),
+                                           reduce_results=reduce_results)
         self.act = SiluAndMul(kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
+def make_mlp(cfg: ModelConfig, layer: int, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
+             prefix: str) -> nn.Module:
+    """Decoder layer `layer`'s MLP: a MoE block where the config makes the layer sparse, else dense."""
+    if cfg.moe is None or not cfg.moe.is_sparse(layer):
+        return DecoderMLP(cfg, dtype, kernels, method_for, prefix)
+    shared = None
+    if cfg.moe.shared_expert_intermediate_size:
+        shared = DecoderMLP(cfg, dtype, kernels, method_for, f"{prefix}.shared_expert",
+                            cfg.moe.shared_expert_intermediate_size, reduce_results=False)
+    return SparseMoeBlock(cfg.hidden_size, cfg.moe, dtype, kernels, shared)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
-                 prefix: str):
+                 prefix: str, layer: int = 0):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, kernels)
         self.self_attn = DecoderAttention(cfg, dtype, kernels, method_for, f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, kernels)
-        self.mlp = DecoderMLP(cfg, dtype, kernels, method_for, f"{prefix}.mlp")
+        self.mlp = make_mlp(cfg, layer, dtype, kernels, method_for, f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
                 rotary: RotaryEmbedding, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,13 +153,14 @@ class DecoderModel(nn.Module):
         if state.is_first_stage:
             self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, dtype)
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, dtype, kernels, method_for, f"model.layers.{i}") if i in self.layer_range
+            DecoderLayer(cfg, dtype, kernels, method_for, f"model.layers.{i}", i) if i in self.layer_range
             else MissingLayer()
             for i in range(cfg.num_layers)
         )
         if state.is_last_stage:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, kernels)
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.context_len, scaling=cfg.rope,
+                                      original_max_position=cfg.max_position_embeddings)
 
     def embed(self, input_ids: torch.Tensor, intermediate: IntermediateTensors | None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -197,11 +218,15 @@ class CausalLM(nn.Module):
     def attention_layers(self) -> list[Attention]:
         return [self.model.layers[i].self_attn.attn for i in self.model.layer_range]
 
-    def checkpoint_names(self, param_name: str) -> list[tuple[str, str | int | None]]:
-        """The checkpoint tensors (and shard ids) that fill one parameter of this stage."""
+    def checkpoint_names(self, param_name: str, available: Container[str] = ()) -> list[tuple[str, Any]]:
+        """The checkpoint tensors (and shard ids) that fill one parameter of this stage;
+        `available` (the checkpoint's tensor names) picks between layouts of MoE experts."""
         if param_name == "lm_head.weight" and self.config.tie_word_embeddings:
             return [("model.embed_tokens.weight", None)]
         module, _, leaf = param_name.rpartition(".")
+        owner = self.get_submodule(module)
+        if isinstance(owner, FusedExperts):
+            return owner.checkpoint_names(module, leaf, available)
         parent, _, name = module.rpartition(".")
         if name in PACKED_MODULES:
             return [(f"{parent}.{part}.{leaf}", shard) for part, shard in PACKED_MODULES[name]]

@@ -20,7 +20,8 @@ MAX_TOKENS = 8  # beyond this oneDNN's GEMM (weights read once) beats the stream
 
 
 class FusedDecode:
-    def __init__(self, model: Any, ext: Any):
+    def __init__(self, model: Any, ext: Any, attention_chunk: int = 0):
+        """`attention_chunk` > 0: the attention kernel's fixed KV chunk (deterministic mode)."""
         decoder = model.model
         layers, groups = [], []
         for i in decoder.layer_range:
@@ -41,13 +42,14 @@ class FusedDecode:
         first = decoder.layers[decoder.layer_range[0]].self_attn
         dims = [model.config.hidden_size, first.num_heads, first.num_kv_heads, first.head_dim,
                 decoder.layers[decoder.layer_range[0]].mlp.gate_up_proj.output_size_per_partition // 2,
-                first.attn.k_cache.shape[1]]
+                first.attn.k_cache.shape[1]] + ([attention_chunk] if attention_chunk else [])
         self.stack = ext.DecodeStack(layers, groups, dims, model.config.rms_norm_eps, first.attn.scale,
                                      decoder.rotary.cos_cache, decoder.rotary.sin_cache)
 
     @staticmethod
     def supported(model: Any, kernels_name: str, tp_size: int) -> bool:
-        if kernels_name != "cpu" or tp_size != 1 or not model.model.layer_range:
+        if (not kernels_name.startswith("cpu") or tp_size != 1 or not model.model.layer_range or model.model.rotary.dynamic
+                or model.config.moe is not None):
             return False
         for i in model.model.layer_range:
             layer = model.model.layers[i]

@@ -66,7 +66,7 @@ def load_weights(model: torch.nn.Module, model_dir: str | Path, progress: bool =
         params = list(model.named_parameters())
         for name, param in tqdm(params, desc="Loading weights", unit="param", disable=not progress, leave=False):
             loader = getattr(param, "weight_loader", default_weight_loader)
-            for ckpt_name, shard_id in model.checkpoint_names(name):
+            for ckpt_name, shard_id in model.checkpoint_names(name, ckpt):
                 if ckpt_name not in ckpt:
                     raise UserError(f"checkpoint {model_dir} is missing tensor {ckpt_name}")
                 try:

@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from llm_infer.errors import UserError
+from llm_infer.runtime.layers.rope_scaling import RopeScaling
+from llm_infer.runtime.models.moe_config import MoEConfig
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen2MoeForCausalLM",
+                           "Qwen3MoeForCausalLM")
+_QWEN3_STYLE = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")  # per-head q/k RMSNorm
 
 
 @dataclass
@@ -23,7 +27,7 @@ class ModelConfig:
     head_dim: int
     vocab_size: int
     rms_norm_eps: float
-    rope_theta: float
+    rope: RopeScaling
     max_position_embeddings: int
     tie_word_embeddings: bool
     qkv_bias: bool
@@ -34,14 +38,24 @@ class ModelConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     # AWQ and similar: the raw `quantization_config` mapping, or None.
     quantization: dict[str, Any] | None = None
+    moe: MoEConfig | None = None  # Qwen2-MoE / Qwen3-MoE routing; None for dense models
+
+    @property
+    def rope_theta(self) -> float:
+        return self.rope.theta
+
+    @property
+    def context_len(self) -> int:
+        """Positions the model serves: `max_position_embeddings`, stretched by RoPE scaling."""
+        return self.rope.context_len(self.max_position_embeddings)
 
     def max_model_len(self, requested: int | None) -> int:
         """The context length to serve: `requested` (scheduler.max_model_len) or the model's maximum."""
         if requested is None:
-            return self.max_position_embeddings
-        if requested > self.max_position_embeddings:
-            raise UserError(f"scheduler.max_model_len={requested} exceeds the model's "
-                            f"max_position_embeddings={self.max_position_embeddings}")
+            return self.context_len
+        if requested > self.context_len:
+            raise UserError(f"scheduler.max_model_len={requested} exceeds the model's context of "
+                            f"{self.context_len} positions (max_position_embeddings with RoPE scaling)")
         return requested
 
     @classmethod
@@ -64,11 +78,7 @@ class ModelConfig:
                 f"{source}: unsupported architecture {archs or raw.get('model_type')!r}; "
                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
-        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", None):
-            raise UserError(f"{source}: rope type {rope_type!r} is not supported (only default RoPE)")
-        rope_theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
+        rope = RopeScaling.from_config(raw, source)
         if raw.get("mlp_bias"):
             raise UserError(f"{source}: MLP biases (mlp_bias) are not supported")
         if raw.get("hidden_act", "silu") != "silu":
@@ -81,6 +91,8 @@ class ModelConfig:
         eos = raw.get("eos_token_id")
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         quant = raw.get("quantization_config")
+        if quant and arch.endswith("MoeForCausalLM"):
+            raise UserError(f"{source}: quantized mixture-of-experts checkpoints are not supported")
         return cls(
             architecture=arch,
             hidden_size=hidden,
@@ -91,16 +103,19 @@ class ModelConfig:
             head_dim=head_dim,
             vocab_size=_req(raw, "vocab_size", source),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(rope_theta),
+            rope=rope,
             max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            qkv_bias=arch == "Qwen2ForCausalLM" or bool(raw.get("attention_bias", False)),
-            o_proj_bias=arch == "LlamaForCausalLM" and bool(raw.get("attention_bias", False)),
-            qk_norm=arch == "Qwen3ForCausalLM",
+            qkv_bias=bool(raw.get("qkv_bias", True)) if arch == "Qwen2MoeForCausalLM"
+            else arch == "Qwen2ForCausalLM" or bool(raw.get("attention_bias", False)),
+            o_proj_bias=arch in ("LlamaForCausalLM", "Qwen3MoeForCausalLM") and bool(raw.get("attention_bias", False)),
+            qk_norm=arch in _QWEN3_STYLE,
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=eos_ids,
             quantization=quant if isinstance(quant, dict) else None,
+            moe=MoEConfig.from_config(raw, arch == "Qwen2MoeForCausalLM", source) if arch.endswith("MoeForCausalLM")
+            else None,
         )
 
 

@@ -6,6 +6,12 @@ token is drawn from p_{K+1}. p and q are the target's and the draft's distributi
 request's temperature/top-k/top-p/min-p; a deterministic proposer (n-gram) has q = a point mass.
 Greedy requests accept by exact match with the target's argmax. Every draw comes from a
 generator seeded by (request seed, output index, purpose), so a seeded request is reproducible.
+
+Without draft probabilities (a deterministic proposer such as n-gram, or any proposer in
+deterministic mode) every position's token is the plain draw from p_i that decoding without
+speculation would make at that output index, and a proposal is accepted iff it equals it.
+That is exact (each token is drawn from p_i) and, for a point-mass proposer, accepts with the
+same probability p_i(x) as the rule above; it also gives exactly the tokens of speculation off.
 """
 
 from __future__ import annotations
@@ -33,18 +39,23 @@ def verify_greedy(target_logits: torch.Tensor, draft: list[int]) -> list[int]:
 
 def verify_sampled(p: torch.Tensor, draft: list[int], q: torch.Tensor | None, seed: int,
                    output_index: int) -> list[int]:
-    """p `[K+1, vocab]` target probabilities; q `[K, vocab]` draft probabilities (None: point masses).
-    output_index: the index in the output of the first proposed token."""
+    """p `[K+1, vocab]` target probabilities; q `[K, vocab]` draft probabilities (None: plain draws
+    decide, see the module docstring). output_index: the index in the output of the first proposed token."""
     accepted: list[int] = []
+    if q is None:
+        for i, x in enumerate(draft):
+            token = draw(p[i], draw_seed(seed, output_index + i))
+            if token != x:
+                return accepted + [token]
+            accepted.append(x)
+        return accepted + [draw(p[len(draft)], draw_seed(seed, output_index + len(draft)))]
     for i, x in enumerate(draft):
-        qx = 1.0 if q is None else float(q[i, x])
+        qx = float(q[i, x])
         u = _uniform(seed, output_index + i, p.device)
         if qx > 0 and u < min(1.0, float(p[i, x]) / qx):
             accepted.append(x)
             continue
-        point = torch.zeros_like(p[i])
-        point[x] = 1.0
-        residual = (p[i] - (point if q is None else q[i])).clamp(min=0)
+        residual = (p[i] - q[i]).clamp(min=0)
         if float(residual.sum()) <= 0:  # p == q: any draw from p is exact
             residual = p[i]
         return accepted + [draw(residual / residual.sum(), draw_seed(seed, output_index + i, RESIDUAL))]

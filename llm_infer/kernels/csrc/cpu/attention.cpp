@@ -158,7 +158,7 @@ template <typename T>
 void paged_attention(T* out, const T* q, const T* k_cache, const T* v_cache, const int64_t* block_tables,
                      const int64_t* q_start, const int64_t* q_lens, const int64_t* seq_lens, int64_t num_seqs,
                      int64_t max_blocks, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                     int64_t block_size, float scale, int64_t q_row_stride) {
+                     int64_t block_size, float scale, int64_t q_row_stride, int64_t fixed_chunk) {
   const int64_t group = num_heads / num_kv_heads;
   int64_t longest = 0, tokens_end = 0, work = 0;
   for (int64_t b = 0; b < num_seqs; ++b) {
@@ -170,12 +170,18 @@ void paged_attention(T* out, const T* q, const T* k_cache, const T* v_cache, con
   const int threads = omp_get_max_threads();
   const bool parallel = threads > 1 && work > (1 << 15);
   // Enough chunks that every thread has two jobs, but none shorter than kMinChunk (in whole blocks).
-  int64_t chunks = 1;
-  if (parallel) {
-    const int64_t wanted = (2 * threads + num_seqs * num_kv_heads - 1) / (num_seqs * num_kv_heads);
-    chunks = std::max<int64_t>(1, std::min(wanted, longest / kMinChunk));
+  // Deterministic mode: chunks at fixed positions, so each row's reduction order is its own.
+  int64_t chunks = 1, chunk_len;
+  if (fixed_chunk > 0) {
+    chunk_len = (fixed_chunk + block_size - 1) / block_size * block_size;
+    chunks = std::max<int64_t>(1, (longest + chunk_len - 1) / chunk_len);
+  } else {
+    if (parallel) {
+      const int64_t wanted = (2 * threads + num_seqs * num_kv_heads - 1) / (num_seqs * num_kv_heads);
+      chunks = std::max<int64_t>(1, std::min(wanted, longest / kMinChunk));
+    }
+    chunk_len = ((longest + chunks - 1) / chunks + block_size - 1) / block_size * block_size;
   }
-  const int64_t chunk_len = ((longest + chunks - 1) / chunks + block_size - 1) / block_size * block_size;
   std::vector<Job> jobs;
   for (int64_t b = 0; b < num_seqs; ++b)
     for (int64_t h = 0; h < num_kv_heads; ++h)
@@ -231,9 +237,9 @@ template void write_kv<uint16_t>(const uint16_t*, const uint16_t*, uint16_t*, ui
                                  int64_t, int64_t, int64_t);
 template void paged_attention<float>(float*, const float*, const float*, const float*, const int64_t*,
                                       const int64_t*, const int64_t*, const int64_t*, int64_t, int64_t, int64_t,
-                                      int64_t, int64_t, int64_t, float, int64_t);
+                                      int64_t, int64_t, int64_t, float, int64_t, int64_t);
 template void paged_attention<uint16_t>(uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*,
                                         const int64_t*, const int64_t*, const int64_t*, const int64_t*, int64_t,
-                                        int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t);
+                                        int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, int64_t);
 
 }  // namespace llm_infer_cpu

@@ -40,6 +40,26 @@ torch::Tensor linear_op(torch::Tensor x, torch::Tensor w, c10::optional<torch::T
   return y;
 }
 
+// Deterministic mode: the same tiles for every row count (gemm_*), so a row's result never
+// depends on the rows beside it. x is made contiguous; dtypes must match.
+torch::Tensor linear_invariant_op(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
+  check_float(x, "x");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && w.is_contiguous() && w.scalar_type() == x.scalar_type() &&
+                  (!bias.has_value() || (bias->is_contiguous() && bias->scalar_type() == x.scalar_type())),
+              "linear_invariant: bad input");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(w.size(1) == K, "linear_invariant: x has ", K, " features, weight expects ", w.size(1));
+  auto xc = x.contiguous();
+  auto y = torch::empty({M, N}, x.options());
+  if (is_bf16(x)) {
+    gemm_bf16(bits(xc), bits(w), bias ? bits(*bias) : nullptr, bits(y), M, N, K);
+  } else {
+    gemm_f32(xc.data_ptr<float>(), w.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr,
+             y.data_ptr<float>(), M, N, K);
+  }
+  return y;
+}
+
 template <typename F>
 void by_dtype(const torch::Tensor& t, F&& f) {
   if (is_bf16(t)) f(static_cast<uint16_t*>(nullptr));
@@ -126,7 +146,7 @@ void write_kv_op(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, torch:
 // q [tokens, >= heads*head_dim] (row stride allowed), caches [blocks, block_size, kv_heads, head_dim].
 void paged_attention_op(torch::Tensor out, torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                         torch::Tensor block_tables, torch::Tensor q_start, torch::Tensor q_lens,
-                        torch::Tensor seq_lens, double scale) {
+                        torch::Tensor seq_lens, double scale, int64_t fixed_chunk) {
   check_float(q, "q");
   TORCH_CHECK(q.dim() == 2 && q.stride(1) == 1 && out.is_contiguous() && out.dim() == 3 &&
                   out.scalar_type() == q.scalar_type() && k_cache.is_contiguous() && v_cache.is_contiguous() &&
@@ -145,7 +165,7 @@ void paged_attention_op(torch::Tensor out, torch::Tensor q, torch::Tensor k_cach
     paged_attention<T>(ptr<T>(out), ptr<T>(q), ptr<T>(k_cache), ptr<T>(v_cache), block_tables.data_ptr<int64_t>(),
                        q_start.data_ptr<int64_t>(), q_lens.data_ptr<int64_t>(), seq_lens.data_ptr<int64_t>(),
                        seq_lens.size(0), block_tables.size(1), num_heads, kv_heads, head_dim, block_size,
-                       static_cast<float>(scale), q.stride(0));
+                       static_cast<float>(scale), q.stride(0), fixed_chunk);
   });
 }
 
@@ -224,9 +244,12 @@ class DecodeStack {
   DecodeStack(std::vector<std::vector<c10::optional<torch::Tensor>>> layers, std::vector<int64_t> groups,
               std::vector<int64_t> dims, double eps, double scale, torch::Tensor cos_cache, torch::Tensor sin_cache)
       : cos_(cos_cache.contiguous()), sin_(sin_cache.contiguous()) {
-    TORCH_CHECK(dims.size() == 6 && groups.size() == 4 * layers.size(), "DecodeStack: bad arguments");
+    // dims: hidden, heads, kv_heads, head_dim, intermediate, block_size[, attention chunk (deterministic)]
+    TORCH_CHECK((dims.size() == 6 || dims.size() == 7) && groups.size() == 4 * layers.size(),
+                "DecodeStack: bad arguments");
     shape_ = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], static_cast<float>(eps),
-              static_cast<float>(scale), cos_.data_ptr<float>(), sin_.data_ptr<float>()};
+              static_cast<float>(scale), cos_.data_ptr<float>(), sin_.data_ptr<float>(),
+              dims.size() == 7 ? dims[6] : 0};
     for (size_t i = 0; i < layers.size(); ++i) {
       const auto& t = layers[i];
       TORCH_CHECK(t.size() == 26, "DecodeStack: layer ", i, " needs 26 entries");
@@ -296,17 +319,52 @@ class DecodeStack {
 
 }  // namespace
 
+namespace {
+
+// x [T, H]; gate_up [E, 2I, H]; down [E, H, I] (x's dtype, contiguous); weights fp32 [T, k];
+// ids int64 [T, k] (global expert ids; this rank holds first .. first + E - 1) -> [T, H].
+torch::Tensor fused_moe_op(torch::Tensor x, torch::Tensor gate_up, torch::Tensor down, torch::Tensor weights,
+                           torch::Tensor ids, int64_t first) {
+  check_float(x, "x");
+  TORCH_CHECK(x.dim() == 2 && gate_up.dim() == 3 && down.dim() == 3 && weights.dim() == 2 &&
+                  ids.sizes() == weights.sizes() && weights.size(0) == x.size(0),
+              "fused_moe: bad shapes");
+  TORCH_CHECK(gate_up.scalar_type() == x.scalar_type() && down.scalar_type() == x.scalar_type() &&
+                  weights.scalar_type() == torch::kFloat32 && ids.scalar_type() == torch::kInt64,
+              "fused_moe: bad dtypes");
+  const int64_t E = gate_up.size(0), H = x.size(1), I = down.size(2);
+  TORCH_CHECK(gate_up.size(1) == 2 * I && gate_up.size(2) == H && down.size(0) == E && down.size(1) == H,
+              "fused_moe: expert weights do not match");
+  x = x.contiguous();
+  weights = weights.contiguous();
+  ids = ids.contiguous();
+  TORCH_CHECK(gate_up.is_contiguous() && down.is_contiguous(), "fused_moe: weights must be contiguous");
+  auto y = torch::empty({x.size(0), H}, x.options());
+  by_dtype(x, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    fused_moe<T>(ptr<T>(x), ptr<T>(gate_up), ptr<T>(down), weights.data_ptr<float>(), ids.data_ptr<int64_t>(),
+                 ptr<T>(y), x.size(0), weights.size(1), E, first, H, I);
+  });
+  return y;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear_op, "y = x @ w.T + b; streamed GEMV for <= 8 rows, oneDNN otherwise");
+  m.def("linear_invariant", &linear_invariant_op, "y = x @ w.T + b, each row reduced the same for any row count");
   m.def("rms_norm", &rms_norm_op);
   m.def("add_rms_norm_", &add_rms_norm_op);
   m.def("rotary_", &rotary_op);
   m.def("silu_and_mul", &silu_and_mul_op);
-  m.def("paged_attention", &paged_attention_op);
+  m.def("paged_attention", &paged_attention_op, pybind11::arg("out"), pybind11::arg("q"), pybind11::arg("k_cache"),
+        pybind11::arg("v_cache"), pybind11::arg("block_tables"), pybind11::arg("q_start"), pybind11::arg("q_lens"),
+        pybind11::arg("seq_lens"), pybind11::arg("scale"), pybind11::arg("fixed_chunk") = 0);
   m.def("write_kv", &write_kv_op);
   m.def("awq_linear", &awq_linear_op);
   m.def("awq_dequantize", &awq_dequantize_op);
   m.def("int8_linear", &int8_linear_op);
+  m.def("fused_moe", &fused_moe_op, "mixture-of-experts MLP over the routed tokens, each hit expert once");
   pybind11::class_<DecodeStack>(m, "DecodeStack")
       .def(pybind11::init<std::vector<std::vector<c10::optional<torch::Tensor>>>, std::vector<int64_t>,
                           std::vector<int64_t>, double, double, torch::Tensor, torch::Tensor>())

@@ -56,6 +56,11 @@ inline float round_to(const uint16_t*, float v) { return bf16_to_f32(f32_to_bf16
 void gemv_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M, int64_t N,
                int64_t K);
 void gemv_f32(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K);
+// The same product for any M, batch-invariant: row m of y is bitwise the same whatever the other
+// rows (deterministic mode). M <= 8 is gemv itself; more rows use gemv's tiles blocked over M.
+void gemm_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M, int64_t N,
+               int64_t K);
+void gemm_f32(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K);
 
 // AWQ int4 (layout in awq_gemv.cpp): y[M, N] = x[M, K] W^T (+ bias) for small M, and the
 // dequantised W[N, K] for larger M.
@@ -94,11 +99,22 @@ void write_kv(const T* k, const T* v, T* k_cache, T* v_cache, const int64_t* slo
 // Attention of short queries over the paged cache. Sequence b owns query rows
 // [q_start[b], q_start[b] + q_lens[b]) and attends causally to its first seq_lens[b]
 // positions; only those rows of `out` ([tokens, heads, head_dim]) are written.
+// fixed_chunk > 0 (a multiple of block_size): the context is cut at multiples of it, so a
+// row's result depends on nothing but its query and its visible keys and values
+// (deterministic mode); 0: chunks sized to the batch for speed.
 template <typename T>
 void paged_attention(T* out, const T* q, const T* k_cache, const T* v_cache, const int64_t* block_tables,
                      const int64_t* q_start, const int64_t* q_lens, const int64_t* seq_lens, int64_t num_seqs,
                      int64_t max_blocks,
                      int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t block_size, float scale,
-                     int64_t q_row_stride);
+                     int64_t q_row_stride, int64_t fixed_chunk = 0);
+
+// Mixture of experts (moe.cpp): y[t] = sum over the slots j of token t whose expert ids[t, j] is
+// one of experts first .. first + num_local - 1 of weights[t, j] * expert(x[t]); gate_up
+// [num_local, 2 * inter, hidden] ([gate | up] rows), down [num_local, hidden, inter]. Each expert
+// that received tokens runs once over them; the others are not read.
+template <typename T>
+void fused_moe(const T* x, const T* gate_up, const T* down, const float* weights, const int64_t* ids, T* y,
+               int64_t tokens, int64_t top_k, int64_t num_local, int64_t first, int64_t hidden, int64_t inter);
 
 }  // namespace llm_infer_cpu

@@ -65,7 +65,7 @@ void decode_stack(const StackLayer* layers, int64_t num_layers, const StackShape
                 step.slot_mapping, t, kv_size, qkv_width, qkv_width);
     paged_attention<T>(attn, qkv, static_cast<const T*>(layer.k_cache), static_cast<const T*>(layer.v_cache),
                        step.block_tables, step.q_start, step.q_lens, step.seq_lens, step.num_seqs, step.max_blocks,
-                       s.heads, s.kv_heads, hd, s.block_size, s.scale, qkv_width);
+                       s.heads, s.kv_heads, hd, s.block_size, s.scale, qkv_width, s.attention_chunk);
     linear<T>(layer.o, attn, hidden, t);
     rms_norm<T>(h, hidden, residual, static_cast<const T*>(layer.post_norm), s.eps, t, s.hidden, s.hidden, s.hidden);
     linear<T>(layer.gate_up, h, gate_up, t);

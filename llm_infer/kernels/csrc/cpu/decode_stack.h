@@ -30,6 +30,7 @@ struct StackShape {
   float eps = 0.f, scale = 0.f;
   const float* cos_cache = nullptr;  // [max_position, head_dim]
   const float* sin_cache = nullptr;
+  int64_t attention_chunk = 0;  // paged_attention's fixed_chunk (deterministic mode), 0: sized to the batch
 };
 
 struct StackStep {

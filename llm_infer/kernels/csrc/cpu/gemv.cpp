@@ -154,7 +154,37 @@ void gemv(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int
   for (int64_t n0 = tiles * R; n0 < N; ++n0) rows<Tiles, 1, MB>(x, w, bias, y, M, n0, N, K);
 }
 
+// Any M through the same tiles (4 weight rows x 4 x rows), blocked over x rows so a block of x
+// stays in cache while the weights stream past it. Every output element is reduced exactly as
+// `gemv` reduces it (the same accumulator lanes in the same k order, then the same horizontal
+// sum), whatever M, the tile shape or the thread that computes it.
+template <typename Tiles, typename T>
+void gemm(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
+  constexpr int R = 4, MB = 4;
+  constexpr int64_t kRowBlock = 64;
+  const int64_t tiles = N / R, blocks = (M + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for collapse(2) schedule(static) if (M * N * K > 16384)
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t g = 0; g <= tiles; ++g) {
+      const int64_t m0 = b * kRowBlock, rows_here = std::min(kRowBlock, M - m0);
+      if (g < tiles) rows<Tiles, R, MB>(x + m0 * K, w, bias, y + m0 * N, rows_here, g * R, N, K);
+      else
+        for (int64_t n0 = tiles * R; n0 < N; ++n0) rows<Tiles, 1, MB>(x + m0 * K, w, bias, y + m0 * N, rows_here, n0, N, K);
+    }
+}
+
 }  // namespace
+
+void gemm_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M, int64_t N,
+               int64_t K) {
+  if (M <= 8) return gemv_bf16(x, w, bias, y, M, N, K);
+  gemm<Bf16Tiles>(x, w, bias, y, M, N, K);
+}
+
+void gemm_f32(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
+  if (M <= 8) return gemv_f32(x, w, bias, y, M, N, K);
+  gemm<F32Tiles>(x, w, bias, y, M, N, K);
+}
 
 // Up to 8 x rows (a decode batch, or a speculative step's pending token and proposals) are
 // covered by one tile, so each weight row is loaded once for all of them; the tile width R

@@ -1,0 +1,130 @@
+"""The chat route's nested request objects: messages (with tool calls, tool results, reasoning),
+tools and tool_choice, as OpenAI shapes them; and what the chat template receives from them.
+
+Like every nested object of a body, these refuse fields they do not declare (a 400 naming the
+field), so nothing that would change the prompt is dropped silently. Whether a tool_choice of
+`required` or a named function can be honoured is `protocol.py`'s question (it needs a grammar).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm_infer.entrypoints.server.errors import ApiError
+
+_NESTED = ConfigDict(strict=True, extra="forbid")
+
+
+class TextPart(BaseModel):
+    """One part of a message's content; only text parts are supported."""
+
+    model_config = _NESTED
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(BaseModel):
+    """The function an assistant's tool call names, with its arguments as JSON text."""
+
+    model_config = _NESTED
+    name: str
+    arguments: str = Field(description="the arguments as a JSON string")
+
+
+class ToolCallIn(BaseModel):
+    """A tool call in an assistant message of the history."""
+
+    model_config = _NESTED
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(BaseModel):
+    """One chat message. `content` is a string or a list of text parts (joined by newlines); it may
+    be null or absent only on an assistant message with `tool_calls`. A tool result is
+    `{role: 'tool', tool_call_id, content}`; an assistant turn may carry its `reasoning_content`."""
+
+    model_config = _NESTED
+    role: str
+    content: str | list[TextPart] | None = Field(
+        None, description="a string or a list of {type: 'text', text: string} parts")
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = Field(
+        None, description="a list of {id, type: 'function', function: {name, arguments}} objects")
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+    def template_message(self, index: int) -> dict[str, Any]:
+        """The message as the chat template takes it; a 400 naming it when it is incomplete."""
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ApiError(400, f"'messages': messages[{index}].tool_calls is only for assistant messages",
+                           param="messages")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ApiError(400, f"'messages': messages[{index}].content is required", param="messages")
+        if self.content is None or isinstance(self.content, str):
+            text = self.content or ""
+        else:
+            text = "\n".join(p.text for p in self.content)
+        message: dict[str, Any] = {"role": self.role, "content": text}
+        extra = self.model_dump(include={"name", "tool_calls", "tool_call_id", "reasoning_content"},
+                                exclude_none=True)
+        return {**message, **extra}
+
+
+class FunctionDefinition(BaseModel):
+    """A tool's function: its name, what it does, and a JSON schema of its parameters."""
+
+    model_config = _NESTED
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON schema (an object)")
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    """One entry of `tools`."""
+
+    model_config = _NESTED
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = _NESTED
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice` naming the function the reply must call."""
+
+    model_config = _NESTED
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+def template_tools(tools: list[Tool] | None) -> list[dict[str, Any]] | None:
+    """The tool list as the chat template takes it (OpenAI's shape, nulls left out)."""
+    return [t.model_dump(exclude_none=True) for t in tools] if tools else None
+
+
+def check_tool_choice(tools: list[Tool] | None, choice: ToolChoice | None) -> str | dict[str, Any]:
+    """The effective choice in OpenAI's shape: `none`, `auto`, `required`, or `{type: 'function',
+    function: {name}}`. OpenAI's defaults: `auto` with tools, `none` without (`auto` without tools
+    is `none`). A 400 for a choice that needs tools there are not."""
+    if choice is None or choice == "auto":
+        return "auto" if tools else "none"
+    if isinstance(choice, NamedToolChoice):
+        names = [t.function.name for t in tools or []]
+        if choice.function.name not in names:
+            raise ApiError(400, f"'tool_choice': function {choice.function.name[:60]!r} is not among the tools "
+                                f"({', '.join(names) or 'none given'})", param="tool_choice")
+        return choice.model_dump()
+    if choice == "required" and not tools:
+        raise ApiError(400, "'tool_choice': 'required' needs tools", param="tool_choice")
+    return choice

@@ -1,0 +1,115 @@
+"""Reasoning parser `qwen3`: a reply's `<think>...</think>` text is its reasoning, the rest its answer.
+
+Qwen3's templates either let the model open the block itself (`<|im_start|>assistant\\n`, the
+reply starts with `<think>`), or open it in the prompt (newer thinking templates end the prompt
+with `<think>\\n`), or close an empty block in the prompt (`enable_thinking: false`). So the
+prompt decides where the reply starts (`prompt_ends_in_reasoning`): in the reasoning unless a
+`</think>` follows the last `<|im_start|>` of the prompt. A reply that starts in the reasoning
+is reasoning up to its first `</think>` (a leading `<think>` is dropped; a reply that never
+closes it is all reasoning); the rest is the answer, where tags are plain text. A reply that
+starts in the answer is all answer.
+
+Whitespace next to the tags is part of neither: the reasoning is stripped, the answer after
+`</think>` starts at its first non-blank character (Qwen's templates strip both when the turn
+goes back into the history). A model that never reasons under a template that mentions
+`</think>` (Qwen3-Instruct-2507) needs `chat.reasoning_parser: null`.
+
+    prompt ends in reasoning? ── yes ──> reasoning ── </think> ──> answer ──> content | tool calls
+                             └── no ──────────────────────────────> answer ──> content | tool calls
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llm_infer.runtime.output_parsers.tags import held_tail
+from llm_infer.runtime.tokenizer import Tokenizer
+
+_OPENING, _REASONING, _AFTER, _ANSWER = range(4)
+
+
+class Qwen3ReasoningParser:
+    """The `<think>`/`</think>` format over one tokenizer: its end token, the prompt's state,
+    and a `ReasoningStream` per reply."""
+
+    name = "qwen3"
+    start_tag, end_tag = "<think>", "</think>"
+    turn_start = "<|im_start|>"
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.end_token_id = tokenizer.token_id(self.end_tag)  # None when `</think>` is no single token
+        self._turn_start_id = tokenizer.token_id(self.turn_start)
+
+    def prompt_ends_in_reasoning(self, prompt_token_ids: Sequence[int]) -> bool:
+        """Whether a reply to this prompt starts inside the reasoning: True unless a `</think>`
+        follows the prompt's last `<|im_start|>` (the whole prompt when it has none). Compares
+        token ids where `</think>` is one token (a `</think>` the user typed is text, not that
+        token), the decoded text otherwise."""
+        ids = list(prompt_token_ids)
+        starts = [i for i, t in enumerate(ids) if t == self._turn_start_id]
+        tail = ids[starts[-1] + 1:] if starts else ids
+        if self.end_token_id is not None:
+            return self.end_token_id not in tail
+        return self.end_tag not in self.tokenizer.decode(tail)
+
+    def stream(self, in_reasoning: bool) -> ReasoningStream:
+        return ReasoningStream(self.start_tag, self.end_tag, in_reasoning)
+
+
+class ReasoningStream:
+    """One reply's text, split as it arrives into (reasoning, answer) deltas. A partial tag (and
+    the whitespace before it) is held back until the next text decides it, so neither side ever
+    sees part of a tag; `finish` releases what is held. Chunking never changes the result."""
+
+    def __init__(self, start_tag: str, end_tag: str, in_reasoning: bool):
+        self.start_tag, self.end_tag = start_tag, end_tag
+        self._state = _OPENING if in_reasoning else _ANSWER
+        self._opened = False  # the reply's own `<think>` was seen
+        self._pending = ""
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """(reasoning delta, answer delta) after `text`."""
+        self._pending += text
+        reasoning, answer = "", ""
+        while True:
+            state = self._state
+            if state == _OPENING:  # before the first reasoning text: blanks and one `<think>` are skipped
+                rest = self._pending.lstrip()
+                if not self._opened and rest.startswith(self.start_tag):
+                    self._pending, self._opened = rest[len(self.start_tag):], True
+                    continue
+                if not rest or (not self._opened and self.start_tag.startswith(rest)):
+                    self._pending = rest
+                    return reasoning, answer
+                self._pending, self._state = rest, _REASONING
+            elif state == _REASONING:
+                end = self._pending.find(self.end_tag)
+                if end < 0:
+                    emit = len(self._pending) - held_tail(self._pending, [self.end_tag])
+                    reasoning += self._pending[:emit]
+                    self._pending = self._pending[emit:]
+                    return reasoning, answer
+                reasoning += self._pending[:end].rstrip()
+                self._pending, self._state = self._pending[end + len(self.end_tag):], _AFTER
+            elif state == _AFTER:
+                self._pending = self._pending.lstrip()
+                if not self._pending:
+                    return reasoning, answer
+                self._state = _ANSWER
+            else:
+                answer += self._pending
+                self._pending = ""
+                return reasoning, answer
+
+    def finish(self) -> tuple[str, str]:
+        """The deltas left at the end of the reply: held text is what it is (an unclosed tag is text)."""
+        pending, self._pending = self._pending, ""
+        if self._state in (_OPENING, _REASONING):
+            return pending.rstrip(), ""
+        return "", pending if self._state == _ANSWER else ""
+
+    @property
+    def in_reasoning(self) -> bool:
+        return self._state in (_OPENING, _REASONING)
+

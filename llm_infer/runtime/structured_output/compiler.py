@@ -1,0 +1,75 @@
+"""Grammars compiled against one model's tokenizer, with a cache.
+
+The llguidance tokenizer is built from the checkpoint's `tokenizer.json` (the `tokenizers`
+library's serialization, no transformers), with the model's end-of-sequence ids: a grammar that
+is complete allows exactly those. Compiling a grammar makes an `LLMatcher`; the cache keeps one
+fresh matcher per grammar text and hands out deep copies (a copy costs ~15 µs, a compile
+~0.6 ms for a small JSON schema on this project's CPU: benchmarks/results/grammar_engines.json).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+from llm_infer.errors import UserError
+from llm_infer.runtime.models.model_config import ModelConfig
+from llm_infer.runtime.tokenizer import Tokenizer
+
+
+def end_of_sequence_ids(tokenizer: Tokenizer, model_config: ModelConfig) -> list[int]:
+    """The tokens that end a request: the tokenizer's end-of-sequence tokens and the model config's."""
+    return sorted(set(tokenizer.eos_token_ids) | set(model_config.eos_token_ids))
+
+
+class GrammarCompiler:
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: list[int], cache_size: int = 256):
+        """`vocab_size`: the model's logits width (ids past the tokenizer's vocabulary are never allowed)."""
+        from llguidance import LLTokenizer
+
+        # Bitmask width: the larger of the logits and the tokenizer (a test model may have fewer
+        # rows than its tokenizer has tokens); ids past the logits are cut off when applied.
+        self.vocab_size = max(vocab_size, tokenizer.vocab_size)
+        self.eos_token_ids = list(eos_token_ids)
+        self.ll_tokenizer = LLTokenizer(tokenizer.backend.to_str(), n_vocab=self.vocab_size,
+                                        eos_token=list(eos_token_ids) or None)
+        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._cache_size = cache_size
+        self.compiled = 0  # grammars compiled (cache misses), for tests and stats
+
+    @classmethod
+    def for_model(cls, model_dir: Path, model_config: ModelConfig) -> GrammarCompiler:
+        """The compiler a worker builds for its model: end-of-sequence ids as the engine takes them
+        (the tokenizer's and the model config's)."""
+        tokenizer = Tokenizer(model_dir)
+        return cls(tokenizer, model_config.vocab_size, end_of_sequence_ids(tokenizer, model_config))
+
+    def check(self, grammar: str) -> None:
+        """Raise UserError naming the problem if `grammar` is invalid or cannot match anything."""
+        from llguidance import LLMatcher
+
+        error = LLMatcher.validate_grammar(grammar, self.ll_tokenizer)
+        if error:
+            raise UserError(f"invalid structured output: {_one_line(error)}")
+
+    def matcher(self, grammar: str):
+        """A fresh `llguidance.LLMatcher` for `grammar` (compiled once, then copied)."""
+        from llguidance import LLMatcher
+
+        template = self._cache.get(grammar)
+        if template is None:
+            template = LLMatcher(self.ll_tokenizer, grammar)
+            if template.is_error():
+                raise UserError(f"invalid structured output: {_one_line(template.get_error())}")
+            self.compiled += 1
+            self._cache[grammar] = template
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(grammar)
+        return template.deep_copy()
+
+
+def _one_line(error: str, limit: int = 300) -> str:
+    text = " ".join(error.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,157 @@
+"""Chat output parsers: reasoning (`qwen3`) and tool calls (`hermes`), whole and streamed.
+
+The oracle for streaming is the whole reply's parse: a stream cut at any point (and one fed a
+character at a time) must join into exactly the same reasoning, content and tool calls.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from llm_infer.errors import UserError
+from llm_infer.runtime.output_parsers import ChatOutputParser, ParsedMessage
+from llm_infer.runtime.tokenizer import Tokenizer
+from tests.checkpoints import write_byte_tokenizer
+
+IM_START, END_THINK = 257, 260
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+CALL2 = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET", "exact": true}}\n</tool_call>'
+OSLO = ("get_weather", '{"city": "Oslo"}')
+CET = ("get_time", '{"zone": "CET", "exact": true}')
+
+
+@pytest.fixture(scope="module")
+def parser(tmp_path_factory) -> ChatOutputParser:
+    path = tmp_path_factory.mktemp("qwen3-parsers")
+    write_byte_tokenizer(path, "qwen3")
+    return ChatOutputParser(Tokenizer(path))  # auto: qwen3 and hermes, from the template
+
+
+THINKING = [IM_START, 10]  # a prompt whose reply starts in the reasoning (no </think> after <|im_start|>)
+ANSWERING = [IM_START, 10, END_THINK, 10]  # enable_thinking: false closed the block in the prompt
+
+# (text, prompt, parse tools) -> (reasoning_content, content, [(name, arguments)])
+CASES = [
+    ("<think>\nI should greet.\n</think>\n\nHello!", THINKING, True, ("I should greet.", "Hello!", [])),
+    ("Opened by the prompt.</think>Answer", THINKING, True, ("Opened by the prompt.", "Answer", [])),
+    ("<think>never closed, cut by max_tokens", THINKING, True, ("never closed, cut by max_tokens", None, [])),
+    ("an almost </thin tag </think>done", THINKING, True, ("an almost </thin tag", "done", [])),
+    ("ends on a partial </thi", THINKING, True, ("ends on a partial </thi", None, [])),
+    ("<think>\n\n</think>\n\nNo thoughts.", THINKING, True, (None, "No thoughts.", [])),
+    ("  \n ", THINKING, True, (None, None, [])),
+    ("", THINKING, True, (None, None, [])),
+    ("<think>x</think>tags are text here", ANSWERING, True, (None, "<think>x</think>tags are text here", [])),
+    ("<think>plan " + CALL + "</think>\n\n" + CALL, THINKING, True, ("plan " + CALL, None, [OSLO])),
+    ("Let me check.\n" + CALL, ANSWERING, True, (None, "Let me check.", [OSLO])),
+    (CALL + "\n" + CALL2 + "\n", ANSWERING, True, (None, None, [OSLO, CET])),
+    ("A " + CALL + " B\n", ANSWERING, True, (None, "AB\n", [OSLO])),  # blanks touching a call are not content
+    ("<think>why</think>\n" + CALL, THINKING, True, ("why", None, [OSLO])),
+    ('x <tool_call>{"name": oops}</tool_call> y', ANSWERING, True,
+     (None, 'x <tool_call>{"name": oops}</tool_call> y', [])),
+    ('<tool_call>{"arguments": {}}</tool_call>', ANSWERING, True,
+     (None, '<tool_call>{"arguments": {}}</tool_call>', [])),
+    ('<tool_call>{"name": "f", "arguments": [1]}</tool_call>', ANSWERING, True,
+     (None, '<tool_call>{"name": "f", "arguments": [1]}</tool_call>', [])),
+    ('<tool_call>{"name": "f"}</tool_call>', ANSWERING, True, (None, None, [("f", "{}")])),
+    ('<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>', ANSWERING, True,
+     (None, None, [("f", '{"a": 1}')])),
+    ('<tool_call>{"name": "f", "arguments": {"city": "Zürich"}}', ANSWERING, True,  # unclosed but complete
+     (None, None, [("f", '{"city": "Zürich"}')])),
+    ('<tool_call>{"name": "f", "argu', ANSWERING, True, (None, '<tool_call>{"name": "f", "argu', [])),
+    ("ends with <tool", ANSWERING, True, (None, "ends with <tool", [])),
+    ("a <tooling> word\n\nand blanks  ", ANSWERING, True, (None, "a <tooling> word\n\nand blanks  ", [])),
+    ("Sure.\n" + CALL, ANSWERING, False, (None, "Sure.\n" + CALL, [])),  # tool_choice none: markup stays
+]
+
+
+def summary(message: ParsedMessage) -> tuple:
+    return message.reasoning_content, message.content, [(c.name, c.arguments) for c in message.tool_calls]
+
+
+@pytest.mark.parametrize("text,prompt,tools,want", CASES)
+def test_whole_replies_parse_into_reasoning_content_and_calls(parser, text, prompt, tools, want):
+    assert summary(parser.parse(text, prompt, parse_tools=tools)) == want
+
+
+def streamed(parser: ChatOutputParser, pieces: list[str], prompt: list[int], tools: bool) -> tuple:
+    stream = parser.stream(prompt, parse_tools=tools)
+    reasoning, content, calls = "", "", []
+    deltas = [stream.feed(piece) for piece in pieces] + [stream.finish()]
+    for delta in deltas:
+        reasoning += delta.reasoning
+        content += delta.content
+        for index, call in delta.tool_calls:
+            assert index == len(calls)
+            calls.append((call.name, call.arguments))
+    assert summary(stream.message) == (reasoning or None, content or None, calls)
+    return reasoning or None, content or None, calls
+
+
+@pytest.mark.parametrize("text,prompt,tools,want", CASES)
+def test_a_stream_cut_anywhere_joins_into_the_whole_parse(parser, text, prompt, tools, want):
+    for cut in range(len(text) + 1):
+        assert streamed(parser, [text[:cut], text[cut:]], prompt, tools) == want, cut
+    for cut in range(1, len(text)):
+        assert streamed(parser, [text[:cut // 2], text[cut // 2:cut], text[cut:]], prompt, tools) == want, cut
+    assert streamed(parser, list(text), prompt, tools) == want
+
+
+def test_a_stream_never_shows_a_partial_tag_or_markup(parser):
+    text = "<think>\nStep one.\n</think>\n\nChecking." + "\n" + CALL + "\nDone."
+    stream = parser.stream(THINKING)
+    for i, char in enumerate(text):
+        delta = stream.feed(char)
+        for part in (delta.reasoning, delta.content):
+            assert "<" not in part and ">" not in part, (i, delta)
+        if delta.tool_calls:  # the call is sent when its block closes, not before
+            assert text[: i + 1].endswith("</tool_call>")
+    stream.finish()
+    assert summary(stream.message) == ("Step one.", "Checking.Done.", [OSLO])
+
+
+def test_tool_calls_have_openai_ids_and_the_finish_reason_follows_them(parser):
+    message = parser.parse(CALL + CALL2, ANSWERING)
+    ids = [c.id for c in message.tool_calls]
+    assert all(re.fullmatch(r"call_[0-9a-f]{24}", i) for i in ids) and len(set(ids)) == 2
+    assert message.tool_calls[0].to_openai() == {"id": ids[0], "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    assert json.loads(message.tool_calls[1].to_openai()["function"]["arguments"]) == {"zone": "CET", "exact": True}
+    assert message.finish_reason("stop") == "tool_calls"
+    assert message.finish_reason("length") == "length"  # cut short: not a finished call turn
+    assert parser.parse("plain", ANSWERING).finish_reason("stop") == "stop"
+
+
+def test_where_the_reply_starts_is_read_from_the_prompts_last_turn(parser):
+    r = parser.reasoning
+    assert r.end_token_id == END_THINK
+    assert r.prompt_ends_in_reasoning(THINKING)
+    assert not r.prompt_ends_in_reasoning(ANSWERING)
+    assert r.prompt_ends_in_reasoning([IM_START, END_THINK, 10, IM_START, 10])  # an earlier turn's </think>
+    assert r.prompt_ends_in_reasoning([IM_START, *b"</think>"])  # typed text, not the token
+    tok = r.tokenizer
+    user = [{"role": "user", "content": "Hi"}]
+    assert r.prompt_ends_in_reasoning(tok.encode_chat(user))
+    assert not r.prompt_ends_in_reasoning(tok.encode_chat(user, chat_template_kwargs={"enable_thinking": False}))
+    continued = [*user, {"role": "assistant", "content": "Hel"}]
+    assert not r.prompt_ends_in_reasoning(tok.encode_chat(continued, continue_final_message=True))
+    start = parser.reasoning_start(THINKING)
+    assert (start.end_token_id, start.in_reasoning) == (END_THINK, True)
+    assert not parser.reasoning_start(ANSWERING).in_reasoning
+
+
+def test_parsers_are_chosen_from_the_template_or_the_config(parser, tmp_path):
+    assert (parser.reasoning.name, parser.tool_calls.name) == ("qwen3", "hermes")
+    write_byte_tokenizer(tmp_path)  # ChatML: no </think>, no <tool_call>
+    chatml = Tokenizer(tmp_path)
+    auto = ChatOutputParser(chatml)
+    assert auto.reasoning is None and auto.tool_calls is None
+    assert summary(auto.parse("<think>a</think>" + CALL, [IM_START])) == (None, "<think>a</think>" + CALL, [])
+    forced = ChatOutputParser(chatml, reasoning="qwen3", tool_calls="hermes")
+    assert summary(forced.parse("<think>a</think>" + CALL, [IM_START])) == ("a", None, [OSLO])
+    off = ChatOutputParser(parser.reasoning.tokenizer, reasoning=None, tool_calls=None)
+    assert summary(off.parse("<think>a</think>", THINKING)) == (None, "<think>a</think>", [])
+    with pytest.raises(UserError, match="unknown reasoning parser 'deepseek'"):
+        ChatOutputParser(chatml, reasoning="deepseek")
