@@ -282,13 +282,7 @@ def test_tool_choice_decides_parsing_and_none_keeps_the_tools_in_the_prompt():
 
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
-def test_tool_choice_that_needs_a_grammar_is_constrained_or_refused(choice):
-    try:
-        from llm_infer.runtime.structured_output.tool_calls import tool_call_constraint  # noqa: F401
-    except ImportError:
-        got = rejected(chat, {**OK_CHAT, "tools": TOOLS, "tool_choice": choice})
-        assert got.param == "tool_choice" and "not supported yet" in got.message
-        return
+def test_tool_choice_that_needs_a_grammar_is_constrained(choice):
     req = chat({**OK_CHAT, "tools": TOOLS, "tool_choice": choice})
     assert req.parse_tools and req.params.structured_outputs is not None
 

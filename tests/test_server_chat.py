@@ -92,7 +92,7 @@ def scripted(engine: AsyncEngine, *replies: str):
     finishes with `stop`."""
     tokenizer = engine.llm.tokenizer
 
-    async def generate(prompts, params, request_id=None):
+    async def generate(prompts, params, request_id=None, reasoning=None):
         for p, prompt in enumerate(prompts):
             scripts = [tokenizer.encode(replies[i % len(replies)], add_special_tokens=False) for i in range(params.n)]
             detokenizers = [IncrementalDetokenizer(tokenizer, prompt) for _ in scripts]
@@ -361,3 +361,95 @@ def test_fuzzed_chat_bodies_never_get_a_5xx(open_app, body):
     assert r.status_code < 500, (body, r.text)
     if r.status_code >= 400:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# -- replies: tool calls forced by a grammar (the real engine) -----------------------------------------
+
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6},
+                                            "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+           "required": ["city", "days"], "additionalProperties": False}
+TWO_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
+             {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {},
+                                                                             "additionalProperties": False}}}]
+SHORT = {str(ord(c)): 3.0 for c in '"}'}  # a random byte-level model's strings end sooner
+
+
+def _valid_calls(message, names: set[str]) -> list:
+    import jsonschema
+
+    assert message.tool_calls, message
+    for call in message.tool_calls:
+        assert call.function.name in names
+        schema = WEATHER if call.function.name == "get_weather" else TWO_TOOLS[1]["function"]["parameters"]
+        jsonschema.validate(json.loads(call.function.arguments), schema)
+    return [(c.function.name, c.function.arguments) for c in message.tool_calls]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}],
+                         ids=["required", "named"])
+def test_tool_choice_forces_valid_calls_streamed_like_the_whole_reply(client, choice):
+    names = {"get_weather", "ping"} if choice == "required" else {"get_weather"}
+    for seed in range(3):
+        body = dict(model=MODEL, messages=USER, tools=TWO_TOOLS, tool_choice=choice, max_tokens=160, temperature=1.0,
+                    seed=seed, logit_bias=SHORT, extra_body=NO_THINKING)
+        got = client.chat.completions.create(**body)
+        if choice != "required":  # one call, then only the end of the reply
+            assert got.choices[0].finish_reason == "tool_calls"
+        calls = _valid_calls(got.choices[0].message, names)
+        assert got.choices[0].message.content is None
+        streamed = joined_stream(client.chat.completions.create(stream=True, **body))[0]
+        assert stream_summary(streamed) == (None, None, calls)
+
+
+def test_thinking_budget_caps_the_reasoning_then_the_tool_call_grammar_applies(client, offline):
+    ping = {"type": "function", "function": {"name": "ping"}}
+    for budget in (0, 4, 16):
+        bias = {**{int(k): v for k, v in SHORT.items()}, END_THINK: -100.0}  # the model never closes it itself
+        want = offline.chat(USER, SamplingParams(max_tokens=200, temperature=1.0, seed=budget, logit_bias=bias,
+                                                 thinking_budget=budget), tools=TWO_TOOLS, tool_choice=ping).outputs[0]
+        assert want.token_ids.index(END_THINK) == budget  # forced right when the budget was spent
+        got = client.chat.completions.create(model=MODEL, messages=USER, tools=TWO_TOOLS, max_tokens=200,
+                                             temperature=1.0, seed=budget, logit_bias={str(k): v for k, v in bias.items()},
+                                             tool_choice=ping, extra_body={"thinking_budget": budget})
+        message = got.choices[0].message
+        assert _valid_calls(message, {"ping"}) and got.choices[0].finish_reason == "tool_calls"
+        assert message_summary(message)[:2] == (want.message.content, want.message.reasoning_content)
+        assert got.usage.completion_tokens == len(want.token_ids)
+
+
+def test_thinking_budget_on_a_completion_is_a_400_naming_it(http):
+    r = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 4, "thinking_budget": 3})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "thinking_budget"
+
+
+def test_a_tool_round_trip_with_the_real_engine(client, offline):
+    first = client.chat.completions.create(model=MODEL, messages=USER, tools=TWO_TOOLS, tool_choice="required",
+                                           max_tokens=160, temperature=1.0, seed=7, logit_bias=SHORT,
+                                           extra_body=NO_THINKING)
+    message = first.choices[0].message
+    _valid_calls(message, {"get_weather", "ping"})
+    history = [*USER, message.model_dump(exclude_none=True, exclude={"refusal", "audio", "function_call",
+                                                                       "annotations"})]
+    history += [{"role": "tool", "tool_call_id": c.id, "content": "12 degrees"} for c in message.tool_calls]
+    final = client.chat.completions.create(model=MODEL, messages=history, tools=TWO_TOOLS, max_tokens=8,
+                                           extra_body=NO_THINKING, **GREEDY)
+    want = offline.chat(history, SamplingParams(max_tokens=8, **GREEDY), tools=TWO_TOOLS,
+                        chat_template_kwargs={"enable_thinking": False})
+    assert final.choices[0].message.content == want.outputs[0].message.content
+    assert final.usage.prompt_tokens == len(want.prompt_token_ids)
+
+
+def test_instructor_extracts_a_model_in_tools_mode(client):
+    import instructor
+    from pydantic import BaseModel, Field
+
+    class Weather(BaseModel):
+        city: str = Field(max_length=6)
+        days: int = Field(ge=1, le=7)
+
+    extractor = instructor.from_openai(client, mode=instructor.Mode.TOOLS)
+    got = extractor.chat.completions.create(model=MODEL, messages=USER, response_model=Weather, max_retries=0,
+                                            max_tokens=160, temperature=1.0, seed=3, logit_bias=SHORT,
+                                            extra_body=NO_THINKING)
+    assert isinstance(got, Weather)

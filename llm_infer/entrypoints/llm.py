@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -18,6 +19,8 @@ from llm_infer.runtime.models.resolve import resolve_model_dir
 from llm_infer.runtime.output_parsers import ChatOutputParser
 from llm_infer.runtime.outputs import RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
+from llm_infer.runtime.structured_output.params import ReasoningStart
+from llm_infer.runtime.structured_output.tool_calls import tool_call_constraint
 from llm_infer.runtime.tokenizer import Tokenizer
 
 Prompt = str | list[int]
@@ -74,8 +77,8 @@ class LLM:
     def chat(self, messages: list[Message] | list[list[Message]],
              params: SamplingParams | Sequence[SamplingParams] | None = None, *,
              tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
-             add_generation_prompt: bool | None = None,
-             continue_final_message: bool = False) -> RequestOutput | list[RequestOutput]:
+             add_generation_prompt: bool | None = None, continue_final_message: bool = False,
+             tool_choice: str | dict[str, Any] | None = None) -> RequestOutput | list[RequestOutput]:
         """Render the conversation(s) with the model's chat template and generate the reply.
 
         `tools` (OpenAI's tool list), `chat_template_kwargs` (e.g. `{"enable_thinking": False}`),
@@ -85,6 +88,9 @@ class LLM:
         Each sample's `message` is its reply parsed by the configured parsers (`chat` section):
         `content`, `reasoning_content` and, when `tools` are given, `tool_calls`
         (`message.finish_reason(sample.finish_reason)` gives OpenAI's `tool_calls` reason).
+        `tool_choice` `"required"` or `{"type": "function", "function": {"name": ...}}` constrains the
+        reply to calls of the tools (`structured_output/tool_calls.py`). With a reasoning parser the
+        reply's reasoning is unconstrained, and `SamplingParams.thinking_budget` caps it.
         """
         if not isinstance(messages, list) or not messages:
             raise UserError("messages must be a non-empty list of {role, content} objects")
@@ -93,7 +99,14 @@ class LLM:
         prompts = [self.tokenizer.encode_chat(c, add_generation_prompt, tools=tools,
                                               continue_final_message=continue_final_message,
                                               chat_template_kwargs=chat_template_kwargs) for c in conversations]
-        outputs = self.generate(prompts, params)
+        param_list = _as_param_list(params, len(prompts))
+        forced = tool_call_constraint(tools or [], tool_choice)
+        if forced is not None:
+            if any(p.structured_outputs is not None for p in param_list):
+                raise UserError("tool_choice 'required' or a named function cannot be combined with structured_outputs")
+            param_list = [dataclasses.replace(p, structured_outputs=forced) for p in param_list]
+        outputs = self._run([(ids, p, False) for ids, p in zip(prompts, param_list)],
+                            [self.chat_parser.reasoning_start(ids) for ids in prompts])
         for out in outputs:
             for sample in out.outputs:
                 sample.message = self.chat_parser.parse(sample.text, out.prompt_token_ids, parse_tools=bool(tools))
@@ -119,12 +132,14 @@ class LLM:
         (out,) = self._run([(list(token_ids), SamplingParams(max_tokens=0, temperature=0), True)])
         return out.logits[: len(token_ids)]
 
-    def _run(self, requests: list[tuple[Prompt, SamplingParams, bool]]) -> list[RequestOutput]:
+    def _run(self, requests: list[tuple[Prompt, SamplingParams, bool]],
+             reasoning: list[ReasoningStart | None] | None = None) -> list[RequestOutput]:
         self._check_open()
         ids = []
         try:
-            for prompt, sp, want_logits in requests:
-                ids.append(self.engine.add_request(prompt, sp, return_logits=want_logits))
+            for i, (prompt, sp, want_logits) in enumerate(requests):
+                ids.append(self.engine.add_request(prompt, sp, return_logits=want_logits,
+                                                   reasoning=reasoning[i] if reasoning else None))
             done: dict[str, RequestOutput] = {}
             while len(done) < len(ids):
                 for out in self.engine.step():

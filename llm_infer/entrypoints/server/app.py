@@ -62,7 +62,8 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
         req = parse(body, llm.tokenizer, async_engine.max_model_len, llm.model_config.vocab_size)
         responder = Responder(req.chat, served_model_name, token_text, n=req.params.n, top=req.params.logprobs,
                               echo=req.echo, parser=llm.chat_parser, parse_tools=req.parse_tools)
-        outputs = async_engine.generate(req.prompts, req.params, request_id=responder.id)
+        reasoning = llm.chat_parser.reasoning_start(req.prompts[0]) if req.chat else None
+        outputs = async_engine.generate(req.prompts, req.params, request_id=responder.id, reasoning=reasoning)
         finals = Finals(len(req.prompts), metrics)
         try:
             first = await unless_disconnected(request, anext(outputs))
@@ -199,7 +200,9 @@ async def stream(first: tuple[int, RequestOutput], outputs: AsyncIterator[tuple[
 
 
 def _param_of(error: UserError, body: dict, chat: bool) -> str:
-    """The body field an engine-side error is about: the output constraint's field, else the prompt."""
-    if getattr(error, "param", None) == "structured_outputs":
+    """The body field an engine-side error is about: the one it names (the output constraint's field
+    as the body set it), else the prompt."""
+    param = getattr(error, "param", None)
+    if param == "structured_outputs":
         return next((f for f in CONSTRAINT_FIELDS if body.get(f) is not None), "structured_outputs")
-    return "messages" if chat else "prompt"
+    return param or ("messages" if chat else "prompt")

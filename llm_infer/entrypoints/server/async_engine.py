@@ -24,6 +24,7 @@ from typing import Any
 from llm_infer.errors import UserError
 from llm_infer.runtime.outputs import EngineSnapshot, RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
+from llm_infer.runtime.structured_output.params import ReasoningStart
 
 log = logging.getLogger("llm_infer.server")
 
@@ -53,6 +54,7 @@ class _Add:
     params: SamplingParams
     added: concurrent.futures.Future
     sink: _Sink
+    reasoning: ReasoningStart | None = None
 
 
 @dataclass
@@ -87,15 +89,18 @@ class AsyncEngine:
         return self.unavailable is None
 
     async def generate(self, prompts: list[str | list[int]], params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:
+                       request_id: str | None = None, reasoning: ReasoningStart | None = None
+                       ) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Yield (prompt index, update) for one engine request per prompt until all finish (ids:
-        `request_id`, or `request_id-i` for several prompts). A prompt the engine rejects raises
-        UserError before anything is yielded; stopping early (or being cancelled) aborts them all."""
+        `request_id`, or `request_id-i` for several prompts; `reasoning`: how a chat reply begins,
+        see `LLMEngine.add_request`). A prompt the engine rejects raises UserError before anything
+        is yielded; stopping early (or being cancelled) aborts them all."""
         base = request_id or uuid.uuid4().hex
         ids = [base] if len(prompts) == 1 else [f"{base}-{i}" for i in range(len(prompts))]
         index = {rid: i for i, rid in enumerate(ids)}
         sink = _Sink(asyncio.get_running_loop(), asyncio.Queue())  # shared: updates arrive in step order
-        adds = [_Add(rid, prompt, params, concurrent.futures.Future(), sink) for rid, prompt in zip(ids, prompts)]
+        adds = [_Add(rid, prompt, params, concurrent.futures.Future(), sink, reasoning)
+                for rid, prompt in zip(ids, prompts)]
         unfinished = set(ids)  # aborting one the engine never held (or refused) is a no-op
         try:
             for add in adds:
@@ -172,7 +177,8 @@ class AsyncEngine:
                 self._sinks.pop(command.request_id, None)
             elif command.added.set_running_or_notify_cancel():
                 try:
-                    engine.add_request(command.prompt, command.params, request_id=command.request_id)
+                    engine.add_request(command.prompt, command.params, request_id=command.request_id,
+                                       reasoning=command.reasoning)
                 except Exception as e:  # noqa: BLE001 (UserError, or anything else: still only this request's)
                     command.added.set_exception(e)
                 else:

@@ -2,17 +2,21 @@
 tools and tool_choice, as OpenAI shapes them; and what the chat template receives from them.
 
 Like every nested object of a body, these refuse fields they do not declare (a 400 naming the
-field), so nothing that would change the prompt is dropped silently. Whether a tool_choice of
-`required` or a named function can be honoured is `protocol.py`'s question (it needs a grammar).
+field), so nothing that would change the prompt is dropped silently. A tool_choice of
+`required` or a named function needs a grammar (`with_tool_call_constraint`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_infer.entrypoints.server.errors import ApiError
+from llm_infer.errors import UserError
+from llm_infer.runtime.sampling_params import SamplingParams
+from llm_infer.runtime.structured_output.tool_calls import tool_call_constraint
 
 _NESTED = ConfigDict(strict=True, extra="forbid")
 
@@ -128,3 +132,16 @@ def check_tool_choice(tools: list[Tool] | None, choice: ToolChoice | None) -> st
     if choice == "required" and not tools:
         raise ApiError(400, "'tool_choice': 'required' needs tools", param="tool_choice")
     return choice
+
+
+def with_tool_call_constraint(params: SamplingParams, tools: list[dict[str, Any]],
+                              choice: str | dict[str, Any]) -> SamplingParams:
+    """tool_choice `required` or a named function: the reply is constrained to calls of the tools
+    by `structured_output.tool_calls.tool_call_constraint` (a 400 with another output constraint)."""
+    if params.structured_outputs is not None:
+        raise ApiError(400, "'tool_choice': 'required' and named functions cannot be combined with another output "
+                            "constraint (response_format, structured_outputs)", param="tool_choice")
+    try:
+        return dataclasses.replace(params, structured_outputs=tool_call_constraint(tools, choice))
+    except UserError as e:
+        raise ApiError(400, f"'tool_choice': {e}", param="tool_choice") from None

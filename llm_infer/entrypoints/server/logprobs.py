@@ -9,11 +9,10 @@ prompt starts at 0, the completion at the prompt text's length).
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 from llm_infer.runtime.outputs import TokenLogprob
+from llm_infer.runtime.token_bytes import TokenBytes
 from llm_infer.runtime.tokenizer import Tokenizer
 
 _FLOOR = -9999.0  # -inf is not JSON; vLLM reports it as this
@@ -23,19 +22,6 @@ def _lp(value: float) -> float:
     return max(value, _FLOOR)
 
 
-def _byte_level_chars() -> dict[str, int]:
-    """GPT-2's byte-level alphabet: the stand-in character of each byte -> the byte."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
 class TokenText:
     """Each token id's string and exact bytes, cached (the vocabulary bounds the caches)."""
 
@@ -43,13 +29,7 @@ class TokenText:
         self.tokenizer = tokenizer
         self._strings: dict[int, str] = {}
         self._bytes: dict[int, list[int]] = {}
-        raw = tokenizer.backend  # its raw vocabulary pieces give the exact bytes
-        self._raw = raw
-        self._added = {i: t.content for i, t in raw.get_added_tokens_decoder().items()} if raw is not None else {}
-        decoder = json.loads(raw.decoder.__getstate__()) if raw is not None and raw.decoder is not None else {}
-        kinds = {d.get("type") for d in [decoder, *decoder.get("decoders", [])]}
-        self._byte_level = _byte_level_chars() if "ByteLevel" in kinds else None
-        self._byte_fallback = "ByteFallback" in kinds
+        self._exact_bytes = TokenBytes(tokenizer.backend)
 
     def text(self, token_id: int) -> str:
         s = self._strings.get(token_id)
@@ -62,16 +42,6 @@ class TokenText:
         if b is None:
             b = self._bytes[token_id] = list(self._exact_bytes(token_id))
         return b
-
-    def _exact_bytes(self, token_id: int) -> bytes:
-        piece = self._raw.id_to_token(token_id) if self._raw is not None else None
-        if piece is None or token_id in self._added:
-            return self.text(token_id).encode()
-        if self._byte_level is not None and all(c in self._byte_level for c in piece):
-            return bytes(self._byte_level[c] for c in piece)
-        if self._byte_fallback and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
-            return bytes([int(piece[3:5], 16)])
-        return self.text(token_id).encode()
 
     def completion_logprobs(self, ids: list[int], scores: list[TokenLogprob | None], offset: int) -> dict[str, Any]:
         """The legacy lists of /v1/completions for `ids` (a None score: the first prompt token);

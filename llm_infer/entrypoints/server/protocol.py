@@ -10,8 +10,6 @@ would change what the client gets back is dropped silently. The sampling ranges 
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
@@ -20,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_infer.errors import UserError
 from llm_infer.entrypoints.server.chat_protocol import (ChatMessage, Tool, ToolChoice, check_tool_choice,
-                                                         template_tools)
+                                                         template_tools, with_tool_call_constraint)
 from llm_infer.entrypoints.server.errors import ApiError, bad_request
 from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError
 from llm_infer.runtime.structured_output.params import StructuredOutputsParams
@@ -32,7 +30,7 @@ _BODY = ConfigDict(strict=True, extra="ignore")  # unknown top-level fields are 
 # `cache_control`, ...): the server would otherwise drop something that changes the answer.
 _NESTED = ConfigDict(strict=True, extra="forbid")
 _SAMPLING = {"temperature", "top_p", "top_k", "min_p", "seed", "stop", "ignore_eos", "presence_penalty",
-             "frequency_penalty", "repetition_penalty", "min_tokens", "stop_token_ids", "n"}
+             "frequency_penalty", "repetition_penalty", "min_tokens", "stop_token_ids", "n", "thinking_budget"}
 _Body = TypeVar("_Body", bound=BaseModel)
 
 # Fields that change nothing in the answer (bookkeeping on OpenAI's platform): accepted and ignored.
@@ -131,6 +129,7 @@ class SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = Field(None, description="an object of token ids (as strings) to numbers")
     min_tokens: int | None = None
     stop_token_ids: list[int] | None = Field(None, description="a list of token ids")
+    thinking_budget: int | None = Field(None, description="reasoning tokens before the end of reasoning is forced")
     stream: bool | None = None
     stream_options: StreamOptions | None = Field(None, description="an object like {include_usage: true}")
     response_format: ResponseFormat | None = Field(
@@ -342,25 +341,6 @@ def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size:
     top = (req.top_logprobs or 0) if req.logprobs else None
     params = req.sampling_params(max_tokens, vocab_size, logprobs=top)
     if choice not in ("auto", "none"):
-        params = _with_tool_call_constraint(params, tools or [], choice)
+        params = with_tool_call_constraint(params, tools or [], choice)
     return GenerationRequest(True, [ids], params, *req.streaming(), parse_tools=choice != "none")
 
-
-def _with_tool_call_constraint(params: SamplingParams, tools: list[dict[str, Any]],
-                               choice: str | dict[str, Any]) -> SamplingParams:
-    """tool_choice `required` or a named function: the reply is constrained to calls of the tools
-    by `structured_output.tool_calls.tool_call_constraint` (a 400 where that is not available, or
-    with another output constraint)."""
-    try:
-        module = importlib.import_module("llm_infer.runtime.structured_output.tool_calls")
-        constraint = getattr(module, "tool_call_constraint")
-    except (ImportError, AttributeError):
-        raise ApiError(400, "'tool_choice': 'required' and named functions are not supported yet (use 'auto')",
-                       param="tool_choice") from None
-    if params.structured_outputs is not None:
-        raise ApiError(400, "'tool_choice': 'required' and named functions cannot be combined with another output "
-                            "constraint (response_format, structured_outputs)", param="tool_choice")
-    try:
-        return dataclasses.replace(params, structured_outputs=constraint(tools, choice))
-    except UserError as e:
-        raise ApiError(400, f"'tool_choice': {e}", param="tool_choice") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from llm_infer.errors import UserError
 from llm_infer.runtime.models.model_config import ModelConfig
+from llm_infer.runtime.token_bytes import TokenBytes
 from llm_infer.runtime.tokenizer import Tokenizer
 
 
@@ -25,14 +26,14 @@ def end_of_sequence_ids(tokenizer: Tokenizer, model_config: ModelConfig) -> list
 class GrammarCompiler:
     def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: list[int], cache_size: int = 256):
         """`vocab_size`: the model's logits width (ids past the tokenizer's vocabulary are never allowed)."""
-        from llguidance import LLTokenizer
+        from llguidance import LLTokenizer, TokenizerWrapper
 
         # Bitmask width: the larger of the logits and the tokenizer (a test model may have fewer
         # rows than its tokenizer has tokens); ids past the logits are cut off when applied.
         self.vocab_size = max(vocab_size, tokenizer.vocab_size)
         self.eos_token_ids = list(eos_token_ids)
-        self.ll_tokenizer = LLTokenizer(tokenizer.backend.to_str(), n_vocab=self.vocab_size,
-                                        eos_token=list(eos_token_ids) or None)
+        self.ll_tokenizer = LLTokenizer(TokenizerWrapper(_Vocabulary(tokenizer, self.vocab_size, self.eos_token_ids)),
+                                        n_vocab=self.vocab_size, eos_token=self.eos_token_ids or None)
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._cache_size = cache_size
         self.compiled = 0  # grammars compiled (cache misses), for tests and stats
@@ -68,6 +69,25 @@ class GrammarCompiler:
         else:
             self._cache.move_to_end(grammar)
         return template.deep_copy()
+
+
+class _Vocabulary:
+    """The vocabulary as llguidance's `TokenizerWrapper` reads it: each token's exact bytes, the
+    special tokens (which grammar text never matches), and a tokenize function. Built from the
+    `tokenizers` vocabulary rather than handing llguidance `tokenizer.json`, because llguidance
+    treats every added token as special: Qwen's `<tool_call>` and `<think>` are added but not
+    special (plain text to the model), and a grammar's "<tool_call>" must accept them."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: list[int]):
+        exact = TokenBytes(tokenizer.backend)
+        self.tokens = [exact(i) for i in range(vocab_size)]
+        self.special_token_ids = exact.special_ids
+        self.eos_token_id = eos_token_ids[0] if eos_token_ids else None
+        self.bos_token_id = None
+        self._tokenizer = tokenizer
+
+    def __call__(self, text: bytes) -> list[int]:
+        return self._tokenizer.backend.encode(text.decode("utf-8", errors="replace"), add_special_tokens=False).ids
 
 
 def _one_line(error: str, limit: int = 300) -> str:

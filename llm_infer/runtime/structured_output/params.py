@@ -104,7 +104,10 @@ def constraint_spec(grammar: str | None, thinking_budget: int | None,
     """The constraint a request carries to the sampling rank (None: nothing to enforce). Raises
     UserError for a thinking budget on a request that has no reasoning to limit."""
     if thinking_budget is not None and reasoning is None:
-        raise UserError("thinking_budget needs a chat request to a model with a reasoning parser")
+        from llm_infer.runtime.sampling_params import SamplingParamsError  # imports this module
+
+        raise SamplingParamsError("thinking_budget", "thinking_budget needs a chat request to a model with a "
+                                  "reasoning parser")
     in_reasoning = reasoning is not None and reasoning.in_reasoning
     if grammar is None and (not in_reasoning or thinking_budget is None):
         return None
