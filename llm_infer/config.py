@@ -113,7 +113,8 @@ class ChatConfig:
         "template mentions `</think>`; null: off")
     tool_call_parser: Literal["auto", "hermes"] | None = Field(
         "auto", description="`hermes`: `<tool_call>` JSON blocks become `tool_calls`; `auto`: hermes when the chat "
-        "template mentions `<tool_call>`; null: off")
+        "template mentions `<tool_call>` or does not handle tools (they are then offered in a Hermes-format "
+        "system prompt of ours); null: off")
 
 
 @dataclass(config=_SECTION)

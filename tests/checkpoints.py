@@ -96,8 +96,9 @@ def make_checkpoint(path: Path, arch: str = "qwen2", seed: int = 0, dtype: torch
     return path
 
 
-def reference_model(path: Path, dtype: torch.dtype = torch.float32):
-    """The transformers oracle, loaded with the dtype given at load time (not cast afterwards)."""
+def reference_model(path: Path, dtype: torch.dtype = torch.float32, **kwargs):
+    """The transformers oracle, loaded with the dtype given at load time (not cast afterwards);
+    `kwargs` go to `from_pretrained` (e.g. `experts_implementation="eager"`)."""
     import transformers
 
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).eval()

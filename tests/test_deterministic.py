@@ -13,11 +13,61 @@ import torch
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import ConfigError
 from tests import introspect
-from tests.conftest import default_model_or_skip, tiny_engine_config
+from tests.conftest import cpu_extension_or_skip, default_model_or_skip, tiny_engine_config
 
 SAMPLED = SamplingParams(max_tokens=48, temperature=1.0, top_p=0.95, seed=1234, ignore_eos=True, logprobs=5)
 TINY_PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101] * 3
 OTHERS = [[(7 * i + j) % 200 + 3 for j in range(5 + 9 * i)] for i in range(7)]  # 5 .. 59 tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_linear_invariant_rows_do_not_depend_on_the_other_rows(dtype):
+    """The oracle is each row computed alone (M = 1, the decode GEMV): every row count, every
+    position of the row in the call, with a bias and N not a multiple of the tile width."""
+    ext = cpu_extension_or_skip()
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(203, 96, generator=gen).to(dtype)
+    bias = torch.randn(203, generator=gen).to(dtype)
+    x = torch.randn(150, 96, generator=gen).to(dtype)
+    alone = torch.cat([ext.linear_invariant(x[i : i + 1], w, bias) for i in range(150)])
+    for rows in (2, 5, 8, 9, 16, 17, 64, 65, 150):
+        start = 150 - rows
+        assert torch.equal(ext.linear_invariant(x[start:], w, bias), alone[start:]), rows
+    torch.testing.assert_close(alone.float(), torch.nn.functional.linear(x.float(), w.float(), bias.float()),
+                               atol=0.1 if dtype == torch.bfloat16 else 1e-4, rtol=0.02)
+
+
+def test_fixed_chunk_attention_rows_do_not_depend_on_how_queries_are_split():
+    """One sequence of 300 positions (block 16, chunk 64): its last 40 query rows attended in one call
+    (as a prefill chunk), as 40 calls of one row (decode), and inside a batch with another sequence."""
+    ext = cpu_extension_or_skip()
+    gen = torch.Generator().manual_seed(1)
+    heads, kv_heads, dim, block, length = 4, 2, 64, 16, 300
+    blocks = torch.randperm(40, generator=gen)[: -(-length // block)]
+    k_cache = torch.randn(40, block, kv_heads, dim, generator=gen).bfloat16()
+    v_cache = torch.randn(40, block, kv_heads, dim, generator=gen).bfloat16()
+    q = torch.randn(length, heads * dim, generator=gen).bfloat16()
+    table = blocks[None, :].clone()
+
+    def attend(rows: range, others: int = 0) -> torch.Tensor:
+        n = len(rows)
+        out = torch.zeros(n + others, heads, dim, dtype=torch.bfloat16)
+        qs = torch.cat([q[rows.start : rows.stop], q[:others]])
+        tables, starts = [table[0]], [0]
+        q_lens, seq_lens = [n], [rows.stop]
+        if others:  # a second sequence: the first `others` positions, one query row each as decode
+            tables.append(table[0])
+            starts.append(n)
+            q_lens.append(others)
+            seq_lens.append(others)
+        ext.paged_attention(out, qs, k_cache, v_cache, torch.stack(tables), torch.tensor(starts),
+                            torch.tensor(q_lens), torch.tensor(seq_lens), dim ** -0.5, 64)
+        return out[:n]
+
+    whole = attend(range(length - 40, length))
+    one_by_one = torch.cat([attend(range(p, p + 1)) for p in range(length - 40, length)])
+    assert torch.equal(whole, one_by_one)
+    assert torch.equal(attend(range(length - 40, length), others=20), whole)
 
 
 def tiny_config(model, **extra) -> dict:

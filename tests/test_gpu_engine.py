@@ -1,6 +1,6 @@
 """The engine on a CUDA device (`pytest -m gpu`; skipped without CUDA): the torch path against
-transformers on the same GPU, prefix caching and n-gram speculation against plain decoding,
-and an NCCL world of one. (Our kernels and CUDA graphs against the torch path:
+transformers on the same GPU (dense and mixture-of-experts models, fp32 and bf16), prefix
+caching and n-gram speculation against plain decoding, and an NCCL world of one. (Our kernels and CUDA graphs against the torch path:
 tests/test_gpu_model.py.)"""
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from llm_infer import LLM, SamplingParams
-from tests.checkpoints import reference_model
+from tests.checkpoints import make_checkpoint, reference_model
 from tests.conftest import tiny_engine_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101, 32, 99, 97, 116]
 GREEDY = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
+# Qwen2-MoE: shared expert, layer 1 dense; Qwen3-MoE: norm_topk_prob, q/k norms (as tests/test_moe_model.py).
+MOE_ARCHS = {"qwen2_moe": dict(mlp_only_layers=[1]), "qwen3_moe": dict(norm_topk_prob=True, head_dim=32)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,6 +30,19 @@ def exact_fp32_matmuls():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models, tmp_path_factory) -> dict:
+    """The dense tiny checkpoints and a tiny Qwen2-MoE / Qwen3-MoE (8 experts, top-2)."""
+    root = tmp_path_factory.mktemp("gpu-moe")
+    return {**tiny_models, **{arch: make_checkpoint(root / arch, arch, seed=5, **extra)
+                              for arch, extra in MOE_ARCHS.items()}}
+
+
+def hf_on_cuda(path, dtype: torch.dtype = torch.float32):
+    """transformers' model on the GPU, experts as a plain loop of matmuls (not grouped_mm)."""
+    return reference_model(path, dtype, experts_implementation="eager").cuda()
 
 
 def on_cuda(path, **extra) -> dict:
@@ -42,10 +57,10 @@ def hf_greedy_on_cuda(hf, prompt: list[int], steps: int) -> list[int]:
     return ids[len(prompt):]
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
-def test_torch_path_on_cuda_matches_transformers_on_the_same_gpu(tiny_models, arch):
-    hf = reference_model(tiny_models[arch]).cuda()
-    with LLM(on_cuda(tiny_models[arch], kernels="torch"), progress=False) as llm:
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama", *MOE_ARCHS])
+def test_torch_path_on_cuda_matches_transformers_on_the_same_gpu(models, arch):
+    hf = hf_on_cuda(models[arch])
+    with LLM(on_cuda(models[arch], kernels="torch"), progress=False) as llm:
         assert llm.worker_info()["device"].startswith("cuda") and llm.worker_info()["kernels"] == "torch"
         ours = llm.logits(PROMPT)
         tokens = llm.generate([PROMPT], GREEDY)[0].token_ids
@@ -54,6 +69,29 @@ def test_torch_path_on_cuda_matches_transformers_on_the_same_gpu(tiny_models, ar
     assert ref.std() > 0.1
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
     assert tokens == hf_greedy_on_cuda(hf, PROMPT, 32)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "cuda"])
+@pytest.mark.parametrize("arch", list(MOE_ARCHS))
+def test_moe_in_bf16_on_cuda_stays_within_bf16_rounding_of_transformers(models, arch, kernels):
+    """bf16 rounds differently in each implementation, and a random tiny model's greedy choice
+    can be a near-tie (0.016 logits apart at step 2 of Qwen3-MoE on CPU), so the tokens are not
+    asked to be identical: each of ours must be one transformers scores within the tolerance of
+    its best, given our preceding tokens (so wherever transformers prefers a token by more than
+    the tolerance, that token is ours)."""
+    hf = hf_on_cuda(models[arch], torch.bfloat16)
+    with LLM(on_cuda(models[arch], dtype="bfloat16", kernels=kernels), progress=False) as llm:
+        assert llm.worker_info()["kernels"] == kernels
+        ours = llm.logits(PROMPT)
+        tokens = llm.generate([PROMPT], SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))[0].token_ids
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT + tokens], device="cuda")).logits[0].float().cpu()
+    tol = 0.05 * float(ref.abs().max())  # measured on CPU: at most 0.03 x max|logit| apart
+    assert ref.std() > 0.1
+    torch.testing.assert_close(ours, ref[: len(PROMPT)], atol=tol, rtol=0)
+    steps = ref[len(PROMPT) - 1 : -1]  # transformers' logits where each of our tokens was chosen
+    chosen = steps.gather(1, torch.tensor(tokens)[:, None])[:, 0]
+    assert (steps.max(dim=1).values - chosen <= tol).all(), (tokens, steps.argmax(dim=1).tolist())
 
 
 def test_prefix_caching_on_cuda_is_identical_to_caching_off(tiny_models):

@@ -71,9 +71,11 @@ def test_restart_budget_counts_restarts_within_the_window():
 
 
 @pytest.mark.slow  # worker processes
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])  # pp2: two steps in flight
-def test_killed_rank_is_replaced_and_requests_resume_with_the_same_tokens(tiny_models, caplog, tp, pp):
-    cfg = tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": tp, "pipeline": pp, "timeout_s": 20})
+@pytest.mark.parametrize("tp,pp,extra", [(2, 1, {}), (1, 2, {}), (2, 1, {"dtype": "bfloat16", "deterministic": True})],
+                         ids=["tp2", "pp2", "tp2-bf16-deterministic"])  # pp2: two steps in flight
+def test_killed_rank_is_replaced_and_requests_resume_with_the_same_tokens(tiny_models, caplog, tp, pp, extra):
+    cfg = tiny_engine_config(tiny_models["qwen2"], parallel={"tensor": tp, "pipeline": pp, "timeout_s": 20},
+                             **extra)
     with LLM(cfg, progress=False) as llm:
         want = stream_all(llm)
         old = introspect.worker_procs(llm)

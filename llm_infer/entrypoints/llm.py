@@ -86,22 +86,28 @@ class LLM:
         (the reply continues the last, assistant, message) reach the template as
         `Tokenizer.encode_chat` describes; text in the messages never becomes control tokens.
         Each sample's `message` is its reply parsed by the configured parsers (`chat` section):
-        `content`, `reasoning_content` and, when `tools` are given, `tool_calls`
-        (`message.finish_reason(sample.finish_reason)` gives OpenAI's `tool_calls` reason).
-        `tool_choice` `"required"` or `{"type": "function", "function": {"name": ...}}` constrains the
-        reply to calls of the tools (`structured_output/tool_calls.py`). With a reasoning parser the
-        reply's reasoning is unconstrained, and `SamplingParams.thinking_budget` caps it.
+        `content`, `reasoning_content` and, when `tools` are given and `tool_choice` is not
+        `"none"`, `tool_calls` (`message.finish_reason(sample.finish_reason)` gives OpenAI's
+        `tool_calls` reason). A template that does not handle tools gets them in the messages
+        (`runtime/tool_prompt.py`). `tool_choice` `"required"` or `{"type": "function",
+        "function": {"name": ...}}` constrains the reply to calls of the tools
+        (`structured_output/tool_calls.py`; a UserError without a tool-call parser). With a
+        reasoning parser the reply's reasoning is unconstrained, and
+        `SamplingParams.thinking_budget` caps it.
         """
         if not isinstance(messages, list) or not messages:
             raise UserError("messages must be a non-empty list of {role, content} objects")
         single = isinstance(messages[0], dict)
         conversations = [messages] if single else messages
-        prompts = [self.tokenizer.encode_chat(c, add_generation_prompt, tools=tools,
+        prompts = [self.tokenizer.encode_chat(c, add_generation_prompt, tools=tools, tool_choice=tool_choice,
                                               continue_final_message=continue_final_message,
                                               chat_template_kwargs=chat_template_kwargs) for c in conversations]
         param_list = _as_param_list(params, len(prompts))
         forced = tool_call_constraint(tools or [], tool_choice)
         if forced is not None:
+            if self.chat_parser.tool_calls is None:
+                raise UserError("tool_choice 'required' or a named function needs a tool-call parser to return the "
+                                "calls (chat.tool_call_parser is off)")
             if any(p.structured_outputs is not None for p in param_list):
                 raise UserError("tool_choice 'required' or a named function cannot be combined with structured_outputs")
             param_list = [dataclasses.replace(p, structured_outputs=forced) for p in param_list]
@@ -109,7 +115,8 @@ class LLM:
                             [self.chat_parser.reasoning_start(ids) for ids in prompts])
         for out in outputs:
             for sample in out.outputs:
-                sample.message = self.chat_parser.parse(sample.text, out.prompt_token_ids, parse_tools=bool(tools))
+                sample.message = self.chat_parser.parse(sample.text, out.prompt_token_ids,
+                                                        parse_tools=bool(tools) and tool_choice != "none")
         return outputs[0] if single else outputs
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:

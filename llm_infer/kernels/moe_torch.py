@@ -8,6 +8,8 @@ to the model dtype first; in fp32 the two are identical).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -31,13 +33,25 @@ def fused_moe(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_w
     x `[tokens, H]`; gate_up `[E_local, 2I, H]` ([gate | up] rows); down `[E_local, H, I]`;
     topk_weights fp32 `[tokens, k]`; topk_ids int64 `[tokens, k]` -> `[tokens, H]` in x's dtype.
     Each expert runs once over the tokens routed to it; experts with none are skipped."""
+
+    def expert(e: int, xs: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(xs, gate_up[e]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, down[e])
+
+    return expert_loop(x, expert, gate_up.shape[0], topk_weights, topk_ids, first_expert)
+
+
+def expert_loop(x: torch.Tensor, expert: Callable[[int, torch.Tensor], torch.Tensor], num_local: int,
+                topk_weights: torch.Tensor, topk_ids: torch.Tensor, first_expert: int) -> torch.Tensor:
+    """sum_j topk_weights[t, j] * expert(e - first_expert, x_t) over the slots j whose expert e is
+    one of this rank's `num_local` (first_expert ..), each hit expert called once on all its
+    tokens: `expert(local id, [n, H]) -> [n, H]` (any kernel: dense slices, AWQ layers).
+    x `[tokens, H]`, topk_weights fp32 / topk_ids int64 `[tokens, k]` -> `[tokens, H]` in x's
+    dtype, accumulated in fp32."""
     out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
     local = topk_ids - first_expert
-    hit = torch.unique(local[(local >= 0) & (local < gate_up.shape[0])])
+    hit = torch.unique(local[(local >= 0) & (local < num_local)])
     for e in hit.tolist():
         tokens, slots = torch.where(local == e)
-        h = F.linear(x[tokens], gate_up[e])
-        gate, up = h.chunk(2, dim=-1)
-        y = F.linear(F.silu(gate) * up, down[e])
-        out.index_add_(0, tokens, y.float() * topk_weights[tokens, slots, None])
+        out.index_add_(0, tokens, expert(e, x[tokens]).float() * topk_weights[tokens, slots, None])
     return out.to(x.dtype)

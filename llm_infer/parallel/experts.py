@@ -12,6 +12,9 @@ the shared expert's partial sum). Weights load from the per-expert checkpoint la
 (`experts.{e}.gate_proj.weight` `[I, H]`, `up_proj` `[I, H]`, `down_proj` `[H, I]`) or from
 transformers' fused one (`experts.gate_up_proj` `[E, 2I, H]`, `experts.down_proj` `[E, H, I]`);
 each rank reads only its experts and its slice.
+
+Quantized (AWQ) checkpoints keep each expert as its own linear layers instead (`ExpertList`):
+every expert is a dense-style MLP whose gate/up and down layers shard as the dense MLP's do.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Callable, Container
 import torch
 from torch import nn
 
+from llm_infer.kernels.moe_torch import expert_loop
 from llm_infer.parallel.state import get_parallel_state
 from llm_infer.parallel.weight_utils import WeightShapeError, copy_checked, divide, narrow_dims, shape_of
 
@@ -96,6 +100,18 @@ class FusedExperts(nn.Module):
         """x `[tokens, H]`, topk_weights fp32 `[tokens, k]`, topk_ids int64 `[tokens, k]` (global
         expert ids) -> this rank's partial sum `[tokens, H]` in x's dtype (not reduced)."""
         return self.moe_kernel(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids, self.experts.start)
+
+
+class ExpertList(nn.ModuleList):
+    """Routed experts as separate MLP modules `{e}` (their own linear layers, e.g. AWQ int4:
+    `experts.{e}.gate_up_proj.qweight` loads from `experts.{e}.gate_proj.qweight` and `up_proj`),
+    each tensor-parallel like a dense MLP whose down projection does not reduce. Holds every
+    expert (no expert parallelism); `forward` runs each hit expert once over its tokens."""
+
+    def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """As `FusedExperts.forward`: x `[tokens, H]`, topk_weights fp32 / topk_ids int64
+        `[tokens, k]` -> this rank's partial sum `[tokens, H]` in x's dtype (not reduced)."""
+        return expert_loop(x, lambda e, xs: self[e](xs), len(self), topk_weights, topk_ids, 0)
 
 
 def _check_shape(loaded: Any, expected: tuple[int, ...]) -> None:

@@ -19,8 +19,13 @@ The template receives (as Hugging Face's `apply_chat_template` passes them):
 message, with no end of turn after it: the message's content is rendered followed by a cut
 mark, and the text is cut there (so it works with empty content and with templates that
 rewrite what follows the content). It excludes `add_generation_prompt`, which defaults to
-`not continue_final_message`. Tools given to a template that never mentions `tools` (which
-would drop them silently) are an error.
+`not continue_final_message`.
+
+A template that never mentions `tools` (`handles_tools` False: the default model's plain ChatML,
+or the ChatML fallback) would drop the tools and render tool calls and results wrongly: for it
+the conversation itself carries them (`tool_prompt.with_tools_in_messages`: a tools section in
+the system prompt when tools are offered, `<tool_call>` blocks in assistant turns,
+`<tool_response>` blocks in user turns), and the template gets `tools=None`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llm_infer.errors import UserError
 from llm_infer.runtime.chat_markers import MarkerEscape
+from llm_infer.runtime.tool_prompt import with_tools_in_messages
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -71,7 +77,6 @@ class ChatTemplate:
 
     def __init__(self, source: str | None, bos_token: str | None, eos_token: str | None, origin: str = ""):
         self.source = source if source is not None else CHATML_TEMPLATE
-        self.is_fallback = source is None
         self.bos_token, self.eos_token = bos_token or "", eos_token or ""
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                             extensions=["jinja2.ext.loopcontrols"])
@@ -87,12 +92,25 @@ class ChatTemplate:
         """Whether the template's source contains `text` (e.g. '</think>': the model reasons)."""
         return text in self.source
 
+    @property
+    def handles_tools(self) -> bool:
+        """Whether the template shows `tools` itself; if not, `render` puts them in the messages."""
+        return self.mentions("tools")
+
+    def offers_tools(self, tools: list[dict[str, Any]] | None, tool_choice: Any = None) -> bool:
+        """Whether `render` writes our tools section into the conversation for this request:
+        tools given, `tool_choice` not `none`, and a template that does not handle tools."""
+        return bool(tools) and tool_choice != "none" and not self.handles_tools
+
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                add_generation_prompt: bool | None = None, continue_final_message: bool = False,
-               chat_template_kwargs: dict[str, Any] | None = None, escape: MarkerEscape | None = None) -> str:
+               chat_template_kwargs: dict[str, Any] | None = None, escape: MarkerEscape | None = None,
+               tool_choice: Any = None) -> str:
         """The prompt text of this conversation. With `escape`, every caller-supplied string
         (messages, tools, kwargs) is escaped before rendering, so the text holds placeholders
         where the caller's text had control-token markers (`escape.restore` undoes it).
+        `tool_choice` (OpenAI's: None, `auto`, `none`, `required` or a named function) matters
+        only to a template that does not handle tools: with `none` the tools are not offered.
         Raises ChatTemplateError (a UserError naming the argument) for malformed messages,
         reserved or non-string kwargs keys, a continued conversation whose last message is not
         the assistant's, both flags set, or a template error."""
@@ -107,9 +125,12 @@ class ChatTemplate:
                                     f"be the assistant's (it is {messages[-1]['role']!r})")
         if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
             raise ChatTemplateError("tools", "tools must be a list of {type: 'function', function: {...}} objects")
-        if tools and not self.mentions("tools"):  # it would drop them: the reply could not use them
-            raise ChatTemplateError("tools", "this model's chat template does not show tools to the model"
-                                    + (" (it has none; ChatML is the fallback)" if self.is_fallback else ""))
+        if not self.handles_tools:  # the conversation carries tools, calls and results itself
+            try:
+                messages = with_tools_in_messages(messages, tools if self.offers_tools(tools, tool_choice) else None)
+            except (TypeError, ValueError) as e:  # an offline caller's values that are not JSON data
+                raise ChatTemplateError("messages", f"tools and tool calls must be JSON data ({e})"[:300]) from None
+            tools = None
         kwargs = _check_kwargs(chat_template_kwargs)
         if escape is None:  # nothing to escape; still a cut mark that occurs nowhere
             escape = MarkerEscape((), [messages, tools, kwargs, self.source])

@@ -88,22 +88,24 @@ class Tokenizer:
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool | None = None, *,
                     tools: list[dict[str, Any]] | None = None, continue_final_message: bool = False,
-                    chat_template_kwargs: dict[str, Any] | None = None) -> str:
+                    chat_template_kwargs: dict[str, Any] | None = None, tool_choice: Any = None) -> str:
         """The conversation rendered by the chat template, as text (see `ChatTemplate.render`;
-        `add_generation_prompt` defaults to `not continue_final_message`). Tokenizing this text
-        with `encode` would let markers in the messages become control tokens: `encode_chat`
+        `add_generation_prompt` defaults to `not continue_final_message`; `tool_choice` `none`
+        keeps a template that does not handle tools from being offered them). Tokenizing this
+        text with `encode` would let markers in the messages become control tokens: `encode_chat`
         does not."""
         text, escape = self._render(messages, add_generation_prompt, tools, continue_final_message,
-                                    chat_template_kwargs)
+                                    chat_template_kwargs, tool_choice)
         return escape.restore(text)
 
     def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool | None = None, *,
                     tools: list[dict[str, Any]] | None = None, continue_final_message: bool = False,
-                    chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
+                    chat_template_kwargs: dict[str, Any] | None = None, tool_choice: Any = None) -> list[int]:
         """The prompt's token ids, where text from the caller is always tokenized as text.
 
         Every added token's text inside the caller's strings (message content, reasoning, tool
-        calls and results, names, tool schemas, template options) is swapped for a placeholder
+        calls and results, names, tool schemas, template options, and the tools section and
+        blocks written for a template that does not handle tools) is swapped for a placeholder
         before rendering (`MarkerEscape`), so the added tokens left in the rendered text are the
         template's own. The text is tokenized as `encode(text, add_special_tokens=False)` would;
         the stretches between scaffolding tokens that hold placeholders are then re-tokenized
@@ -112,7 +114,7 @@ class Tokenizer:
         text the ids are exactly `encode(render_chat(...), add_special_tokens=False)`.
         """
         text, escape = self._render(messages, add_generation_prompt, tools, continue_final_message,
-                                    chat_template_kwargs)
+                                    chat_template_kwargs, tool_choice)
         self._check_text(text)
         encoding = self._tok.encode(text, add_special_tokens=False)
         if not escape.used:
@@ -131,12 +133,12 @@ class Tokenizer:
         return ids + self._text_run(text[start:], run, escape, strip_left, False)
 
     def _render(self, messages: Any, add_generation_prompt: bool | None, tools: Any, continue_final_message: bool,
-                kwargs: Any) -> tuple[str, MarkerEscape]:
+                kwargs: Any, tool_choice: Any) -> tuple[str, MarkerEscape]:
         """The rendered text with the caller's markers escaped, and the escape that restores them."""
         try:
             escape = MarkerEscape(self._added_texts, [messages, tools, kwargs, self.chat_template.source])
             return self.chat_template.render(messages, tools, add_generation_prompt, continue_final_message,
-                                             kwargs, escape), escape
+                                             kwargs, escape, tool_choice), escape
         except RecursionError:
             raise ChatTemplateError("messages", "the messages, tools or chat_template_kwargs are nested too "
                                     "deeply to render") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import time
@@ -86,7 +87,8 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
 
     @app.post("/v1/chat/completions", dependencies=authorized)
     async def chat_completions(request: Request) -> Response:
-        return await generate(request, parse_chat)
+        parse = functools.partial(parse_chat, tool_parser=llm.chat_parser.tool_calls is not None)
+        return await generate(request, parse)
 
     @app.get("/v1/models", dependencies=authorized)
     async def models() -> dict[str, Any]:

@@ -135,9 +135,14 @@ def check_tool_choice(tools: list[Tool] | None, choice: ToolChoice | None) -> st
 
 
 def with_tool_call_constraint(params: SamplingParams, tools: list[dict[str, Any]],
-                              choice: str | dict[str, Any]) -> SamplingParams:
+                              choice: str | dict[str, Any], tool_parser: bool = True) -> SamplingParams:
     """tool_choice `required` or a named function: the reply is constrained to calls of the tools
-    by `structured_output.tool_calls.tool_call_constraint` (a 400 with another output constraint)."""
+    by `structured_output.tool_calls.tool_call_constraint`. A 400 with another output constraint,
+    or without a tool-call parser (`tool_parser` False: the forced calls could not be returned
+    as `tool_calls`)."""
+    if not tool_parser:
+        raise ApiError(400, "'tool_choice': 'required' and named functions need a tool-call parser to return the "
+                            "calls (this server's chat.tool_call_parser is off)", param="tool_choice")
     if params.structured_outputs is not None:
         raise ApiError(400, "'tool_choice': 'required' and named functions cannot be combined with another output "
                             "constraint (response_format, structured_outputs)", param="tool_choice")

@@ -318,8 +318,11 @@ def parse_completion(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab
     return GenerationRequest(False, ids, params, *req.streaming(), echo=echo)
 
 
-def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size: int) -> GenerationRequest:
-    """A /v1/chat/completions body as a GenerationRequest; any mistake is a 400 naming the field."""
+def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size: int, *,
+               tool_parser: bool = True) -> GenerationRequest:
+    """A /v1/chat/completions body as a GenerationRequest; any mistake is a 400 naming the field.
+    `tool_parser`: whether replies' tool calls can be parsed (the server's chat.tool_call_parser
+    is on); without it a tool_choice that forces calls is a 400."""
     check_fields(body, ChatCompletionRequest)
     req = _validate(ChatCompletionRequest, body)
     if req.top_logprobs is not None and not req.logprobs:
@@ -328,7 +331,7 @@ def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size:
     tools = template_tools(req.tools)
     choice = check_tool_choice(req.tools, req.tool_choice)
     try:
-        ids = tokenizer.encode_chat(messages, req.add_generation_prompt, tools=tools,
+        ids = tokenizer.encode_chat(messages, req.add_generation_prompt, tools=tools, tool_choice=choice,
                                     continue_final_message=bool(req.continue_final_message),
                                     chat_template_kwargs=req.chat_template_kwargs)
     except UserError as e:
@@ -341,6 +344,6 @@ def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size:
     top = (req.top_logprobs or 0) if req.logprobs else None
     params = req.sampling_params(max_tokens, vocab_size, logprobs=top)
     if choice not in ("auto", "none"):
-        params = with_tool_call_constraint(params, tools or [], choice)
+        params = with_tool_call_constraint(params, tools or [], choice, tool_parser)
     return GenerationRequest(True, [ids], params, *req.streaming(), parse_tools=choice != "none")
 

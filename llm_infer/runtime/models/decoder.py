@@ -17,10 +17,11 @@ from typing import Any, Callable, Container
 import torch
 from torch import nn
 
+from llm_infer.errors import ConfigError
 from llm_infer.kernels.attention_metadata import AttentionMetadata
 from llm_infer.kernels.dispatch import TORCH, Kernels
 from llm_infer.parallel.embedding import ParallelLMHead, VocabParallelEmbedding
-from llm_infer.parallel.experts import FusedExperts
+from llm_infer.parallel.experts import ExpertList, FusedExperts
 from llm_infer.parallel.linear import (
     DenseLinearMethod,
     LinearMethod,
@@ -109,14 +110,25 @@ class DecoderMLP(nn.Module):
 
 def make_mlp(cfg: ModelConfig, layer: int, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
              prefix: str) -> nn.Module:
-    """Decoder layer `layer`'s MLP: a MoE block where the config makes the layer sparse, else dense."""
+    """Decoder layer `layer`'s MLP: a MoE block where the config makes the layer sparse, else dense.
+    Routed experts are `FusedExperts` unless `method_for` quantizes them (AWQ): then an `ExpertList`
+    of per-expert MLPs. Raises ConfigError for quantized experts under expert parallelism."""
     if cfg.moe is None or not cfg.moe.is_sparse(layer):
         return DecoderMLP(cfg, dtype, kernels, method_for, prefix)
     shared = None
     if cfg.moe.shared_expert_intermediate_size:
         shared = DecoderMLP(cfg, dtype, kernels, method_for, f"{prefix}.shared_expert",
                             cfg.moe.shared_expert_intermediate_size, reduce_results=False)
-    return SparseMoeBlock(cfg.hidden_size, cfg.moe, dtype, kernels, shared)
+    experts = None
+    if any(not isinstance(method_for(f"{prefix}.experts.{e}.{proj}"), DenseLinearMethod)
+           for e in range(cfg.moe.num_experts) for proj in ("gate_up_proj", "down_proj")):
+        if get_parallel_state().expert_parallel:
+            raise ConfigError("parallel.expert_parallel does not support quantized (AWQ) experts; "
+                              "use tensor parallelism")
+        experts = ExpertList(DecoderMLP(cfg, dtype, kernels, method_for, f"{prefix}.experts.{e}",
+                                        cfg.moe.intermediate_size, reduce_results=False)
+                             for e in range(cfg.moe.num_experts))
+    return SparseMoeBlock(cfg.hidden_size, cfg.moe, dtype, kernels, shared, experts)
 
 
 class DecoderLayer(nn.Module):

@@ -91,8 +91,6 @@ class ModelConfig:
         eos = raw.get("eos_token_id")
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         quant = raw.get("quantization_config")
-        if quant and arch.endswith("MoeForCausalLM"):
-            raise UserError(f"{source}: quantized mixture-of-experts checkpoints are not supported")
         return cls(
             architecture=arch,
             hidden_size=hidden,

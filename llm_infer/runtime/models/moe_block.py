@@ -25,14 +25,18 @@ from llm_infer.runtime.models.moe_config import MoEConfig
 
 
 class SparseMoeBlock(nn.Module):
-    def __init__(self, hidden_size: int, moe: MoEConfig, dtype: torch.dtype, kernels: Kernels, shared_expert=None):
-        """`shared_expert`: a tensor-parallel MLP module whose down projection does not reduce, or None."""
+    def __init__(self, hidden_size: int, moe: MoEConfig, dtype: torch.dtype, kernels: Kernels, shared_expert=None,
+                 experts: nn.Module | None = None):
+        """`shared_expert`: a tensor-parallel MLP module whose down projection does not reduce, or None;
+        `experts`: the routed experts when they are not `FusedExperts` (an `ExpertList` of quantized
+        MLPs), called as `experts(x, topk_weights, topk_ids)`."""
         super().__init__()
         self.moe = moe
         # The router weight is kept in fp32 so its logits are fp32 in every dtype.
         self.gate = ReplicatedLinear(hidden_size, moe.num_experts, dtype=torch.float32,
                                      linear_method=DenseLinearMethod(kernels.linear))
-        self.experts = FusedExperts(moe.num_experts, hidden_size, moe.intermediate_size, dtype, kernels.moe)
+        self.experts = experts if experts is not None else FusedExperts(moe.num_experts, hidden_size,
+                                                                        moe.intermediate_size, dtype, kernels.moe)
         self.shared_expert = shared_expert
         if shared_expert is not None:
             self.shared_expert_gate = ReplicatedLinear(hidden_size, 1, dtype=dtype,

@@ -92,7 +92,9 @@ class ChatOutputParser:
     """The parsers a model's chat replies go through, chosen once from the config.
 
     `reasoning` / `tool_calls`: a parser name, `auto` (`qwen3` when the chat template mentions
-    `</think>`; `hermes` when it mentions `<tool_call>`), or None (off).
+    `</think>`; `hermes` when it mentions `<tool_call>`, or when it does not handle tools at all,
+    since tools are then offered in our Hermes-format tools section: `runtime/tool_prompt.py`),
+    or None (off).
     """
 
     def __init__(self, tokenizer: Tokenizer, reasoning: str | None = "auto", tool_calls: str | None = "auto"):
@@ -100,7 +102,8 @@ class ChatOutputParser:
         if reasoning == "auto":
             reasoning = "qwen3" if template.mentions(Qwen3ReasoningParser.end_tag) else None
         if tool_calls == "auto":
-            tool_calls = "hermes" if template.mentions(HermesToolParser.start_tag) else None
+            hermes = template.mentions(HermesToolParser.start_tag) or not template.handles_tools
+            tool_calls = "hermes" if hermes else None
         if reasoning is not None and reasoning not in REASONING_PARSERS:
             raise UserError(f"unknown reasoning parser {reasoning!r} (known: {', '.join(REASONING_PARSERS)})")
         if tool_calls is not None and tool_calls not in TOOL_CALL_PARSERS:

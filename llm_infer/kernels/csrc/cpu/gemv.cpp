@@ -154,13 +154,13 @@ void gemv(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int
   for (int64_t n0 = tiles * R; n0 < N; ++n0) rows<Tiles, 1, MB>(x, w, bias, y, M, n0, N, K);
 }
 
-// Any M through the same tiles (4 weight rows x 4 x rows), blocked over x rows so a block of x
+// Any M through the same tiles (3 weight rows x 8 x rows), blocked over x rows so a block of x
 // stays in cache while the weights stream past it. Every output element is reduced exactly as
 // `gemv` reduces it (the same accumulator lanes in the same k order, then the same horizontal
 // sum), whatever M, the tile shape or the thread that computes it.
 template <typename Tiles, typename T>
 void gemm(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
-  constexpr int R = 4, MB = 4;
+  constexpr int R = 3, MB = 8;
   constexpr int64_t kRowBlock = 64;
   const int64_t tiles = N / R, blocks = (M + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for collapse(2) schedule(static) if (M * N * K > 16384)
