@@ -144,11 +144,16 @@ def test_where_the_reply_starts_is_read_from_the_prompts_last_turn(parser):
 
 def test_parsers_are_chosen_from_the_template_or_the_config(parser, tmp_path):
     assert (parser.reasoning.name, parser.tool_calls.name) == ("qwen3", "hermes")
-    write_byte_tokenizer(tmp_path)  # ChatML: no </think>, no <tool_call>
+    write_byte_tokenizer(tmp_path)  # ChatML: no </think>, no tools (they are offered in our Hermes format)
     chatml = Tokenizer(tmp_path)
     auto = ChatOutputParser(chatml)
-    assert auto.reasoning is None and auto.tool_calls is None
-    assert summary(auto.parse("<think>a</think>" + CALL, [IM_START])) == (None, "<think>a</think>" + CALL, [])
+    assert auto.reasoning is None and auto.tool_calls.name == "hermes"
+    assert summary(auto.parse("<think>a</think>" + CALL, [IM_START])) == (None, "<think>a</think>", [OSLO])
+    assert summary(auto.parse(CALL, [IM_START], parse_tools=False)) == (None, CALL, [])
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% if tools %}{{ tools | tojson }}{% endif %}" + config["chat_template"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert ChatOutputParser(Tokenizer(tmp_path)).tool_calls is None  # tools in its own format, not Hermes
     forced = ChatOutputParser(chatml, reasoning="qwen3", tool_calls="hermes")
     assert summary(forced.parse("<think>a</think>" + CALL, [IM_START])) == ("a", None, [OSLO])
     off = ChatOutputParser(parser.reasoning.tokenizer, reasoning=None, tool_calls=None)

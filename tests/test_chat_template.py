@@ -4,12 +4,14 @@ tokenization where text from the caller never becomes a control token."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from llm_infer.errors import UserError
 from llm_infer.runtime.chat_template import RESERVED, ChatTemplateError
 from llm_infer.runtime.tokenizer import Tokenizer
+from llm_infer.runtime.tool_prompt import tools_section
 from tests.checkpoints import QWEN3_ADDED, write_byte_tokenizer
 from tests.conftest import default_model_or_skip
 
@@ -129,15 +131,81 @@ def test_malformed_conversations_are_one_line_errors(qwen3, messages, tools, mes
     assert str(e.value) == message
 
 
-def test_a_template_without_tools_refuses_them_rather_than_dropping_them(chatml, tmp_path):
-    with pytest.raises(ChatTemplateError, match="^this model's chat template does not show tools to the model$"):
-        chatml.encode_chat([{"role": "user", "content": "x"}], tools=TOOLS)
-    (tmp_path / "tokenizer.json").write_text(chatml.backend.to_str())
-    bare = Tokenizer(tmp_path)
-    with pytest.raises(ChatTemplateError, match="ChatML is the fallback"):
-        bare.encode_chat([{"role": "user", "content": "x"}], tools=TOOLS)
-    assert chatml.encode_chat([{"role": "user", "content": "x"}], tools=[]) == chatml.encode_chat(
-        [{"role": "user", "content": "x"}])
+# -- a template without tools: the conversation carries them ------------------------------------
+
+BERGEN_CALL = {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Bergen"}}}
+HISTORY = [{"role": "user", "content": "Weather in Oslo and Bergen?"},
+           {"role": "assistant", "content": "Looking.", "tool_calls": [CALL, BERGEN_CALL]},
+           {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+           {"role": "tool", "tool_call_id": "call_2", "content": "rain"},
+           {"role": "assistant", "content": "Sunny, and rain."},
+           {"role": "user", "content": "And Paris?"}]
+OSLO_BLOCK = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+BERGEN_BLOCK = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Bergen"}}\n</tool_call>'
+RESULTS = "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain\n</tool_response>"
+
+
+def spelled_out(system: str | None) -> list[dict]:
+    """HISTORY as a role-and-content-only conversation, written by hand: the oracle."""
+    head = [{"role": "system", "content": system}] if system is not None else []
+    return [*head, HISTORY[0], {"role": "assistant", "content": f"Looking.\n{OSLO_BLOCK}\n{BERGEN_BLOCK}"},
+            {"role": "user", "content": RESULTS}, *HISTORY[4:]]
+
+
+def test_the_tools_section_lists_each_tool_as_a_json_line_and_shows_a_call():
+    section = tools_section(TOOLS + TOOLS[:1])
+    listed = section[section.index("<tools>\n") + 8:section.index("\n</tools>")].split("\n")
+    assert [json.loads(line) for line in listed] == TOOLS + TOOLS[:1]
+    example = re.search(r"<tool_call>\n(.*)\n</tool_call>$", section)
+    assert example and set(json.loads(example.group(1))) == {"name", "arguments"}
+
+
+def test_a_template_without_tools_gets_them_in_the_conversation(chatml):
+    section = tools_section(TOOLS)
+    assert chatml.render_chat(HISTORY, tools=TOOLS) == chatml.render_chat(spelled_out(section))
+    with_system = [{"role": "system", "content": "Be brief."}, *HISTORY]
+    assert chatml.render_chat(with_system, tools=TOOLS) == chatml.render_chat(spelled_out("Be brief.\n\n" + section))
+    # tool_choice none: the tools are not offered, the history is still shown; the same without tools.
+    for tools, choice in ((TOOLS, "none"), (None, None), ([], "auto")):
+        assert chatml.render_chat(HISTORY, tools=tools, tool_choice=choice) == chatml.render_chat(spelled_out(None))
+    assert chatml.encode_chat(HISTORY, tools=TOOLS) == chatml.encode_chat(spelled_out(section))
+    assert chatml.chat_template.offers_tools(TOOLS, "required") and not chatml.chat_template.offers_tools(TOOLS, "none")
+
+
+def test_the_history_blocks_parse_back_into_the_calls_they_came_from(chatml):
+    from llm_infer.runtime.output_parsers import ChatOutputParser
+
+    text = chatml.render_chat(HISTORY[:2], add_generation_prompt=False)
+    turn = text[text.rindex("<|im_start|>assistant\n") + 22:text.rindex("<|im_end|>")]
+    parsed = ChatOutputParser(chatml).parse(turn, [IM_START])
+    assert parsed.content == "Looking."
+    assert [(c.name, json.loads(c.arguments)) for c in parsed.tool_calls] == [
+        ("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Bergen"})]
+
+
+def test_what_the_fallback_writes_is_text_like_the_callers(chatml, tmp_path):
+    """A tokenizer with Qwen3's added tokens but a ChatML template: the tools section and blocks
+    we write are message content, so `<tool_call>` and the rest are tokenized as text, and a
+    forged turn inside a tool result or a tool description stays text."""
+    from tests.checkpoints import CHATML
+
+    write_byte_tokenizer(tmp_path, "qwen3")
+    (tmp_path / "chat_template.jinja").unlink()
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "chat_template": CHATML}))
+    tok = Tokenizer(tmp_path)
+    forged_tools = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "description": FORGED}}]
+    forged = [*HISTORY[:3], {**HISTORY[3], "content": FORGED}, *HISTORY[4:]]
+    ids = tok.encode_chat(forged, tools=forged_tools)
+    assert not set(ids) & set(range(THINK, END_TOOL_RESPONSE + 1))  # no <tool_call> etc. ids
+    assert ids.count(IM_START) == len(spelled_out("system")) + 1 and ids.count(IM_END) == len(spelled_out("system"))
+    assert tok.decode(ids, skip_special_tokens=False) == tok.render_chat(forged, tools=forged_tools)
+
+
+def test_tools_that_are_not_json_data_are_one_line_errors(chatml):
+    with pytest.raises(ChatTemplateError) as e:
+        chatml.encode_chat([{"role": "user", "content": "x"}], tools=[{"type": "function", "function": {1j: 2}}])
+    assert e.value.param == "messages" and str(e.value).startswith("tools and tool calls must be JSON data (")
+    assert "\n" not in str(e.value)
 
 
 # -- text from the caller is text ---------------------------------------------------------------

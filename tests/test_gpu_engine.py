@@ -1,7 +1,7 @@
 """The engine on a CUDA device (`pytest -m gpu`; skipped without CUDA): the torch path against
 transformers on the same GPU (dense and mixture-of-experts models, fp32 and bf16), prefix
-caching and n-gram speculation against plain decoding, and an NCCL world of one. (Our kernels and CUDA graphs against the torch path:
-tests/test_gpu_model.py.)"""
+caching and n-gram speculation against plain decoding, and an NCCL world of one. (Our kernels
+and CUDA graphs against the torch path: tests/test_gpu_model.py.)"""
 
 from __future__ import annotations
 

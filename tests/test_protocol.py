@@ -264,7 +264,7 @@ def test_chat_history_tools_and_template_options_reach_the_template():
                     {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
                     {"role": "assistant", "content": "It is"}]
     assert add_generation_prompt is False
-    assert template == {"tools": TOOLS, "continue_final_message": True,
+    assert template == {"tools": TOOLS, "tool_choice": "auto", "continue_final_message": True,
                         "chat_template_kwargs": {"enable_thinking": False}}
     assert req.parse_tools and req.params.structured_outputs is None
 
@@ -274,7 +274,7 @@ def test_tool_choice_decides_parsing_and_none_keeps_the_tools_in_the_prompt():
     assert not chat(OK_CHAT).parse_tools  # no tools: nothing to parse
     assert chat({**OK_CHAT, "tools": TOOLS, "tool_choice": "auto"}).parse_tools
     req = parse_chat({**OK_CHAT, "tools": TOOLS, "tool_choice": "none"}, tok, MAX_MODEL_LEN, VOCAB)
-    assert not req.parse_tools and tok.sent[2]["tools"] == TOOLS
+    assert not req.parse_tools and tok.sent[2]["tools"] == TOOLS and tok.sent[2]["tool_choice"] == "none"
     got = rejected(chat, {**OK_CHAT, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}})
     assert (got.param, got.message) == ("tool_choice", "'tool_choice': function 'nope' is not among the tools "
                                                        "(get_weather)")
@@ -285,6 +285,15 @@ def test_tool_choice_decides_parsing_and_none_keeps_the_tools_in_the_prompt():
 def test_tool_choice_that_needs_a_grammar_is_constrained(choice):
     req = chat({**OK_CHAT, "tools": TOOLS, "tool_choice": choice})
     assert req.parse_tools and req.params.structured_outputs is not None
+    # Without a tool-call parser the forced calls could not come back as tool_calls: a 400.
+    with pytest.raises(ApiError) as e:
+        parse_chat({**OK_CHAT, "tools": TOOLS, "tool_choice": choice}, ByteTokenizer(), MAX_MODEL_LEN, VOCAB,
+                   tool_parser=False)
+    assert (e.value.status, e.value.param) == (400, "tool_choice")
+    assert e.value.message == ("'tool_choice': 'required' and named functions need a tool-call parser to return "
+                               "the calls (this server's chat.tool_call_parser is off)")
+    auto = parse_chat({**OK_CHAT, "tools": TOOLS}, ByteTokenizer(), MAX_MODEL_LEN, VOCAB, tool_parser=False)
+    assert auto.params.structured_outputs is None  # auto: the reply may hold calls; they stay content
 
 
 @pytest.mark.parametrize("messages,message", [

@@ -11,6 +11,14 @@ both searches: plain round-to-nearest with the same groups, the baseline.
 
 The search's objective is each linear group's output error (the AWQ paper's
 formulation), not the whole attention block's.
+
+Mixture-of-experts layers (Qwen2-MoE, Qwen3-MoE): every routed expert's gate/up and the
+shared expert's share one scale, folded into the post-attention norm (and, exactly, into the
+fp32 router and the shared-expert gate, which stay dense); each expert's down projection gets
+its own scale from the tokens the router sends it, folded into that expert's up rows. The
+gate/up search and clipping measure every expert on all calibration tokens; an expert that no
+calibration token reaches is searched on all of them too. Experts are written per expert
+(`mlp.experts.{e}.gate_proj.qweight`, ...), as published checkpoints lay them out.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -30,10 +39,12 @@ from llm_infer.errors import UserError
 from llm_infer.kernels.attention_metadata import AttentionMetadata, query_start_loc
 from llm_infer.kernels.awq_torch import pack_awq
 from llm_infer.kernels.dispatch import TORCH
+from llm_infer.kernels.moe_torch import route
 from llm_infer.runtime.kv_cache import KVCache
 from llm_infer.runtime.models.decoder import CausalLM
 from llm_infer.runtime.models.loader import load_weights
 from llm_infer.runtime.models.model_config import ModelConfig
+from llm_infer.runtime.models.moe_block import SparseMoeBlock
 from llm_infer.runtime.quant.awq_search import quantize_groups, search_clipping, search_scales
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
@@ -53,6 +64,10 @@ class QuantizeOptions:
 def check_group_size(cfg: ModelConfig, group: int) -> None:
     sizes = {"hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
              "attention width": cfg.num_heads * cfg.head_dim}
+    if cfg.moe is not None:
+        sizes["moe_intermediate_size"] = cfg.moe.intermediate_size
+        if cfg.moe.shared_expert_intermediate_size:
+            sizes["shared_expert_intermediate_size"] = cfg.moe.shared_expert_intermediate_size
     bad = {k: v for k, v in sizes.items() if v % group}
     if group % 32 or bad:
         valid = [g for g in (32, 64, 128, 256) if all(v % g == 0 for v in sizes.values())]
@@ -110,9 +125,18 @@ def quantize_model(model_dir: Path, out_dir: Path, token_ids: torch.Tensor, opti
 
 
 def _record_inputs(layer, run) -> dict[str, torch.Tensor]:
+    """The inputs `[tokens, in]` of the layer's linear groups while `run()` runs it, and its output
+    under `_out`. A MoE layer records the block's input ("gate_up") and the shared expert's
+    down-projection input ("shared_down"); its experts' down inputs come from `_expert_inputs`."""
     inputs: dict[str, torch.Tensor] = {}
-    modules = {"qkv": layer.self_attn.qkv_proj, "o": layer.self_attn.o_proj, "gate_up": layer.mlp.gate_up_proj,
-               "down": layer.mlp.down_proj}
+    mlp = layer.mlp
+    modules = {"qkv": layer.self_attn.qkv_proj, "o": layer.self_attn.o_proj}
+    if isinstance(mlp, SparseMoeBlock):
+        modules["gate_up"] = mlp
+        if mlp.shared_expert is not None:
+            modules["shared_down"] = mlp.shared_expert.down_proj
+    else:
+        modules.update(gate_up=mlp.gate_up_proj, down=mlp.down_proj)
     hooks = [m.register_forward_pre_hook(lambda mod, args, key=key: inputs.__setitem__(key, args[0].detach()))
              for key, m in modules.items()]
     try:
@@ -144,6 +168,9 @@ def _apply_scales(layer, cfg: ModelConfig, inputs: dict, pick: torch.Tensor, opt
         if attn.qkv_proj.bias is not None:
             attn.qkv_proj.bias[q_end : q_end + kv].div_(s)
         inputs["o"] = inputs["o"] / s
+    if isinstance(mlp, SparseMoeBlock):
+        _apply_moe_scales(layer, inputs, search)
+        return
     s = search(mlp.gate_up_proj.weight, "gate_up")
     mlp.gate_up_proj.weight.mul_(s)
     layer.post_attention_layernorm.weight.div_(s)
@@ -154,20 +181,84 @@ def _apply_scales(layer, cfg: ModelConfig, inputs: dict, pick: torch.Tensor, opt
     inputs["down"] = inputs["down"] / s
 
 
+def _apply_moe_scales(layer, inputs: dict, search) -> None:
+    """One scale for every gate/up (routed and shared) behind the post-attention norm; the router
+    and the shared-expert gate read the same scaled input, so their weights take the scale too
+    (exactly: they are not quantized). Then a scale per down projection, folded into its up rows.
+    Fills `inputs["down.{e}"]` with expert e's (scaled) down inputs."""
+    mlp = layer.mlp
+    experts, shared = mlp.experts, mlp.shared_expert
+    inter = experts.local_intermediate
+    group = [experts.gate_up_proj.reshape(-1, experts.hidden_size)]
+    if shared is not None:
+        group.append(shared.gate_up_proj.weight)
+    s = search(torch.cat(group), "gate_up")
+    experts.gate_up_proj.mul_(s)
+    mlp.gate.weight.mul_(s)
+    if shared is not None:
+        shared.gate_up_proj.weight.mul_(s)
+        mlp.shared_expert_gate.weight.mul_(s)
+    layer.post_attention_layernorm.weight.div_(s)
+    inputs["gate_up"] = inputs["gate_up"] / s
+    inputs.update(_expert_inputs(mlp, inputs["gate_up"]))
+    for e in range(experts.num_experts):
+        s = search(experts.down_proj[e], f"down.{e}")
+        experts.down_proj[e].mul_(s)
+        experts.gate_up_proj[e, inter:].div_(s[:, None])
+        inputs[f"down.{e}"] = inputs[f"down.{e}"] / s
+    if shared is not None:
+        s = search(shared.down_proj.weight, "shared_down")
+        shared.down_proj.weight.mul_(s)
+        shared.gate_up_proj.weight[shared.down_proj.input_size:].div_(s[:, None])
+        inputs["shared_down"] = inputs["shared_down"] / s
+
+
+def _expert_inputs(mlp: SparseMoeBlock, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """x `[tokens, H]` (the block's input) -> {"down.{e}": expert e's down-projection input
+    `[n_e, I]` over the tokens the router sends it (all tokens when it gets none)}."""
+    _, ids = route(mlp.gate(x.float()), mlp.moe.top_k, mlp.moe.norm_topk_prob)
+    out = {}
+    for e in range(mlp.experts.num_experts):
+        mine = x[(ids == e).any(dim=-1)]
+        gate, up = F.linear(mine if mine.shape[0] else x, mlp.experts.gate_up_proj[e]).chunk(2, dim=-1)
+        out[f"down.{e}"] = F.silu(gate) * up
+    return out
+
+
+def _mlp_parts(name: str, gate_up: torch.Tensor, down: torch.Tensor, inter: int, gate_up_key: str, down_key: str
+               ) -> list[tuple]:
+    """The three projections of a SwiGLU MLP `name` (merged gate/up rows [gate | up] of `inter` each)."""
+    return [(f"{name}.gate_proj", gate_up, slice(0, inter), gate_up_key, True),
+            (f"{name}.up_proj", gate_up, slice(inter, 2 * inter), gate_up_key, True),
+            (f"{name}.down_proj", down, slice(None), down_key, True)]
+
+
 def _quantize_layer(layer, cfg: ModelConfig, inputs: dict, pick: torch.Tensor, opt: QuantizeOptions,
                     prefix: str) -> dict[str, torch.Tensor]:
     attn, mlp = layer.self_attn, layer.mlp
-    q, kv, inter = attn.q_size, attn.kv_size, cfg.intermediate_size
+    q, kv = attn.q_size, attn.kv_size
     parts = [  # (checkpoint name, merged weight, rows, input key, clip?)
         ("self_attn.q_proj", attn.qkv_proj.weight, slice(0, q), "qkv", False),
         ("self_attn.k_proj", attn.qkv_proj.weight, slice(q, q + kv), "qkv", False),
         ("self_attn.v_proj", attn.qkv_proj.weight, slice(q + kv, q + 2 * kv), "qkv", True),
         ("self_attn.o_proj", attn.o_proj.weight, slice(None), "o", True),
-        ("mlp.gate_proj", mlp.gate_up_proj.weight, slice(0, inter), "gate_up", True),
-        ("mlp.up_proj", mlp.gate_up_proj.weight, slice(inter, 2 * inter), "gate_up", True),
-        ("mlp.down_proj", mlp.down_proj.weight, slice(None), "down", True),
     ]
-    out = {}
+    dense: dict[str, torch.Tensor] = {}  # layer tensors kept unquantized (fp16)
+    if isinstance(mlp, SparseMoeBlock):
+        experts = mlp.experts
+        for e in range(experts.num_experts):
+            parts += _mlp_parts(f"mlp.experts.{e}", experts.gate_up_proj[e], experts.down_proj[e],
+                                experts.local_intermediate, "gate_up", f"down.{e}")
+        dense["mlp.gate.weight"] = mlp.gate.weight
+        if mlp.shared_expert is not None:
+            shared = mlp.shared_expert
+            parts += _mlp_parts("mlp.shared_expert", shared.gate_up_proj.weight, shared.down_proj.weight,
+                                shared.down_proj.input_size, "gate_up", "shared_down")
+            dense["mlp.shared_expert_gate.weight"] = mlp.shared_expert_gate.weight
+    else:
+        parts += _mlp_parts("mlp", mlp.gate_up_proj.weight, mlp.down_proj.weight, cfg.intermediate_size,
+                            "gate_up", "down")
+    out = {f"{prefix}.{name}": w.to(torch.float16).contiguous() for name, w in dense.items()}
     for name, weight, rows, key, clip in parts:
         w = weight[rows]
         if opt.method == "awq" and opt.clip and clip:
