@@ -145,12 +145,38 @@ def test_bad_constraints_are_one_line_errors_and_lose_nothing(llm):
            ({"regex": "a(b"}, "unclosed group"),
            ({"grammar": "start: ("}, "invalid structured output|neither Lark nor GBNF"),
            ({"json_object": True, "regex": "a"}, "exactly one"),
-           ({"choice": []}, "non-empty list")]
+           ({"choice": []}, "non-empty list"),
+           ({"json": _nested(100)}, "recursion limit"),  # past llguidance's JSON nesting limit (a ValueError)
+           ({"json": _nested(5000)}, "nested too deeply"),  # past Python's (json.dumps: a RecursionError)
+           # llguidance 1.9.1 would loop forever computing this grammar's first mask (one request hanging
+           # the engine thread); zero-width regex terminals are refused, as Lark refuses them.
+           ({"grammar": "start: /a*/ start"}, "terminal /a\\*/ can match the empty string"),
+           ({"grammar": 'start: "x" s\ns: /(b|)/ s'}, "can match the empty string")]
     for spec, message in bad:
         with pytest.raises(UserError, match=message) as err:
             llm.generate([PROMPT], SamplingParams(max_tokens=4, structured_outputs=spec))
         assert "\n" not in str(err.value)
     assert llm.generate([PROMPT], SamplingParams(max_tokens=2))[0].token_ids  # the engine still serves
+
+
+def _nested(depth: int) -> dict:
+    schema = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+def test_a_complete_match_ends_the_request_whatever_min_tokens_and_ignore_eos_say(llm):
+    # min_tokens masks the end token that is all a complete grammar allows: the end still comes
+    # (a row with nothing allowed once crashed the sampler, then sampled token 0).
+    outs = llm.generate([PROMPT] * 2, [SamplingParams(max_tokens=12, temperature=t, min_tokens=8,
+                                                      structured_outputs={"choice": ["yes"]}) for t in (0, 1)])
+    assert [(o.text, o.finish_reason) for o in outs] == [("yes", "stop")] * 2
+    # ignore_eos: end tokens after the match, never free text (the matcher once stopped checking)
+    out = llm.generate([PROMPT], SamplingParams(max_tokens=8, ignore_eos=True, structured_outputs={"choice": ["yes"]}))[0]
+    eos = llm.engine.eos_token_ids
+    assert out.finish_reason == "length" and out.text == "yes"
+    assert out.token_ids[:3] == list(b"yes") and all(t in eos for t in out.token_ids[3:])
 
 
 def test_max_tokens_before_the_match_completes_ends_with_length(llm):

@@ -124,7 +124,7 @@ class LLMEngine:
             self._grammar_compiler = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
         try:
             grammar = params.structured_outputs.to_grammar()
-            self._grammar_compiler.check(grammar)
+            self._grammar_compiler.check(grammar, user_grammar=params.structured_outputs.grammar is not None)
         except UserError as e:
             raise SamplingParamsError("structured_outputs", str(e)) from None
         return grammar

@@ -9,11 +9,13 @@ fresh matcher per grammar text and hands out deep copies (a copy costs ~15 µs, 
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from pathlib import Path
 
 from llm_infer.errors import UserError
 from llm_infer.runtime.models.model_config import ModelConfig
+from llm_infer.runtime.structured_output.lark_terminals import regex_terminals
 from llm_infer.runtime.token_bytes import TokenBytes
 from llm_infer.runtime.tokenizer import Tokenizer
 
@@ -45,13 +47,20 @@ class GrammarCompiler:
         tokenizer = Tokenizer(model_dir)
         return cls(tokenizer, model_config.vocab_size, end_of_sequence_ids(tokenizer, model_config))
 
-    def check(self, grammar: str) -> None:
-        """Raise UserError naming the problem if `grammar` is invalid or cannot match anything."""
+    def check(self, grammar: str, user_grammar: bool = False) -> None:
+        """Raise UserError naming the problem if `grammar` is invalid or cannot match anything; for a
+        `user_grammar` (Lark or GBNF from a request), also if one of its regex terminals matches the
+        empty string (see `lark_terminals.py`; a lone top-level regex may, it cannot recurse)."""
         from llguidance import LLMatcher
 
         error = LLMatcher.validate_grammar(grammar, self.ll_tokenizer)
         if error:
             raise UserError(f"invalid structured output: {_one_line(error)}")
+        for lark in _lark_texts(grammar) if user_grammar else []:
+            for terminal in regex_terminals(lark):
+                if LLMatcher(self.ll_tokenizer, LLMatcher.grammar_from_lark(f"start: {terminal}")).is_accepting():
+                    raise UserError(f"invalid structured output: the grammar's terminal {terminal[:60]} can match the "
+                                    "empty string (zero-width terminals are not allowed, as in Lark)")
 
     def matcher(self, grammar: str):
         """A fresh `llguidance.LLMatcher` for `grammar` (compiled once, then copied)."""
@@ -69,6 +78,16 @@ class GrammarCompiler:
         else:
             self._cache.move_to_end(grammar)
         return template.deep_copy()
+
+
+def _lark_texts(grammar: str) -> list[str]:
+    """The Lark sources inside an llguidance grammar: a `{"grammars": [...]}` document's
+    `lark_grammar` entries, or the text itself when it is Lark already."""
+    try:
+        parts = json.loads(grammar).get("grammars", [])
+    except ValueError:
+        return [grammar]
+    return [p["lark_grammar"] for p in parts if p.get("lark_grammar")]
 
 
 class _Vocabulary:

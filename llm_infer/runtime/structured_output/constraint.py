@@ -61,10 +61,12 @@ class RequestConstraint:
             else:
                 self.reasoning_tokens += 1
             return True
-        if self.matcher is not None:
-            if self.matcher.try_consume_tokens([token]) != 1:
-                return False
-        self._history.append((self.matcher is not None, False, self.reasoning_tokens))
+        consumed = self.matcher is not None
+        if consumed and self.matcher.is_stopped() and token in self.eos_token_ids:
+            consumed = False  # another end token after the match ended (ignore_eos): the only ones allowed
+        elif consumed and self.matcher.try_consume_tokens([token]) != 1:
+            return False
+        self._history.append((consumed, False, self.reasoning_tokens))
         return True
 
     def rollback(self, n: int) -> None:
@@ -157,9 +159,10 @@ class ConstraintState:
         apply_token_bitmask(sub, bitmask[rows])
         dead = torch.isneginf(sub).all(dim=-1).nonzero().flatten().tolist()
         if dead and self._compiler is not None:  # e.g. min_tokens masked the end a complete grammar allows
-            eos = torch.tensor([t for t in self._compiler.eos_token_ids if t < out.shape[-1]], device=logits.device)
+            # The processed logits hold -inf there too: give the end tokens equal finite scores.
+            eos = torch.tensor([t for t in self._compiler.eos_token_ids if t < sub.shape[-1]], device=logits.device)
             for r in dead:
-                sub[r, eos] = logits[rows[r], eos].float()
+                sub[r, eos] = 0.0
         if len(rows) == logits.shape[0]:
             return sub
         out = logits.float().clone()

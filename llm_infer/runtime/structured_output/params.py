@@ -51,6 +51,14 @@ class StructuredOutputsParams:
     def to_grammar(self) -> str:
         """The llguidance grammar text (a `{"grammars": [...]}` JSON document). Raises UserError
         for text that is not a JSON schema or a grammar llguidance can convert."""
+        try:
+            return self._to_grammar()
+        except RecursionError:  # json.dumps of a schema nested past Python's recursion limit
+            raise UserError("the JSON schema is nested too deeply") from None
+        except ValueError as e:  # llguidance's own parse errors (e.g. its JSON nesting limit of 128)
+            raise UserError(f"invalid structured output: {e}") from None
+
+    def _to_grammar(self) -> str:
         from llguidance import LLMatcher
         from llguidance.gbnf_to_lark import any_to_lark
 
