@@ -177,7 +177,29 @@ def main() -> None:
                   + (f"  comm {r['comm_share_decode']:.0%}  memory {r['memory_mb_per_rank']}" if "comm_share_decode"
                      in r else ""))
     print(f"weight bytes per decoded token: {bytes_}")
-    print(f"wrote {out}")
+    plot(report, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def plot(report: dict, path: Path) -> None:
+    """Prefill and decode tok/s of each run, side by side (the README's chart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {name: r for name, r in report["runs"].items() if r}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, title in ((axes[0], "prefill_tok_s", "prefill"), (axes[1], "decode_tok_s", "decode")):
+        bars = ax.barh(list(runs), [r[key] for r in runs.values()], color="#4c72b0")
+        ax.bar_label(bars, fmt="%.1f", padding=3)
+        ax.set_title(f"{title} (tok/s)")
+        ax.invert_yaxis()
+        ax.margins(x=0.2)
+    axes[1].set_yticklabels([])
+    fig.suptitle(f"Qwen3-MoE scaled-down 30B-A3B, bf16, {report['cores']} CPU cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
