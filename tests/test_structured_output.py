@@ -192,7 +192,7 @@ def test_proposals_fill_the_same_masks_as_accepting_them_one_by_one(tiny_models)
     from llm_infer.runtime.models.model_config import ModelConfig
 
     compiler = GrammarCompiler.for_model(tiny_models["qwen2"], ModelConfig.from_dir(tiny_models["qwen2"]))
-    grammar = SamplingParamsJson({"type": "object", "properties": {"a": {"type": "integer"}}})
+    grammar = json_grammar({"type": "object", "properties": {"a": {"type": "integer"}}})
     text = [ord(c) for c in '{"a": 12}']
     one_by_one = RequestConstraint(ConstraintSpec(grammar), compiler)
     expected = torch.zeros(len(text) + 1, 10, dtype=torch.int32)
@@ -210,7 +210,7 @@ def test_proposals_fill_the_same_masks_as_accepting_them_one_by_one(tiny_models)
         [True, True, False, False]
 
 
-def SamplingParamsJson(schema: dict) -> str:
+def json_grammar(schema: dict) -> str:
     return SamplingParams(structured_outputs={"json": schema}).structured_outputs.to_grammar()
 
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_infer.errors import UserError
-from llm_infer.entrypoints.server.chat_protocol import (ChatMessage, Tool, ToolChoice, check_tool_choice,
+from llm_infer.entrypoints.server.chat_protocol import (_NESTED, ChatMessage, Tool, ToolChoice, check_tool_choice,
                                                          template_tools, with_tool_call_constraint)
 from llm_infer.entrypoints.server.errors import ApiError, bad_request
 from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError
@@ -26,9 +26,8 @@ from llm_infer.runtime.tokenizer import Tokenizer
 
 _COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 _BODY = ConfigDict(strict=True, extra="ignore")  # unknown top-level fields are caught by check_fields
-# Nested objects refuse what they do not know (a message's `name` or `tool_calls`, a part's
+# Nested objects (`_NESTED`, from chat_protocol.py) refuse what they do not know (a message's `name` or `tool_calls`, a part's
 # `cache_control`, ...): the server would otherwise drop something that changes the answer.
-_NESTED = ConfigDict(strict=True, extra="forbid")
 _SAMPLING = {"temperature", "top_p", "top_k", "min_p", "seed", "stop", "ignore_eos", "presence_penalty",
              "frequency_penalty", "repetition_penalty", "min_tokens", "stop_token_ids", "n", "thinking_budget"}
 _Body = TypeVar("_Body", bound=BaseModel)

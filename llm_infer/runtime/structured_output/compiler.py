@@ -3,8 +3,8 @@
 The llguidance tokenizer is built from the checkpoint's `tokenizer.json` (the `tokenizers`
 library's serialization, no transformers), with the model's end-of-sequence ids: a grammar that
 is complete allows exactly those. Compiling a grammar makes an `LLMatcher`; the cache keeps one
-fresh matcher per grammar text and hands out deep copies (a copy costs ~15 µs, a compile
-~0.6 ms for a small JSON schema on this project's CPU: benchmarks/results/grammar_engines.json).
+fresh matcher per grammar text and hands out deep copies (a copy costs ~20 µs, a compile
+~0.7 ms for a small JSON schema on this project's CPU: benchmarks/results/grammar_engines.json).
 """
 
 from __future__ import annotations
