@@ -132,7 +132,7 @@ class EngineConfig:
     kernels: Literal["auto", "cuda", "torch"] = Field("auto", description="`auto` (our compiled kernels where "
                                                       "built), `torch` (reference), `cuda`")
     cuda_graphs: StrictBool = Field(True, description="capture decode steps as CUDA graphs (CUDA, our kernels, "
-                                    "one process)")
+                                    "one process, dense models)")
     deterministic: StrictBool = Field(False, description="batch-invariant CPU kernels: a request's tokens and "
                                       "logits never depend on its batch, chunking or cache hits (see Deterministic "
                                       "mode)")

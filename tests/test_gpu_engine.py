@@ -19,8 +19,11 @@ from tests.conftest import tiny_engine_config
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101, 32, 99, 97, 116]
 GREEDY = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
+# Our CUDA attention takes head_dim 64 or 128 (kernels/dispatch.py: CUDA_HEAD_DIMS); TINY's is 16.
+HEAD_DIM_64 = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
 # Qwen2-MoE: shared expert, layer 1 dense; Qwen3-MoE: norm_topk_prob, q/k norms (as tests/test_moe_model.py).
-MOE_ARCHS = {"qwen2_moe": dict(mlp_only_layers=[1]), "qwen3_moe": dict(norm_topk_prob=True, head_dim=32)}
+MOE_ARCHS = {"qwen2_moe": dict(mlp_only_layers=[1], **HEAD_DIM_64),
+             "qwen3_moe": dict(norm_topk_prob=True, **HEAD_DIM_64, head_dim=64)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,10 +37,12 @@ def exact_fp32_matmuls():
 
 @pytest.fixture(scope="module")
 def models(tiny_models, tmp_path_factory) -> dict:
-    """The dense tiny checkpoints and a tiny Qwen2-MoE / Qwen3-MoE (8 experts, top-2)."""
+    """The dense tiny checkpoints, a tiny Qwen2-MoE / Qwen3-MoE (8 experts, top-2), and a tiny
+    Qwen2 with head_dim 64 (`qwen2_hd64`) for our kernels."""
     root = tmp_path_factory.mktemp("gpu-moe")
     return {**tiny_models, **{arch: make_checkpoint(root / arch, arch, seed=5, **extra)
-                              for arch, extra in MOE_ARCHS.items()}}
+                              for arch, extra in MOE_ARCHS.items()},
+            "qwen2_hd64": make_checkpoint(root / "qwen2_hd64", "qwen2", **HEAD_DIM_64)}
 
 
 def hf_on_cuda(path, dtype: torch.dtype = torch.float32):
@@ -118,12 +123,12 @@ def test_ngram_speculation_on_cuda_is_identical_to_plain_decoding(tiny_models):
     assert got == want
 
 
-def test_our_kernels_in_bf16_keep_prefix_caching_close(tiny_models):
+def test_our_kernels_in_bf16_keep_prefix_caching_close(models):
     """bf16 with our CUDA kernels: a suffix over cached blocks rounds differently from a whole
     prefill, so greedy tokens may part on near-ties; most must agree."""
     tokens = {}
     for caching in (True, False):
-        cfg = on_cuda(tiny_models["qwen2"], dtype="bfloat16", kernels="cuda",
+        cfg = on_cuda(models["qwen2_hd64"], dtype="bfloat16", kernels="cuda",
                       cache={"block_size": 16, "num_blocks": 64, "prefix_caching": caching})
         with LLM(cfg, progress=False) as llm:
             llm.generate([PROMPT * 2], SamplingParams(max_tokens=1, temperature=0))

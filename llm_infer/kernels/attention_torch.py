@@ -68,9 +68,9 @@ class TorchAttentionBackend:
 
     def prepare_short(self, meta: AttentionMetadata, rows: list[int]) -> ShortBatch:
         device = meta.slot_mapping.device
-        q_lens = torch.tensor([meta.query_lens[i] for i in rows], device=device)
-        s_lens = torch.tensor([meta.seq_lens[i] for i in rows], device=device)
-        q_max, s_max = int(q_lens.max()), int(s_lens.max())
+        q_host, s_host = [meta.query_lens[i] for i in rows], [meta.seq_lens[i] for i in rows]
+        q_lens, s_lens = torch.tensor(q_host, device=device), torch.tensor(s_host, device=device)
+        q_max, s_max = max(q_host), max(s_host)  # from the host lists: no device reads
         q_pos = torch.arange(q_max, device=device)
         base = torch.tensor([meta.query_start_loc[i] for i in rows], device=device)
         valid = q_pos[None, :] < q_lens[:, None]
@@ -82,7 +82,7 @@ class TorchAttentionBackend:
         q_abs = (s_lens - q_lens)[:, None] + q_pos[None, :]
         allowed = k_pos[None, None, :] <= q_abs[:, :, None]
         allowed |= ~valid[:, :, None] & (k_pos == 0)[None, None, :]  # keep padded rows finite
-        uniform = bool((q_lens == 1).all() and (s_lens == s_max).all())
+        uniform = all(q == 1 for q in q_host) and all(n == s_max for n in s_host)
         return ShortBatch(token_index, valid, slots, None if uniform else allowed.unsqueeze(1))
 
     def _prepare_long(self, meta: AttentionMetadata, i: int, start: int) -> LongSeq:

@@ -18,11 +18,12 @@ _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
 
 
 def unpack_awq(packed: torch.Tensor) -> torch.Tensor:
-    """int32 `[rows, cols/8]` -> uint8 `[rows, cols]` of values 0..15, columns in natural order."""
-    nibbles = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 0xF  # [rows, cols/8, 8] in nibble order
-    out = torch.empty_like(nibbles)
-    out[..., AWQ_ORDER] = nibbles
-    return out.reshape(packed.shape[0], -1).to(torch.uint8)
+    """int32 `[rows, cols/8]` -> uint8 `[rows, cols]` of values 0..15, columns in natural order.
+    Column c of each 8 sits in nibble `AWQ_ORDER.index(c)` = c // 2 + 4 * (c % 2). The shifts are
+    made on the tensor's device (no host copy), so a CUDA graph can capture this."""
+    c = torch.arange(8, dtype=torch.int32, device=packed.device)
+    shifts = 4 * ((c >> 1) + 4 * (c & 1))
+    return ((packed.unsqueeze(-1) >> shifts) & 0xF).reshape(packed.shape[0], -1).to(torch.uint8)
 
 
 def pack_awq(q: torch.Tensor) -> torch.Tensor:
@@ -33,10 +34,9 @@ def pack_awq(q: torch.Tensor) -> torch.Tensor:
 
 def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
     """float32 W `[out, in]` (torch's linear layout)."""
-    q = unpack_awq(qweight).float()
-    z = unpack_awq(qzeros).float().repeat_interleave(group, dim=0)
-    s = scales.float().repeat_interleave(group, dim=0)
-    return ((q - z) * s).t().contiguous()
+    q = unpack_awq(qweight).float().view(-1, group, qweight.shape[1] * 8)  # [in/group, group, out]
+    z = unpack_awq(qzeros).float().unsqueeze(1)
+    return ((q - z) * scales.float().unsqueeze(1)).view(-1, q.shape[-1]).t().contiguous()
 
 
 @dataclass

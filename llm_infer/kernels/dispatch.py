@@ -3,7 +3,9 @@
 `kernels: torch` always runs the torch reference (`torch_ref`, `attention_torch`).
 `auto` runs our compiled kernels where they are built for the device (C++ on
 CPU for bf16/fp32; CUDA on GPUs for fp16/bf16) and the torch reference
-otherwise. `cuda` insists on the CUDA kernels: an error if they cannot run.
+otherwise; the CUDA attention kernels take head_dim 64 or 128 (`CUDA_HEAD_DIMS`),
+so other models get the CUDA set with torch attention (and no CUDA graphs).
+`cuda` insists on the CUDA kernels: an error if they cannot run.
 `deterministic: true` takes the batch-invariant C++ set (`_cpu_kernels(ext, True)`):
 every matmul through the GEMV tiles whatever the row count (`linear_invariant`),
 every query row through the paged attention kernel with fixed KV chunks (prefill
@@ -48,8 +50,15 @@ TORCH = Kernels("torch", torch_ref.linear, torch_ref.rms_norm, torch_ref.add_rms
 # to whole blocks), whatever the batch; 256 keeps a decode step's chunks few and a prefill's merge small.
 DETERMINISTIC_CHUNK = 256
 
+# Head sizes the CUDA attention kernels are compiled for (csrc/cuda/paged_kv.cuh: paged_attention_ok).
+CUDA_HEAD_DIMS = (64, 128)
 
-def select_kernels(setting: str, device: torch.device, dtype: torch.dtype, deterministic: bool = False) -> Kernels:
+
+def select_kernels(setting: str, device: torch.device, dtype: torch.dtype, deterministic: bool = False,
+                   head_dim: int | None = None) -> Kernels:
+    """The kernel set for `setting` (auto | cpu | cuda | torch) on `device` in `dtype`; `head_dim`
+    (None: not known yet) decides whether the CUDA attention applies. Raises UserError when the
+    setting asks for kernels that cannot run here."""
     if deterministic:
         return _deterministic_kernels(device, dtype)
     if setting == "torch":
@@ -59,7 +68,11 @@ def select_kernels(setting: str, device: torch.device, dtype: torch.dtype, deter
 
         ext = load_cuda_extension(device.index or 0) if dtype in (torch.float16, torch.bfloat16) else None
         if ext is not None:
-            return _cuda_kernels(ext)
+            if head_dim is not None and head_dim not in CUDA_HEAD_DIMS and setting == "cuda":
+                raise UserError(f"kernels: cuda: the CUDA attention kernels take head_dim "
+                                f"{' or '.join(map(str, CUDA_HEAD_DIMS))}, this model's is {head_dim}; "
+                                "use kernels: auto (CUDA kernels with torch attention)")
+            return _cuda_kernels(ext, head_dim is None or head_dim in CUDA_HEAD_DIMS)
         if setting == "cuda":
             raise UserError("kernels: cuda needs float16/bfloat16 and CUDA kernels that build on this GPU "
                             "(see the warning above), or use kernels: auto")
@@ -75,7 +88,7 @@ def select_kernels(setting: str, device: torch.device, dtype: torch.dtype, deter
     return TORCH
 
 
-def _cuda_kernels(ext: Any) -> Kernels:
+def _cuda_kernels(ext: Any, cuda_attention: bool = True) -> Kernels:
     from llm_infer.kernels.attention_cuda import CudaAttentionBackend
 
     def rms_norm(x, weight, eps):
@@ -90,7 +103,8 @@ def _cuda_kernels(ext: Any) -> Kernels:
         return ext.awq_linear(x, w.qweight, w.qzeros, w.scales, w.group, bias)
 
     return Kernels("cuda", torch_ref.linear, rms_norm, add_rms_norm, torch_ref.rotary_, torch_ref.silu_and_mul,
-                   CudaAttentionBackend(ext), awq_torch.prepare_ref, awq_linear, torch_ref.int8_linear)
+                   CudaAttentionBackend(ext) if cuda_attention else TorchAttentionBackend(), awq_torch.prepare_ref,
+                   awq_linear, torch_ref.int8_linear)
 
 
 def _deterministic_kernels(device: torch.device, dtype: torch.dtype) -> Kernels:

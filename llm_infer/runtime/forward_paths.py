@@ -80,7 +80,10 @@ def choose_forward(model: CausalLM, kernels: Kernels, block_size: int, device: t
     """The fastest path that applies to this rank's model and kernels (its KV cache must be bound)."""
     if FusedDecode.supported(model, kernels.name, tp_size):
         return FusedStackForward(model, kernels, block_size, device)
-    if cuda_graphs and kernels.name == "cuda" and world_size == 1 and not model.model.rotary.dynamic:
+    # Graphs need every step's work on the device: our attention (the torch one reads lengths on the host)
+    # and no MoE (the expert loop reads which experts were hit).
+    if (cuda_graphs and kernels.name == "cuda" and kernels.attention.name == "cuda" and world_size == 1
+            and not model.model.rotary.dynamic and model.config.moe is None):
         from llm_infer.runtime.cuda_graphs import DecodeGraphs
 
         first = model.attention_layers()[0]

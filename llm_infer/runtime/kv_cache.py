@@ -16,10 +16,11 @@ def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_di
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free for the cache: free device memory on CUDA, MemAvailable on CPU."""
+    """Bytes free for the cache: free device memory on CUDA (plus what torch's caching allocator
+    holds unused, e.g. from an engine shut down in this process), MemAvailable on CPU."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):

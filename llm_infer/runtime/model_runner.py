@@ -35,7 +35,8 @@ class ModelRunner:
         self.dtype = resolved.dtype
         self.block_size = config.cache.block_size
         self.max_model_len = resolved.max_model_len
-        self.kernels = dispatch.select_kernels(config.kernels, device, self.dtype, config.deterministic)
+        self.kernels = dispatch.select_kernels(config.kernels, device, self.dtype, config.deterministic,
+                                               resolved.config.head_dim)
         self.model = build_model(resolved, device, self.kernels, config.quantization.lm_head == "int8", progress,
                                  config.parallel.pipeline_layers)
         self.sampler = Sampler(lambda: GrammarCompiler.for_model(resolved.model_dir, resolved.config))

@@ -82,10 +82,10 @@ class Sampler:
         noise = torch.empty_like(probs)
         for j, (seed, index) in enumerate(zip(sub.seeds, sub.output_index)):
             exponential_noise(noise[j], torch.Generator(device=probs.device).manual_seed(draw_seed(seed, index)))
-        sampled = (probs / noise).argmax(dim=-1)
+        sampled = (probs / noise).argmax(dim=-1).tolist()  # one device-to-host copy, not one per row
         out = greedy.tolist()
         for j, i in enumerate(rows):
-            out[i] = int(sampled[j])
+            out[i] = sampled[j]
         return out
 
     def sample_step(self, plan: StepPlan, logits: torch.Tensor, spans: list[tuple[int, int]],

@@ -99,7 +99,7 @@ class Drafter:
         (its precision only shapes proposals; the target decides what is kept). Raises UserError
         when its vocabulary differs from the target's."""
         resolved = resolve_model(str(model_dir), dtype, device)
-        kernels = dispatch.select_kernels(kernels_setting, device, resolved.dtype)
+        kernels = dispatch.select_kernels(kernels_setting, device, resolved.dtype, head_dim=resolved.config.head_dim)
         with single_rank():
             model = build_model(resolved, device, kernels, lm_head_int8=True, progress=False)
         if resolved.config.vocab_size != target_vocab:

@@ -213,8 +213,8 @@ size_t awq_gemv_workspace_bytes(int M, int N, int K) {
 }
 
 cudaError_t awq_gemv(const AwqProblem& p, void* workspace, cudaStream_t stream) {
+  if (p.M == 0) return cudaSuccess;  // x and y of zero rows may have no storage (null pointers)
   if (!valid(p, workspace)) return cudaErrorInvalidValue;
-  if (p.M == 0) return cudaSuccess;
   float* ws = static_cast<float*>(workspace);
   if (p.dtype == DType::kFloat16) {
     launch<__half>(p, ws, stream);

@@ -28,9 +28,14 @@ cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 void write_kv(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots) {
   check_int32(slots, "slot_mapping");
-  TORCH_CHECK(k.dim() == 2 && v.dim() == 2 && k.stride(1) == 1 && v.stride(1) == 1 && k_cache.is_contiguous() &&
-                  v_cache.is_contiguous() && k_cache.dim() == 4 && k.size(1) == k_cache.size(2) * k_cache.size(3),
+  TORCH_CHECK(k.dim() == 2 && v.sizes() == k.sizes() && k.stride(1) == 1 && v.stride(1) == 1 &&
+                  k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.dim() == 4 &&
+                  v_cache.sizes() == k_cache.sizes() && k.size(1) == k_cache.size(2) * k_cache.size(3) &&
+                  slots.size(0) == k.size(0),
               "write_kv: bad shapes");
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k.scalar_type() &&
+                  v_cache.scalar_type() == k.scalar_type(),
+              "write_kv: k, v and the caches must share one dtype");
   check_cuda(llm_infer_cuda::write_kv_cache(k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                                             slots.data_ptr<int32_t>(), k.size(0), k_cache.size(2), k_cache.size(3),
                                             k.stride(0), v.stride(0), dtype_of(k), stream()),
@@ -42,7 +47,10 @@ llm_infer_cuda::PagedAttention paged(torch::Tensor out, torch::Tensor q, torch::
                                      torch::Tensor seq_lens, double scale) {
   for (const auto* t : {&block_tables, &q_start, &q_lens, &seq_lens}) check_int32(*t, "attention metadata");
   TORCH_CHECK(q.dim() == 2 && q.stride(1) == 1 && out.is_contiguous() && out.dim() == 2 && k_cache.is_contiguous() &&
-                  v_cache.is_contiguous() && k_cache.dim() == 4 && q.scalar_type() == k_cache.scalar_type(),
+                  v_cache.is_contiguous() && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() &&
+                  q.scalar_type() == k_cache.scalar_type() && v_cache.scalar_type() == k_cache.scalar_type() &&
+                  out.scalar_type() == q.scalar_type() && out.size(0) == q.size(0) && q.size(1) == out.size(1) &&
+                  out.size(1) % k_cache.size(3) == 0,
               "attention: bad shapes");
   const int head_dim = k_cache.size(3);
   return {out.data_ptr(), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_tables.data_ptr<int32_t>(),
@@ -107,7 +115,9 @@ torch::Tensor awq_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor q
 // residual += x; returns rmsnorm(residual) * weight (or rmsnorm(x) * weight without residual).
 torch::Tensor rms_norm(torch::Tensor x, c10::optional<torch::Tensor> residual, torch::Tensor weight, double eps) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && weight.scalar_type() == x.scalar_type() &&
-                  (!residual || (residual->is_contiguous() && residual->sizes() == x.sizes())),
+                  weight.is_contiguous() && weight.numel() == x.size(1) &&
+                  (!residual || (residual->is_contiguous() && residual->sizes() == x.sizes() &&
+                                 residual->scalar_type() == x.scalar_type())),
               "rms_norm: bad inputs");
   auto out = torch::empty_like(x);
   check_cuda(llm_infer_cuda::fused_add_rms_norm(out.data_ptr(), x.data_ptr(), residual ? residual->data_ptr() : nullptr,
