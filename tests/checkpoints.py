@@ -39,11 +39,22 @@ def _byte_chars() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
+def qwen3_template(opens_thinking: bool = False) -> str:
+    """Our Qwen3-style template: the hybrid models' (the reply opens `<think>` itself, or not), or
+    with `opens_thinking` Qwen3-Thinking-2507's way (the generation prompt ends with `<think>\n`)."""
+    template = QWEN3_TEMPLATE.read_text()
+    if opens_thinking:
+        closed = "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+        assert closed in template
+        template = template.replace(closed, closed.removesuffix("{%- endif %}") + "{%- else %}{{- '<think>\\n' }}{%- endif %}")
+    return template
+
+
 def write_byte_tokenizer(path: Path, chat_template: str = "chatml") -> None:
     """A byte-level tokenizer (one token per byte, ChatML specials at 256..258). `chat_template`:
-    `chatml` (in tokenizer_config.json), or `qwen3`: our Qwen3-style template
-    (`tests/data/qwen3_chat_template.jinja`, as chat_template.jinja) and Qwen3's added tokens
-    `QWEN3_ADDED` at 259..264, not special and not normalized, as Qwen's tokenizer declares them."""
+    `chatml` (in tokenizer_config.json), or `qwen3` / `qwen3_thinking`: our Qwen3-style template
+    (`qwen3_template`, as chat_template.jinja) and Qwen3's added tokens `QWEN3_ADDED` at 259..264,
+    not special and not normalized, as Qwen's tokenizer declares them."""
     vocab = {c: i for i, c in enumerate(_byte_chars())}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -52,9 +63,9 @@ def write_byte_tokenizer(path: Path, chat_template: str = "chatml") -> None:
     config = {"eos_token": "<|im_end|>", "bos_token": None}
     if chat_template == "chatml":
         config["chat_template"] = CHATML
-    elif chat_template == "qwen3":
+    elif chat_template in ("qwen3", "qwen3_thinking"):
         tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN3_ADDED])
-        (path / "chat_template.jinja").write_text(QWEN3_TEMPLATE.read_text())
+        (path / "chat_template.jinja").write_text(qwen3_template(chat_template == "qwen3_thinking"))
     else:
         raise ValueError(chat_template)
     tok.save(str(path / "tokenizer.json"))
@@ -71,7 +82,7 @@ _TRANSFORMERS_CLASSES = {
 def make_checkpoint(path: Path, arch: str = "qwen2", seed: int = 0, dtype: torch.dtype = torch.float32,
                     fused_experts: bool = False, chat_template: str = "chatml", **overrides) -> Path:
     """Write a random `arch` (qwen2 | qwen3 | llama | qwen2_moe | qwen3_moe) checkpoint with a byte
-    tokenizer into `path` (`chat_template`: `chatml` or `qwen3`, see `write_byte_tokenizer`). MoE
+    tokenizer into `path` (`chat_template`: `chatml`, `qwen3` or `qwen3_thinking`, see `write_byte_tokenizer`). MoE
     checkpoints are saved per expert (`experts.{e}.gate_proj.weight`, what transformers writes by
     default) or, with `fused_experts`, as transformers holds them in memory (`experts.gate_up_proj`
     `[E, 2I, H]`, `experts.down_proj` `[E, H, I]`)."""

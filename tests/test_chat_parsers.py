@@ -13,10 +13,11 @@ import pytest
 
 from llm_infer.errors import UserError
 from llm_infer.runtime.output_parsers import ChatOutputParser, ParsedMessage
+from llm_infer.runtime.structured_output.params import ReasoningStart
 from llm_infer.runtime.tokenizer import Tokenizer
 from tests.checkpoints import write_byte_tokenizer
 
-IM_START, END_THINK = 257, 260
+IM_START, THINK, END_THINK = 257, 259, 260
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
 CALL2 = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET", "exact": true}}\n</tool_call>'
 OSLO = ("get_weather", '{"city": "Oslo"}')
@@ -30,8 +31,9 @@ def parser(tmp_path_factory) -> ChatOutputParser:
     return ChatOutputParser(Tokenizer(path))  # auto: qwen3 and hermes, from the template
 
 
-THINKING = [IM_START, 10]  # a prompt whose reply starts in the reasoning (no </think> after <|im_start|>)
+THINKING = [IM_START, 10, THINK, 10]  # the prompt opened the reasoning (Qwen3-Thinking-2507's template)
 ANSWERING = [IM_START, 10, END_THINK, 10]  # enable_thinking: false closed the block in the prompt
+UNDECIDED = [IM_START, 10]  # neither (Qwen3's hybrid template): the reply's first text decides
 
 # (text, prompt, parse tools) -> (reasoning_content, content, [(name, arguments)])
 CASES = [
@@ -64,6 +66,14 @@ CASES = [
     ("ends with <tool", ANSWERING, True, (None, "ends with <tool", [])),
     ("a <tooling> word\n\nand blanks  ", ANSWERING, True, (None, "a <tooling> word\n\nand blanks  ", [])),
     ("Sure.\n" + CALL, ANSWERING, False, (None, "Sure.\n" + CALL, [])),  # tool_choice none: markup stays
+    ("<think>\nI should greet.\n</think>\n\nHello!", UNDECIDED, True, ("I should greet.", "Hello!", [])),
+    ("\n <think>x</think>y", UNDECIDED, True, ("x", "y", [])),
+    ("<think>never closed", UNDECIDED, True, ("never closed", None, [])),
+    ("Hello! No reasoning here.</think>", UNDECIDED, True, (None, "Hello! No reasoning here.</think>", [])),
+    (" <thin but not the tag", UNDECIDED, True, (None, " <thin but not the tag", [])),
+    (" <thi", UNDECIDED, True, (None, " <thi", [])),  # held back, then the end says it is text
+    ("Let me check.\n" + CALL, UNDECIDED, True, (None, "Let me check.", [OSLO])),
+    ("<think>why</think>\n" + CALL, UNDECIDED, True, ("why", None, [OSLO])),
 ]
 
 
@@ -124,22 +134,27 @@ def test_tool_calls_have_openai_ids_and_the_finish_reason_follows_them(parser):
     assert parser.parse("plain", ANSWERING).finish_reason("stop") == "stop"
 
 
-def test_where_the_reply_starts_is_read_from_the_prompts_last_turn(parser):
+def test_where_the_reply_starts_is_read_from_the_prompts_last_turn(parser, tmp_path):
     r = parser.reasoning
-    assert r.end_token_id == END_THINK
-    assert r.prompt_ends_in_reasoning(THINKING)
-    assert not r.prompt_ends_in_reasoning(ANSWERING)
-    assert r.prompt_ends_in_reasoning([IM_START, END_THINK, 10, IM_START, 10])  # an earlier turn's </think>
-    assert r.prompt_ends_in_reasoning([IM_START, *b"</think>"])  # typed text, not the token
-    tok = r.tokenizer
+    assert (r.start_token_id, r.end_token_id) == (THINK, END_THINK)
+    assert r.reply_start(THINKING) == "reasoning"
+    assert r.reply_start(ANSWERING) == "answer"
+    assert r.reply_start(UNDECIDED) == "undecided"
+    assert r.reply_start([IM_START, END_THINK, 10, IM_START, 10]) == "undecided"  # an earlier turn's </think>
+    assert r.reply_start([IM_START, THINK, 10, IM_START, 10]) == "undecided"  # an earlier turn's <think>
+    assert r.reply_start([IM_START, *b"<think>"]) == "undecided"  # typed text, not the token
     user = [{"role": "user", "content": "Hi"}]
-    assert r.prompt_ends_in_reasoning(tok.encode_chat(user))
-    assert not r.prompt_ends_in_reasoning(tok.encode_chat(user, chat_template_kwargs={"enable_thinking": False}))
+    no_thinking = {"chat_template_kwargs": {"enable_thinking": False}}
     continued = [*user, {"role": "assistant", "content": "Hel"}]
-    assert not r.prompt_ends_in_reasoning(tok.encode_chat(continued, continue_final_message=True))
-    start = parser.reasoning_start(THINKING)
-    assert (start.end_token_id, start.in_reasoning) == (END_THINK, True)
-    assert not parser.reasoning_start(ANSWERING).in_reasoning
+    write_byte_tokenizer(tmp_path, "qwen3_thinking")
+    for tok, start in ((r.tokenizer, "undecided"), (Tokenizer(tmp_path), "reasoning")):  # hybrid, Thinking-2507
+        assert r.reply_start(tok.encode_chat(user)) == start
+        assert r.reply_start(tok.encode_chat(user, **no_thinking)) == "answer"
+        assert r.reply_start(tok.encode_chat(continued, continue_final_message=True)) == "answer"
+    # What the engine is told: the end token, and whether the reasoning is open or may still open.
+    assert parser.reasoning_start(THINKING) == ReasoningStart(END_THINK, True, None)
+    assert parser.reasoning_start(ANSWERING) == ReasoningStart(END_THINK, False, None)
+    assert parser.reasoning_start(UNDECIDED) == ReasoningStart(END_THINK, False, THINK)
 
 
 def test_parsers_are_chosen_from_the_template_or_the_config(parser, tmp_path):

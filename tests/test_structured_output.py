@@ -14,7 +14,7 @@ import torch
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import UserError
 from llm_infer.runtime.structured_output.constraint import RequestConstraint, apply_token_bitmask
-from llm_infer.runtime.structured_output.params import ConstraintSpec, ReasoningStart
+from llm_infer.runtime.structured_output.params import ConstraintSpec, ReasoningStart, constraint_spec
 from tests import introspect
 from tests.checkpoints import reference_model
 from tests.conftest import tiny_engine_config
@@ -217,8 +217,11 @@ def json_grammar(schema: dict) -> str:
 END = ord("|")  # the tiny tokenizer has no </think>: any token can play the reasoning end in the engine
 
 
-def _generate(llm, params: SamplingParams, in_reasoning: bool = True) -> list[int]:
-    rid = llm.engine.add_request(PROMPT, params, reasoning=ReasoningStart(END, in_reasoning))
+START = ord("~")  # plays `<think>` for an undecided start
+
+
+def _generate(llm, params: SamplingParams, in_reasoning: bool = True, start: int | None = None) -> list[int]:
+    rid = llm.engine.add_request(PROMPT, params, reasoning=ReasoningStart(END, in_reasoning, start))
     while True:
         for out in llm.engine.step():
             if out.request_id == rid and out.finished:
@@ -248,6 +251,44 @@ def test_reasoning_is_unconstrained_and_an_answer_without_reasoning_is_constrain
     direct = _generate(llm, SamplingParams(max_tokens=10, temperature=1.0, seed=3,
                                            structured_outputs={"regex": "[0-9]{4}"}), in_reasoning=False)
     assert re.fullmatch(r"[0-9]{4}", bytes(t for t in direct if t < 256).decode())
+
+
+def test_an_undecided_start_reasons_only_when_the_first_token_opens_it(llm):
+    """Qwen3's hybrid template leaves the choice to the reply: `<think>` first opens the reasoning
+    (budget and grammar then apply as above); any other first token is the grammar's first."""
+    digits = {"regex": "[0-9]{4}"}
+    for seed in range(3):
+        answered = _generate(llm, SamplingParams(max_tokens=10, temperature=1.0, seed=seed, structured_outputs=digits,
+                                                 thinking_budget=2), in_reasoning=False, start=START)
+        assert re.fullmatch(r"[0-9]{4}", bytes(t for t in answered if t < 256).decode())
+        opened = _generate(llm, SamplingParams(max_tokens=20, temperature=1.0, seed=seed, structured_outputs=digits,
+                                               thinking_budget=3, logit_bias={START: 100.0, END: -100.0}),
+                           in_reasoning=False, start=START)
+        assert opened[0] == START and opened[4] == END  # 3 reasoning tokens (START, biased), then forced closed
+        assert re.fullmatch(r"[0-9]{4}", bytes(t for t in opened[5:] if t < 256).decode())
+    # Without a grammar or budget nothing is enforced, so there is nothing to track.
+    assert constraint_spec(None, None, ReasoningStart(END, False, START)) is None
+    assert constraint_spec(None, 4, ReasoningStart(END, False, START)).reasoning_start_id == START
+    assert constraint_spec(None, 4, ReasoningStart(END, False, None)) is None  # all answer: nothing to limit
+
+
+def test_an_undecided_start_rolls_back_through_proposals(tiny_models):
+    from llm_infer.runtime.models.model_config import ModelConfig
+    from llm_infer.runtime.structured_output.compiler import GrammarCompiler
+
+    compiler = GrammarCompiler.for_model(tiny_models["qwen2"], ModelConfig.from_dir(tiny_models["qwen2"]))
+    grammar = json_grammar({"type": "object", "properties": {"a": {"type": "integer"}}})
+    spec = ConstraintSpec(grammar, END, False, None, START)
+    c = RequestConstraint(spec, compiler)
+    rows = torch.zeros(3, 10, dtype=torch.int32)
+    assert c.fill_proposals(rows, [START, ord("x")]) == [True, False, False]  # reasoning is unconstrained
+    first = rows[0].view(torch.uint8)
+    assert first[START // 8] >> (START % 8) & 1 and first[ord("{") // 8] >> (ord("{") % 8) & 1
+    assert not first[ord("x") // 8] >> (ord("x") % 8) & 1
+    assert c.start_id == START and c.accept(ord("{")) and c.start_id is None  # rolled back, then decided
+    assert not c.accept(START)  # once answering, `<think>` is just a token the grammar refuses
+    c.rollback(1)
+    assert c.start_id == START and c.accept(START) and c.in_reasoning
 
 
 def test_thinking_budget_without_reasoning_is_an_error(llm):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llm_infer.errors import UserError
-from llm_infer.runtime.output_parsers.reasoning import Qwen3ReasoningParser, ReasoningStream
+from llm_infer.runtime.output_parsers.reasoning import REASONING, UNDECIDED, Qwen3ReasoningParser, ReasoningStream
 from llm_infer.runtime.output_parsers.tool_calls import HermesToolParser, ToolCall, ToolCallStream
 from llm_infer.runtime.structured_output.params import ReasoningStart
 from llm_infer.runtime.tokenizer import Tokenizer
@@ -111,21 +111,20 @@ class ChatOutputParser:
         self.reasoning = REASONING_PARSERS[reasoning](tokenizer) if reasoning else None
         self.tool_calls = TOOL_CALL_PARSERS[tool_calls]() if tool_calls else None
 
-    def prompt_ends_in_reasoning(self, prompt_token_ids: Sequence[int]) -> bool:
-        """Whether a reply to this prompt starts inside the reasoning (False without a reasoning parser)."""
-        return self.reasoning is not None and self.reasoning.prompt_ends_in_reasoning(prompt_token_ids)
-
     def reasoning_start(self, prompt_token_ids: Sequence[int]) -> ReasoningStart | None:
         """How a reply to this prompt begins, for the engine (thinking budget, constraints that
-        apply after the reasoning); None without a reasoning parser or a single end token."""
+        apply after the reasoning); None without a reasoning parser or a single end token. An
+        undecided start without a single `<think>` token counts as the answer there."""
         if self.reasoning is None or self.reasoning.end_token_id is None:
             return None
-        return ReasoningStart(self.reasoning.end_token_id, self.reasoning.prompt_ends_in_reasoning(prompt_token_ids))
+        start = self.reasoning.reply_start(prompt_token_ids)
+        return ReasoningStart(self.reasoning.end_token_id, start == REASONING,
+                              self.reasoning.start_token_id if start == UNDECIDED else None)
 
     def stream(self, prompt_token_ids: Sequence[int], parse_tools: bool = True) -> ChatOutputStream:
         """A fresh state for one reply to this prompt; `parse_tools` False leaves tool-call
         markup in the content (a request without tools, or with `tool_choice: none`)."""
-        reasoning = self.reasoning.stream(self.prompt_ends_in_reasoning(prompt_token_ids)) if self.reasoning else None
+        reasoning = self.reasoning.stream(self.reasoning.reply_start(prompt_token_ids)) if self.reasoning else None
         tools = self.tool_calls.stream() if self.tool_calls and parse_tools else None
         return ChatOutputStream(reasoning, tools)
 

@@ -1,21 +1,25 @@
 """Reasoning parser `qwen3`: a reply's `<think>...</think>` text is its reasoning, the rest its answer.
 
-Qwen3's templates either let the model open the block itself (`<|im_start|>assistant\\n`, the
-reply starts with `<think>`), or open it in the prompt (newer thinking templates end the prompt
-with `<think>\\n`), or close an empty block in the prompt (`enable_thinking: false`). So the
-prompt decides where the reply starts (`prompt_ends_in_reasoning`): in the reasoning unless a
-`</think>` follows the last `<|im_start|>` of the prompt. A reply that starts in the reasoning
-is reasoning up to its first `</think>` (a leading `<think>` is dropped; a reply that never
-closes it is all reasoning); the rest is the answer, where tags are plain text. A reply that
-starts in the answer is all answer.
+Qwen3's templates either let the model open the block itself (the hybrid models' template
+ends the prompt with `<|im_start|>assistant\n`: a thinking reply starts with `<think>`, and
+Qwen3-Instruct-2507, under a template that still mentions `</think>`, answers at once), or
+open it in the prompt (Qwen3-Thinking-2507's template ends it with `<think>\n`), or close an
+empty block in the prompt (`enable_thinking: false`). So the prompt decides where the reply
+starts (`reply_start`), from what follows its last `<|im_start|>`: a `</think>` -> the answer;
+a `<think>` without one -> the reasoning; neither -> undecided, and the reply's first text
+decides: `<think>` (after blanks) opens the reasoning, anything else is the answer (the same
+rule as the engine's constraint state, which looks at the first token). Reasoning runs up to
+the first `</think>` (a reply that never closes it is all reasoning); the rest is the answer,
+where tags are plain text.
 
 Whitespace next to the tags is part of neither: the reasoning is stripped, the answer after
 `</think>` starts at its first non-blank character (Qwen's templates strip both when the turn
-goes back into the history). A model that never reasons under a template that mentions
-`</think>` (Qwen3-Instruct-2507) needs `chat.reasoning_parser: null`.
+goes back into the history). An answer that starts the reply keeps its text as written.
 
-    prompt ends in reasoning? ── yes ──> reasoning ── </think> ──> answer ──> content | tool calls
-                             └── no ──────────────────────────────> answer ──> content | tool calls
+    prompt: <think> open ────────────────> reasoning ── </think> ──> answer ──> content | tool calls
+    prompt: neither ── reply starts <think> ──┘                      ^
+                    └─ anything else ────────────────────────────────┘
+    prompt: </think> closed ─────────────────────────────────────────┘
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from collections.abc import Sequence
 from llm_infer.runtime.output_parsers.tags import held_tail
 from llm_infer.runtime.tokenizer import Tokenizer
 
-_OPENING, _REASONING, _AFTER, _ANSWER = range(4)
+_UNDECIDED, _OPENING, _REASONING, _AFTER, _ANSWER = range(5)
+REASONING, ANSWER, UNDECIDED = "reasoning", "answer", "undecided"  # where a reply starts
 
 
 class Qwen3ReasoningParser:
@@ -38,23 +43,29 @@ class Qwen3ReasoningParser:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
+        self.start_token_id = tokenizer.token_id(self.start_tag)  # None when `<think>` is no single token
         self.end_token_id = tokenizer.token_id(self.end_tag)  # None when `</think>` is no single token
         self._turn_start_id = tokenizer.token_id(self.turn_start)
 
-    def prompt_ends_in_reasoning(self, prompt_token_ids: Sequence[int]) -> bool:
-        """Whether a reply to this prompt starts inside the reasoning: True unless a `</think>`
-        follows the prompt's last `<|im_start|>` (the whole prompt when it has none). Compares
-        token ids where `</think>` is one token (a `</think>` the user typed is text, not that
-        token), the decoded text otherwise."""
+    def reply_start(self, prompt_token_ids: Sequence[int]) -> str:
+        """Where a reply to this prompt starts (REASONING, ANSWER or UNDECIDED), from what follows
+        the prompt's last `<|im_start|>` (the whole prompt when it has none). Compares token ids
+        where the tags are single tokens (a `</think>` the user typed is text, not that token),
+        the decoded text otherwise."""
         ids = list(prompt_token_ids)
         starts = [i for i, t in enumerate(ids) if t == self._turn_start_id]
         tail = ids[starts[-1] + 1:] if starts else ids
-        if self.end_token_id is not None:
-            return self.end_token_id not in tail
-        return self.end_tag not in self.tokenizer.decode(tail)
+        text = None if self.start_token_id is not None and self.end_token_id is not None else self.tokenizer.decode(tail)
 
-    def stream(self, in_reasoning: bool) -> ReasoningStream:
-        return ReasoningStream(self.start_tag, self.end_tag, in_reasoning)
+        def has(tag: str, token_id: int | None) -> bool:
+            return token_id in tail if token_id is not None else tag in text
+
+        if has(self.end_tag, self.end_token_id):
+            return ANSWER
+        return REASONING if has(self.start_tag, self.start_token_id) else UNDECIDED
+
+    def stream(self, start: str) -> ReasoningStream:
+        return ReasoningStream(self.start_tag, self.end_tag, start)
 
 
 class ReasoningStream:
@@ -62,9 +73,9 @@ class ReasoningStream:
     the whitespace before it) is held back until the next text decides it, so neither side ever
     sees part of a tag; `finish` releases what is held. Chunking never changes the result."""
 
-    def __init__(self, start_tag: str, end_tag: str, in_reasoning: bool):
+    def __init__(self, start_tag: str, end_tag: str, start: str):
         self.start_tag, self.end_tag = start_tag, end_tag
-        self._state = _OPENING if in_reasoning else _ANSWER
+        self._state = {REASONING: _OPENING, ANSWER: _ANSWER, UNDECIDED: _UNDECIDED}[start]
         self._opened = False  # the reply's own `<think>` was seen
         self._pending = ""
 
@@ -74,7 +85,15 @@ class ReasoningStream:
         reasoning, answer = "", ""
         while True:
             state = self._state
-            if state == _OPENING:  # before the first reasoning text: blanks and one `<think>` are skipped
+            if state == _UNDECIDED:  # the reply's first text decides: `<think>` after blanks opens the reasoning
+                rest = self._pending.lstrip()
+                if rest.startswith(self.start_tag):
+                    self._pending, self._opened, self._state = rest[len(self.start_tag):], True, _OPENING
+                    continue
+                if not rest or self.start_tag.startswith(rest):
+                    return reasoning, answer
+                self._state = _ANSWER
+            elif state == _OPENING:  # before the first reasoning text: blanks and one `<think>` are skipped
                 rest = self._pending.lstrip()
                 if not self._opened and rest.startswith(self.start_tag):
                     self._pending, self._opened = rest[len(self.start_tag):], True
@@ -105,6 +124,8 @@ class ReasoningStream:
     def finish(self) -> tuple[str, str]:
         """The deltas left at the end of the reply: held text is what it is (an unclosed tag is text)."""
         pending, self._pending = self._pending, ""
+        if self._state == _UNDECIDED:
+            return "", pending
         if self._state in (_OPENING, _REASONING):
             return pending.rstrip(), ""
         return "", pending if self._state == _ANSWER else ""

@@ -2,12 +2,17 @@
 
 One state machine per request:
 
+    undecided --(first token <think>)--> reasoning
+        └──────(any other first token: the grammar's first token)--> answer
     reasoning --(</think> sampled, or forced when thinking_budget tokens were generated)--> answer
     answer: every token must be allowed by the grammar (when there is one); once the grammar is
             complete only end-of-sequence tokens are allowed
 
-A request that does not start in reasoning starts in `answer`. The grammar never sees reasoning
-tokens. Each step the sampling rank fills one bitmask row per sampled position (bit t of word w
+A request starts in `reasoning` when its prompt opened the reasoning, `undecided` when the
+prompt neither opened nor closed it and the reply may open it itself (Qwen3's hybrid template:
+the model writes `<think>` first, or answers at once as Qwen3-Instruct-2507 does), `answer`
+otherwise. While undecided, the allowed tokens are the grammar's plus `<think>`. The grammar
+never sees reasoning tokens. Each step the sampling rank fills one bitmask row per sampled position (bit t of word w
 allows token 32w + t), applies it to the processed logits, samples, and advances the state with
 the tokens appended. Speculative proposals are checked by advancing through them to fill each
 position's row, then rolled back; rejected tokens therefore never reach the matcher.
@@ -28,11 +33,14 @@ class RequestConstraint:
         self.matcher = compiler.matcher(spec.grammar) if spec.grammar is not None else None
         self.end_id = spec.reasoning_end_id
         self.in_reasoning = spec.in_reasoning and spec.reasoning_end_id is not None
+        # Undecided: the token that opens the reasoning when it comes first (None once decided).
+        self.start_id = spec.reasoning_start_id if not self.in_reasoning and self.end_id is not None else None
         self.budget = spec.thinking_budget
         self.reasoning_tokens = 0
         self.eos_token_ids = compiler.eos_token_ids if compiler is not None else []
-        # Per accepted token: (consumed by the matcher, in_reasoning before, reasoning_tokens before).
-        self._history: list[tuple[bool, bool, int]] = []
+        # Per accepted token: (consumed by the matcher, in_reasoning, reasoning_tokens, start_id), the
+        # last three as they were before it.
+        self._history: list[tuple[bool, bool, int, int | None]] = []
 
     def fill(self, row: torch.Tensor) -> bool:
         """Write the tokens allowed at the next position into `row` (int32 `[ceil(vocab / 32)]`).
@@ -48,14 +56,23 @@ class RequestConstraint:
             _allow_only(row, self.eos_token_ids)
             return True
         self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+        if self.start_id is not None:
+            _allow(row, self.start_id)
         return True
 
     def accept(self, token: int) -> bool:
         """Advance past `token`. Returns False, changing nothing, when the state does not allow it."""
+        before = (self.in_reasoning, self.reasoning_tokens, self.start_id)
+        if self.start_id is not None:
+            if token == self.start_id:
+                self.start_id, self.in_reasoning = None, True
+                self._history.append((False, *before))
+                return True
+            self.start_id = None
         if self.in_reasoning:
             if self.budget is not None and self.reasoning_tokens >= self.budget and token != self.end_id:
                 return False
-            self._history.append((False, True, self.reasoning_tokens))
+            self._history.append((False, *before))
             if token == self.end_id:
                 self.in_reasoning = False
             else:
@@ -65,15 +82,16 @@ class RequestConstraint:
         if consumed and self.matcher.is_stopped() and token in self.eos_token_ids:
             consumed = False  # another end token after the match ended (ignore_eos): the only ones allowed
         elif consumed and self.matcher.try_consume_tokens([token]) != 1:
+            self.start_id = before[2]
             return False
-        self._history.append((consumed, False, self.reasoning_tokens))
+        self._history.append((consumed, *before))
         return True
 
     def rollback(self, n: int) -> None:
         """Undo the last `n` accepted tokens."""
         consumed = 0
         for _ in range(n):
-            by_matcher, self.in_reasoning, self.reasoning_tokens = self._history.pop()
+            by_matcher, self.in_reasoning, self.reasoning_tokens, self.start_id = self._history.pop()
             consumed += by_matcher
         if consumed:
             self.matcher.rollback(consumed)
@@ -95,7 +113,11 @@ class RequestConstraint:
 def _allow_only(row: torch.Tensor, token_ids: list[int]) -> None:
     row.zero_()
     for t in token_ids:
-        row[t // 32] |= _bit(t % 32)
+        _allow(row, t)
+
+
+def _allow(row: torch.Tensor, token_id: int) -> None:
+    row[token_id // 32] |= _bit(token_id % 32)
 
 
 def _bit(i: int) -> int:

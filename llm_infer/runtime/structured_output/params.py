@@ -89,22 +89,28 @@ class ConstraintSpec:
     """Sent to the sampling rank once per request. `grammar`: the llguidance grammar (None: no
     grammar). Reasoning (chat requests with a reasoning parser): `reasoning_end_id` is the token
     that closes the reasoning (`</think>`), `in_reasoning` whether the output starts inside the
-    reasoning, `thinking_budget` how many reasoning tokens may be generated before the end token
-    is forced (None: no limit). The grammar applies only once the reasoning has ended."""
+    reasoning, `reasoning_start_id` (only when it does not) the token that opens reasoning if it
+    is the output's first token (`<think>`; None: the output is all answer), `thinking_budget` how
+    many reasoning tokens may be generated before the end token is forced (None: no limit). The
+    grammar applies only once the reasoning has ended (or never began)."""
 
     grammar: str | None = None
     reasoning_end_id: int | None = None
     in_reasoning: bool = False
     thinking_budget: int | None = None
+    reasoning_start_id: int | None = None
 
 
 @dataclass(frozen=True)
 class ReasoningStart:
-    """How a chat request's output begins: `end_token_id` closes the reasoning (`</think>`),
-    `in_reasoning` whether the prompt left the model inside it (the reasoning parser decides)."""
+    """How a chat request's output begins (the reasoning parser decides from the prompt):
+    `end_token_id` closes the reasoning (`</think>`); `in_reasoning` whether the prompt left the
+    model inside it; otherwise, `start_token_id` when the reply may still open it with its first
+    token (`<think>`: the prompt neither opened nor closed it), None when it is all answer."""
 
     end_token_id: int
     in_reasoning: bool
+    start_token_id: int | None = None
 
 
 def constraint_spec(grammar: str | None, thinking_budget: int | None,
@@ -117,6 +123,8 @@ def constraint_spec(grammar: str | None, thinking_budget: int | None,
         raise SamplingParamsError("thinking_budget", "thinking_budget needs a chat request to a model with a "
                                   "reasoning parser")
     in_reasoning = reasoning is not None and reasoning.in_reasoning
-    if grammar is None and (not in_reasoning or thinking_budget is None):
+    start_id = reasoning.start_token_id if reasoning is not None and not in_reasoning else None
+    if grammar is None and (thinking_budget is None or not (in_reasoning or start_id is not None)):
         return None
-    return ConstraintSpec(grammar, reasoning.end_token_id if reasoning else None, in_reasoning, thinking_budget)
+    return ConstraintSpec(grammar, reasoning.end_token_id if reasoning else None, in_reasoning, thinking_budget,
+                          start_id)
