@@ -2,7 +2,7 @@
 default model, and decode speed of a tiny model under TP=2 / PP=2 local processes (where a
 step is a few hundred microseconds, so any growth of the per-step control path shows).
 
-    python benchmarks/ab_revisions.py --base REV [--head REV] [--rounds 3]
+    python benchmarks/ab_revisions.py --base REV [--head REV] [--rounds 3] [--only NAME ...]
 
 The base revision (and --head, else this working tree) is checked out into a git worktree
 (`benchmarks/.cache/ab-base`, `ab-head`); each
@@ -28,6 +28,10 @@ CACHE = ROOT / "benchmarks" / ".cache"
 CONFIGS = {  # name -> (config, bench arguments)
     "default bf16": ({"model": "default", "dtype": "bfloat16"}, ["--prompt-len", "128", "--gen-len", "64",
                                                                  "--batch", "8", "--repeat", "3"]),
+    "default bf16 b16": ({"model": "default", "dtype": "bfloat16"}, ["--prompt-len", "128", "--gen-len", "64",
+                                                                     "--batch", "16", "--repeat", "3"]),
+    "default bf16 b32": ({"model": "default", "dtype": "bfloat16"}, ["--prompt-len", "128", "--gen-len", "64",
+                                                                     "--batch", "32", "--repeat", "3"]),
     "tiny TP=2": ({"dtype": "float32", "parallel": {"tensor": 2}}, ["--prompt-len", "32", "--gen-len", "128",
                                                                      "--batch", "4", "--repeat", "3"]),
     "tiny PP=2": ({"dtype": "float32", "parallel": {"pipeline": 2}}, ["--prompt-len", "32", "--gen-len", "128",
@@ -78,14 +82,16 @@ def main() -> None:
     p.add_argument("--head", default=None, help="the revision to measure (default: this working tree)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ab_revisions.json"))
+    p.add_argument("--only", nargs="+", choices=list(CONFIGS), default=None, help="these configurations only")
     args = p.parse_args()
+    configs = {name: CONFIGS[name] for name in args.only or CONFIGS}
     trees = {"base": worktree(args.base, "base"), "head": worktree(args.head, "head") if args.head else ROOT}
     tiny = str(tiny_model())
-    samples: dict[str, dict[str, list[dict]]] = {name: {"base": [], "head": []} for name in CONFIGS}
+    samples: dict[str, dict[str, list[dict]]] = {name: {"base": [], "head": []} for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(r, name) for r in range(args.rounds) for name in CONFIGS]
+        jobs = [(r, name) for r in range(args.rounds) for name in configs]
         for r, name in tqdm(jobs, desc="rounds x configs", unit="pair"):
-            config, bench_args = CONFIGS[name]
+            config, bench_args = configs[name]
             config = {"model": tiny, **config} if "model" not in config else config
             order = ["base", "head"] if r % 2 == 0 else ["head", "base"]
             for rev in order:
@@ -107,7 +113,7 @@ def main() -> None:
               "rounds": args.rounds, "threads": os.cpu_count(), "summary": summary, "samples": samples}
     Path(args.out).write_text(json.dumps(result, indent=2))
     for name, row in summary.items():
-        print(f"{name:14s} batch 1: {row['base']['decode_tok_s_batch1']:7.1f} -> {row['head']['decode_tok_s_batch1']:7.1f}"
+        print(f"{name:16s} batch 1: {row['base']['decode_tok_s_batch1']:7.1f} -> {row['head']['decode_tok_s_batch1']:7.1f}"
               f" tok/s ({row['head_vs_base_batch1']:.2f}x)   batched: {row['base']['decode_tok_s_batched']:7.1f} -> "
               f"{row['head']['decode_tok_s_batched']:7.1f} ({row['head_vs_base_batched']:.2f}x)")
 

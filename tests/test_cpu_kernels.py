@@ -16,7 +16,7 @@ TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 12])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 12, 48, 49, 129])
 @pytest.mark.parametrize("n,k", [(96, 64), (37, 50), (1000, 576)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_matches_torch(dtype, m, n, k, bias):
@@ -27,6 +27,18 @@ def test_linear_matches_torch(dtype, m, n, k, bias):
     expected = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
     torch.testing.assert_close(ext.linear(x, w, b).float(), expected, atol=k * 2e-3 if dtype == torch.bfloat16 else 1e-3,
                                rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtype,most", [(torch.bfloat16, 48), (torch.float32, 128)])
+def test_linear_dispatch_tiles_up_to_a_row_count_then_onednn(dtype, most):
+    """The one dispatch point: up to `most` rows our tiles (bitwise what deterministic mode's
+    `linear_invariant` computes), above that oneDNN (`F.linear`, bitwise)."""
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(200, 96, generator=g).to(dtype), torch.randn(200, generator=g).to(dtype)
+    for m in (1, 8, 9, 20, most, most + 1, 2 * most):
+        x = torch.randn(m, 96, generator=g).to(dtype)
+        want = ext.linear_invariant(x, w, b) if m <= most else torch.nn.functional.linear(x, w, b)
+        assert torch.equal(ext.linear(x, w, b), want), m
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -8,7 +8,13 @@ namespace {
 
 using namespace llm_infer_cpu;
 
-constexpr int64_t kMaxGemvRows = 8;  // above this the product is compute-bound: leave it to oneDNN
+// Up to this many rows our tiles (gemv_* up to 8 rows, gemm_* above) beat oneDNN on the default
+// model's shapes, 2 threads (benchmarks/invariant_matmul_cpu.py, results/invariant_matmul_cpu.json:
+// bf16 0.52-0.97x oneDNN's time up to 48 rows, up to 1.11x at 64; fp32 0.27-0.92x up to 128);
+// above it the product is compute-bound and oneDNN's blocking wins.
+constexpr int64_t kMaxTiledRowsBf16 = 48;
+constexpr int64_t kMaxTiledRowsF32 = 128;
+constexpr int64_t kMaxInt8GemvRows = 8;
 // int4 weights must be dequantised before oneDNN can use them, which costs a pass over all of
 // them; streaming them through the GEMV stays cheaper up to a few tiles of rows.
 constexpr int64_t kMaxAwqGemvRows = 32;
@@ -24,17 +30,18 @@ void check_float(const torch::Tensor& t, const char* name) {
 uint16_t* bits(const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); }
 
 torch::Tensor linear_op(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
-  const bool small = x.dim() == 2 && x.size(0) <= kMaxGemvRows && x.is_contiguous() && w.is_contiguous() &&
-                     x.scalar_type() == w.scalar_type() && (is_bf16(x) || x.scalar_type() == torch::kFloat32) &&
-                     (!bias.has_value() || (bias->is_contiguous() && bias->scalar_type() == x.scalar_type()));
-  if (!small) return at::linear(x, w, bias);
+  const bool ours = x.dim() == 2 && x.size(0) <= (is_bf16(x) ? kMaxTiledRowsBf16 : kMaxTiledRowsF32) &&
+                    x.is_contiguous() && w.is_contiguous() && x.scalar_type() == w.scalar_type() &&
+                    (is_bf16(x) || x.scalar_type() == torch::kFloat32) &&
+                    (!bias.has_value() || (bias->is_contiguous() && bias->scalar_type() == x.scalar_type()));
+  if (!ours) return at::linear(x, w, bias);
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   TORCH_CHECK(w.size(1) == K, "linear: x has ", K, " features, weight expects ", w.size(1));
   auto y = torch::empty({M, N}, x.options());
   if (is_bf16(x)) {
-    gemv_bf16(bits(x), bits(w), bias ? bits(*bias) : nullptr, bits(y), M, N, K);
+    gemm_bf16(bits(x), bits(w), bias ? bits(*bias) : nullptr, bits(y), M, N, K);
   } else {
-    gemv_f32(x.data_ptr<float>(), w.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr,
+    gemm_f32(x.data_ptr<float>(), w.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr,
              y.data_ptr<float>(), M, N, K);
   }
   return y;
@@ -223,7 +230,7 @@ torch::Tensor int8_linear_op(torch::Tensor x, torch::Tensor w, torch::Tensor sca
                   scales.scalar_type() == torch::kFloat32 && scales.is_contiguous() && scales.size(0) == w.size(0) &&
                   x.dim() == 2 && x.size(1) == w.size(1),
               "int8_linear: bad input");
-  if (x.size(0) > kMaxGemvRows) {
+  if (x.size(0) > kMaxInt8GemvRows) {
     return at::linear(x, (w.to(torch::kFloat32) * scales.unsqueeze(1)).to(x.scalar_type()));
   }
   auto xc = x.contiguous();
@@ -351,7 +358,7 @@ torch::Tensor fused_moe_op(torch::Tensor x, torch::Tensor gate_up, torch::Tensor
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("linear", &linear_op, "y = x @ w.T + b; streamed GEMV for <= 8 rows, oneDNN otherwise");
+  m.def("linear", &linear_op, "y = x @ w.T + b; our tiles up to 48 (bf16) / 128 (fp32) rows, oneDNN above");
   m.def("linear_invariant", &linear_invariant_op, "y = x @ w.T + b, each row reduced the same for any row count");
   m.def("rms_norm", &rms_norm_op);
   m.def("add_rms_norm_", &add_rms_norm_op);
