@@ -80,6 +80,13 @@ def test_the_qwen3_template_renders_every_message_kind(qwen3):
     assert [ids.count(t) for t in (IM_START, THINK, TOOL_CALL, TOOL_RESPONSE)] == [7, 1, 2 + 2, 2]
 
 
+def test_a_developer_message_is_rendered_as_the_system_message(qwen3):
+    text = "Answer in French."
+    developer = qwen3.render_chat([{"role": "developer", "content": text}, {"role": "user", "content": "Hi"}])
+    assert developer == qwen3.render_chat([{"role": "system", "content": text}, {"role": "user", "content": "Hi"}])
+    assert "<|im_start|>system\n" + text in developer
+
+
 def test_enable_thinking_false_closes_an_empty_think_block(qwen3):
     messages = [{"role": "user", "content": "Hi"}]
     plain = qwen3.render_chat(messages)
@@ -118,6 +125,8 @@ def test_template_kwargs_cannot_override_reserved_variables(qwen3, key):
 @pytest.mark.parametrize("messages,tools,message", [
     ([], None, "messages must be a non-empty list of {role, content} objects"),
     ([{"role": "user"}], None, "message 0 must have a string 'role' and a string 'content'"),
+    ([{"role": "user", "content": "x"}, {"role": "wizard", "content": "y"}], None,
+     "message 1 has role 'wizard'; roles are system, user, assistant, tool, developer"),
     ([{"role": "user", "content": [{"type": "image_url"}]}], None,
      "message 0: only text content parts ({type: 'text', text: ...}) are supported"),
     ([{"role": "assistant", "content": "", "tool_calls": [{"id": "x"}]}], None,

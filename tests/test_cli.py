@@ -60,7 +60,7 @@ def test_chat_streams_replies_for_each_line(config, monkeypatch, capsys):
 
 def test_bench_writes_json(config, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--config", config, "--prompt-len", "16", "--gen-len", "4", "--batch", "3", "--repeat", "1",
+    code = main(["bench", "--config", config, "--prompt-len", "16", "--gen-len", "4", "--batch", "3", "--repeat", "2",
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     data = json.loads(out.read_text())
@@ -68,6 +68,24 @@ def test_bench_writes_json(config, tmp_path, capsys):
         assert set(data["results"][run_name]) >= {"ttft_s", "prefill_tok_s", "decode_tok_s"}
         assert data["results"][run_name]["decode_tok_s"] > 0
     assert data["prompt_len"] == 16 and data["peak_rss_mb"] > 0
+    assert data["prefix_hit_tokens"] == 0  # prefix caching is on: every measured prefill must still be computed
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("llm_infer.entrypoints.cli.cmd_env", interrupted)
+    assert main(["env"]) == 130
+    assert capsys.readouterr().err == "\ninterrupted\n"
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "tokens to generate at most (default: 256)" in " ".join(out.split())
+    assert "(default: None)" not in out and "(default: False)" not in out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -116,3 +116,15 @@ def test_quantize_mistakes(model, tmp_path, quantized):
         from llm_infer.runtime.tokenizer import Tokenizer
 
         calibration_tokens("short", Tokenizer(model), 4, 64)
+
+
+def test_the_default_group_size_is_128_where_it_fits_else_the_largest_that_does(tiny_models, tmp_path, capsys):
+    """The tiny Qwen2's widths are 64 (hidden, attention) and 128: 128 does not divide 64."""
+    code = main(["quantize", "--model", str(tiny_models["qwen2"]), "--out", str(tmp_path / "q"), "--method", "rtn"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["group_size"] == 64
+    capsys.readouterr()
+    assert main(["quantize", "--model", str(tiny_models["qwen2"]), "--out", str(tmp_path / "q2"),
+                 "--group-size", "128"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: group size 128 does not divide the model's hidden_size 64, "
+                                               "attention width 64 (group sizes that fit: 32, 64)")

@@ -202,6 +202,7 @@ def test_continue_final_message_continues_the_assistant_text(client, offline):
     ({"tool_choice": {"type": "function", "function": {"name": "get_time"}}, "tools": TOOLS}, "tool_choice",
      "is not among the tools"),
     ({"reasoning_effort": "high"}, "reasoning_effort", "not supported"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages", "message 0 has role 'wizard'"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}, "x": 1}}]}, "tools",
      "tools[0].function.x is not supported"),
 ])

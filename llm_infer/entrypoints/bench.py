@@ -26,12 +26,19 @@ PASSAGE = (
 )
 
 
-def bench_prompts(tokenizer, prompt_len: int, count: int) -> list[list[int]]:
-    """`count` distinct prompts of exactly `prompt_len` tokens drawn from a fixed passage."""
+def bench_prompts(tokenizer, prompt_len: int, count: int, first: int = 0) -> list[list[int]]:
+    """`count` prompts of exactly `prompt_len` tokens from a fixed passage, numbered from `first`:
+    each begins with its own number, so no two share a first KV block and prefix caching never
+    turns a measured prefill into a cache hit (the first measurements of `bench` did: a warm-up
+    and repeats of the same prompts made prefill look 7-27x faster)."""
     ids = tokenizer.encode(PASSAGE, add_special_tokens=False)
-    while len(ids) < prompt_len + count:
+    while len(ids) < 2 * prompt_len + count:
         ids = ids + ids
-    return [ids[i : i + prompt_len] for i in range(count)]
+    out = []
+    for k in range(first, first + count):
+        head = tokenizer.encode(f"{k}. ", add_special_tokens=False)
+        out.append((head + ids[k % len(ids):])[:prompt_len])
+    return out
 
 
 def measure(llm, prompts: list[list[int]], gen_len: int) -> dict[str, float]:
@@ -91,12 +98,16 @@ def run_bench(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
         raise UserError("--prompt-len, --batch and --repeat must be >= 1 and --gen-len >= 2")
     llm = make_llm(args)
     try:
-        prompts = bench_prompts(llm.tokenizer, args.prompt_len, args.batch)
-        measure(llm, prompts[:1], 4)  # warm-up
+        numbered = iter(range(0, 10**9, args.batch + 1))  # fresh prompts for every measurement
+        measure(llm, bench_prompts(llm.tokenizer, args.prompt_len, 1, next(numbered)), 4)  # warm-up
         runs: dict[str, list[dict[str, float]]] = {"batch_1": [], f"batch_{args.batch}": []}
         for _ in tqdm(range(args.repeat), desc="bench", unit="round"):
-            runs["batch_1"].append(measure(llm, prompts[:1], args.gen_len))
-            runs[f"batch_{args.batch}"].append(measure(llm, prompts, args.gen_len))
+            first = next(numbered)
+            runs["batch_1"].append(measure(llm, bench_prompts(llm.tokenizer, args.prompt_len, 1, first),
+                                           args.gen_len))
+            runs[f"batch_{args.batch}"].append(
+                measure(llm, bench_prompts(llm.tokenizer, args.prompt_len, args.batch, first + 1), args.gen_len))
+        hits = llm.engine.snapshot().prefix_hit_tokens
         result = {
             "model": llm.config.model,
             "dtype": llm.worker_info()["dtype"],
@@ -107,6 +118,7 @@ def run_bench(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
             "repeat": args.repeat,
             "machine": platform.processor() or platform.machine(),
             "results": {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()},
+            "prefix_hit_tokens": hits,  # 0: every prefill was computed
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
     finally:

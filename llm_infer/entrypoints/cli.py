@@ -31,14 +31,14 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
-    p.add_argument("--max-tokens", type=int, default=max_tokens)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (the default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below this fraction of the top one")
+    p.add_argument("--seed", type=int, default=None, help="per-request seed (default: the engine's)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
 
 
 def sampling_params(args: argparse.Namespace):
@@ -138,6 +138,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return submit(args)
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """`--help` shows each option's default where it has one worth saying (not None/off/empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "%(default)" in text or action.default is None or action.default is False
+                or action.default == [] or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-infer", description="Distributed inference for Qwen-family models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure TTFT, prefill and decode speed; write JSON")
     _engine_args(p)
-    p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--gen-len", type=int, default=64)
+    p.add_argument("--prompt-len", type=int, default=128, help="tokens per prompt")
+    p.add_argument("--gen-len", type=int, default=64, help="tokens generated per request")
     p.add_argument("--batch", type=int, default=8, help="requests in the batched run")
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--out", default="llm-infer-bench.json", help="where to write the JSON results")
@@ -192,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     from llm_infer.entrypoints.quantize import add_parser as add_quantize
 
     add_quantize(sub)
+    for command in sub.choices.values():
+        command.formatter_class = _DefaultsHelp
     return parser
 
 
@@ -208,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         os._exit(0)
+    except KeyboardInterrupt:  # Ctrl-C: the command's own cleanup (workers, servers) has run on the way out
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

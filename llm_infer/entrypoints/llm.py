@@ -49,7 +49,7 @@ class LLM:
         device = torch.device("cuda") if self.config.device == "cuda" else resolve_device(self.config.device)
         resolved = resolve_model(self.config.model, self.config.dtype, device, self.config.scheduler.max_model_len)
         self.model_config = resolved.config
-        self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer) if self.config.tokenizer
+        self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer, "tokenizer") if self.config.tokenizer
                                    else resolved.model_dir)
         self.chat_parser = ChatOutputParser(self.tokenizer, self.config.chat.reasoning_parser,
                                             self.config.chat.tool_call_parser)

@@ -66,7 +66,8 @@ def calibration_tokens(text: str, tokenizer, samples: int, seq_len: int) -> torc
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from llm_infer.runtime.models.resolve import resolve_model_dir
-    from llm_infer.runtime.quant.awq_quantizer import QuantizeOptions, check_group_size, quantize_model
+    from llm_infer.runtime.quant.awq_quantizer import (QuantizeOptions, check_group_size, fitting_group_sizes,
+                                                       quantize_model)
     from llm_infer.runtime.models.model_config import ModelConfig
     from llm_infer.runtime.tokenizer import Tokenizer
 
@@ -76,7 +77,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         raise UserError(f"output folder {out} already exists; choose a new one")
-    check_group_size(ModelConfig.from_dir(model_dir), args.group_size)
+    config = ModelConfig.from_dir(model_dir)
+    if args.group_size is None:  # AutoAWQ's 128 where it fits, else the largest size that does
+        fits = fitting_group_sizes(config)
+        args.group_size = 128 if 128 in fits else max((g for g in fits if g < 128), default=128)
+    check_group_size(config, args.group_size)
     text = calibration_text(args, str(model_dir))
     seq_len = args.seq_len if args.method == "awq" else 16
     tokens = calibration_tokens(text, Tokenizer(model_dir), args.samples, seq_len)
@@ -91,7 +96,9 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="Hugging Face folder, or 'default'")
     p.add_argument("--out", required=True, help="new folder for the quantized checkpoint")
     p.add_argument("--calib", help="calibration text file (default: text the model writes itself)")
-    p.add_argument("--group-size", type=int, default=128, help="input channels per scale/zero (SmolLM2: 64)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="input channels per scale/zero (default: 128 where it divides the model's widths, "
+                        "else the largest of 64, 32 that does; SmolLM2: 64)")
     p.add_argument("--samples", type=int, default=64, help="calibration samples")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sample")
     p.add_argument("--method", choices=["awq", "rtn"], default="awq",

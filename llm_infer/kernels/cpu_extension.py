@@ -102,7 +102,7 @@ def load_cpu_extension() -> ModuleType | None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             (build_dir / "lock").unlink(missing_ok=True)
             if not any(build_dir.glob("*.so")):
-                print("llm-infer: compiling CPU kernels once (about a minute)...", file=sys.stderr, flush=True)
+                print("llm-infer: compiling CPU kernels once (40-80 s on 2 cores)...", file=sys.stderr, flush=True)
             return load(
                 name=f"llm_infer_cpu_{key}",
                 sources=[str(CSRC / s) for s in SOURCES],

@@ -4,7 +4,9 @@ The checkpoint's own Jinja template (`chat_template.jinja`, or `chat_template` i
 `tokenizer_config.json`) renders in a sandboxed Jinja environment; ChatML is the fallback.
 The template receives (as Hugging Face's `apply_chat_template` passes them):
 
-- `messages`: OpenAI-shaped messages, roles system/user/assistant/tool. `content` is a string
+- `messages`: OpenAI-shaped messages, roles system/user/assistant/tool (`developer`, OpenAI's
+  newer name for instructions, is rendered as `system`; any other role is a ChatTemplateError,
+  as OpenAI refuses it). `content` is a string
   (a list of `{"type": "text", "text": ...}` parts is joined with newlines; a missing or null
   content, allowed on assistant messages, becomes ""). Assistant `tool_calls` keep OpenAI's
   shape `[{"id", "type": "function", "function": {"name", "arguments"}}]`, with `arguments`
@@ -156,6 +158,10 @@ class ChatTemplate:
         return text
 
 
+# Message roles -> the role the template sees.
+ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool", "developer": "system"}
+
+
 def normalize_messages(messages: Any) -> list[dict[str, Any]]:
     """Copies of the messages as templates take them (see the module docstring); a
     ChatTemplateError naming the message for anything malformed."""
@@ -165,7 +171,10 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ChatTemplateError("messages", f"message {i} must have a string 'role' and a string 'content'")
-        m = dict(m)
+        if m["role"] not in ROLES:
+            raise ChatTemplateError("messages", f"message {i} has role {m['role']!r}; roles are "
+                                    f"{', '.join(ROLES)}")
+        m = dict(m, role=ROLES[m["role"]])
         m["content"] = _content_text(i, m)
         if m.get("tool_calls") is not None:
             m["tool_calls"] = [_tool_call(i, j, call) for j, call in enumerate(_list(i, "tool_calls", m))]

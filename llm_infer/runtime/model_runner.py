@@ -56,7 +56,7 @@ class ModelRunner:
         if spec.method == "layers":
             return Drafter.from_layers(self.model, spec.draft_layers, self.kernels, self.dtype, self.device,
                                        self.block_size)
-        return Drafter.from_model_dir(resolve_model_dir(spec.draft_model), spec.draft_dtype, self.config.kernels,
+        return Drafter.from_model_dir(resolve_model_dir(spec.draft_model, "draft model"), spec.draft_dtype, self.config.kernels,
                                       self.model_config.vocab_size, self.device, self.block_size)
 
     def describe(self) -> dict[str, str]:

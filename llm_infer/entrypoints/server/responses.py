@@ -3,8 +3,8 @@
 A request holds one engine request per prompt, each of `n` samples: choice `index` is
 prompt index x n + sample index. A stream sends a chunk per choice that has something new.
 Chat replies go through the model's output parsers (`ChatOutputParser`, one state per choice)
-when it reasons or the request parses tool calls: `message.reasoning_content` (null when there
-is none), `message.content` (null when empty), `message.tool_calls` and finish reason
+when it reasons or the request parses tool calls. Every chat message has
+`message.reasoning_content` (null when there is none), `message.content` (null when empty), `message.tool_calls` and finish reason
 `tool_calls`; streamed as `reasoning_content` / `content` deltas and, per call, a delta with its
 `index`, `id`, `type` and `function.name` (arguments "") and then one with its arguments.
 """
@@ -117,7 +117,7 @@ class Responder:
                 choice = {"index": index, "message": self._message(parsed)}
                 reason = parsed.finish_reason(reason)
             else:
-                choice = {"index": index, "message": {"role": "assistant", "content": text}}
+                choice = {"index": index, "message": {"role": "assistant", "content": text, "reasoning_content": None}}
             return {**choice, "logprobs": logprobs, "finish_reason": reason}
         echoed = self.echo is not None and echo
         prompt_text = ""
@@ -138,9 +138,9 @@ class Responder:
         return {**self._chunk([]), "usage": usage(finals)}
 
     def _message(self, parsed: ParsedMessage) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
-        if self.parser is not None and self.parser.reasoning is not None:
-            message["reasoning_content"] = parsed.reasoning_content
+        # reasoning_content always present (null without reasoning, as vLLM sends it): clients read it directly
+        message: dict[str, Any] = {"role": "assistant", "content": parsed.content,
+                                   "reasoning_content": parsed.reasoning_content}
         if parsed.tool_calls:
             message["tool_calls"] = [call.to_openai() for call in parsed.tool_calls]
         return message

