@@ -96,12 +96,13 @@ class Drafter:
     def from_model_dir(cls, model_dir: str | Path, dtype: str, kernels_setting: str, target_vocab: int,
                        device: torch.device, block_size: int) -> "Drafter":
         """The `draft` method: a separate model (dense or AWQ) in its own `dtype`, with an int8 head
-        (its precision only shapes proposals; the target decides what is kept). Raises UserError
-        when its vocabulary differs from the target's."""
+        on CPU (its precision only shapes proposals; the target decides what is kept; on CUDA,
+        which has no int8 kernel, the head would be dequantized every step, so it stays as
+        loaded). Raises UserError when its vocabulary differs from the target's."""
         resolved = resolve_model(str(model_dir), dtype, device)
         kernels = dispatch.select_kernels(kernels_setting, device, resolved.dtype, head_dim=resolved.config.head_dim)
         with single_rank():
-            model = build_model(resolved, device, kernels, lm_head_int8=True, progress=False)
+            model = build_model(resolved, device, kernels, lm_head_int8=device.type == "cpu", progress=False)
         if resolved.config.vocab_size != target_vocab:
             raise UserError(f"the draft model's vocabulary ({resolved.config.vocab_size}) differs from the target's "
                             f"({target_vocab})")
