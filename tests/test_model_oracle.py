@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from llm_infer import LLM
+from llm_infer import LLM, SamplingParams
 from tests.checkpoints import reference_model
 from tests.conftest import tiny_engine_config
 from tests.oracle import engine_greedy
@@ -63,3 +63,27 @@ def test_chunked_prefill_gives_the_same_logits(tiny_models):
     whole = LLM(tiny_engine_config(path), progress=False)
     chunked = LLM(tiny_engine_config(path, scheduler={"max_num_batched_tokens": 5}), progress=False)
     torch.testing.assert_close(chunked.logits(PROMPT), whole.logits(PROMPT), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # untied head; head tied to the embeddings
+def test_int8_lm_head_matches_transformers_with_that_head(tiny_models, arch):
+    """`quantization.lm_head: int8`: transformers given the head our quantizer makes (int8 with one
+    scale per vocabulary row, dequantized) is the oracle; four prompts decoded together must
+    equal each decoded alone (the head's rows do not depend on the batch)."""
+    from llm_infer.kernels.torch_ref import quantize_int8_rows
+
+    llm = LLM(tiny_engine_config(tiny_models[arch], quantization={"lm_head": "int8"}), progress=False)
+    hf = reference_model(tiny_models[arch])
+    q, scales = quantize_int8_rows(hf.lm_head.weight.data)
+    hf.lm_head.weight = torch.nn.Parameter(q.float() * scales[:, None])  # unties it from the embeddings
+    try:
+        ref_tokens, ref_logits = hf_greedy(hf, PROMPT, 16)
+        tokens, logits = engine_greedy(llm, PROMPT, 16)
+        assert tokens == ref_tokens
+        torch.testing.assert_close(logits[: len(ref_logits)], ref_logits, atol=1e-4, rtol=0)
+        prompts = [PROMPT, PROMPT[:7], PROMPT[3:], [257, 65, 66]]
+        greedy = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+        together = [o.token_ids for o in llm.generate(prompts, greedy)]
+        assert together == [llm.generate([p], greedy)[0].token_ids for p in prompts]
+    finally:
+        llm.close()

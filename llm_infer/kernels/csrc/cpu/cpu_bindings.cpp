@@ -14,7 +14,9 @@ using namespace llm_infer_cpu;
 // above it the product is compute-bound and oneDNN's blocking wins.
 constexpr int64_t kMaxTiledRowsBf16 = 48;
 constexpr int64_t kMaxTiledRowsF32 = 128;
-constexpr int64_t kMaxInt8GemvRows = 8;
+// int8 head: the streamed tiles up to this many rows, dequantise + oneDNN above (dequantising a
+// 49152 x 576 head alone takes ~120 ms; benchmarks/int8_head_cpu.py).
+constexpr int64_t kMaxInt8GemvRows = 256;
 // int4 weights must be dequantised before oneDNN can use them, which costs a pass over all of
 // them; streaming them through the GEMV stays cheaper up to a few tiles of rows.
 constexpr int64_t kMaxAwqGemvRows = 32;
@@ -222,8 +224,8 @@ torch::Tensor awq_linear_op(torch::Tensor x, torch::Tensor packed, torch::Tensor
   return y;
 }
 
-// y = x (scales * W)^T for int8 W [N, K] and fp32 per-row scales: streamed GEMV for up to 8
-// rows, dequantise + oneDNN GEMM beyond.
+// y = x (scales * W)^T for int8 W [N, K] and fp32 per-row scales: streamed tiles for up to
+// kMaxInt8GemvRows rows, dequantise + oneDNN GEMM beyond.
 torch::Tensor int8_linear_op(torch::Tensor x, torch::Tensor w, torch::Tensor scales) {
   check_float(x, "x");
   TORCH_CHECK(w.scalar_type() == torch::kInt8 && w.is_contiguous() && w.dim() == 2 &&

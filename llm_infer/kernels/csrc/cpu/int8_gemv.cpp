@@ -1,6 +1,7 @@
 // int8 weights with one fp32 scale per output row (the LM head, optionally):
 // y[m, n] = s[n] * sum_k w[n, k] * x[m, k]. Weights are widened to fp32 in registers;
-// activations are converted to fp32 once per call. Streamed like the other GEMVs.
+// activations are converted to fp32 once per call. Streamed like the other GEMVs, 4 rows of
+// activations per pass over the weights.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -12,51 +13,79 @@
 namespace llm_infer_cpu {
 namespace {
 
-template <int R>
-void int8_rows(const float* x, const int8_t* w, const float* scales, float* out, int64_t n0, int64_t N, int64_t K) {
+#define LLM_UNROLL _Pragma("GCC unroll 32")
+
+// Weight rows [n0, n0 + R) against fp32 activation rows [m0, m0 + MB): each weight vector is
+// widened once and used for all MB rows. Every output is the same sequence of fused
+// multiply-adds along K and the same horizontal sum whatever MB is, so a row's result does not
+// depend on the rows beside it.
+template <int R, int MB>
+void int8_tile(const float* xf, const int8_t* w, const float* scales, float* out, int64_t m0, int64_t n0, int64_t N,
+               int64_t K) {
 #if defined(__AVX512F__)
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 acc[MB][R];
+  LLM_UNROLL for (int m = 0; m < MB; ++m)
+    LLM_UNROLL for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
   const bool ahead = n0 + 2 * R <= N;
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1);
-    const __m512 xv = _mm512_maskz_loadu_ps(mask, x + k);
-    for (int r = 0; r < R; ++r) {
+    __m512 wv[R];
+    LLM_UNROLL for (int r = 0; r < R; ++r) {
       const int8_t* src = w + (n0 + r) * K + k;
       if (ahead && (k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(src + R * K), _MM_HINT_T0);
-      const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, src)));
-      acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
+      wv[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, src)));
+    }
+    LLM_UNROLL for (int m = 0; m < MB; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, xf + (m0 + m) * K + k);
+      LLM_UNROLL for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[n0 + r] = scales[n0 + r] * _mm512_reduce_add_ps(acc[r]);
+  LLM_UNROLL for (int m = 0; m < MB; ++m)
+    LLM_UNROLL for (int r = 0; r < R; ++r)
+      out[(m0 + m) * N + n0 + r] = scales[n0 + r] * _mm512_reduce_add_ps(acc[m][r]);
 #else
-  for (int r = 0; r < R; ++r) {
-    float s = 0.f;
-    for (int64_t k = 0; k < K; ++k) s += static_cast<float>(w[(n0 + r) * K + k]) * x[k];
-    out[n0 + r] = scales[n0 + r] * s;
-  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += static_cast<float>(w[(n0 + r) * K + k]) * xf[(m0 + m) * K + k];
+      out[(m0 + m) * N + n0 + r] = scales[n0 + r] * s;
+    }
 #endif
+}
+
+// Weight rows [n0, n0 + R) against every activation row: MB at a time, then one by one.
+template <int R, int MB>
+void int8_rows(const float* xf, const int8_t* w, const float* scales, float* out, int64_t M, int64_t n0, int64_t N,
+               int64_t K) {
+  int64_t m0 = 0;
+  for (; m0 + MB <= M; m0 += MB) int8_tile<R, MB>(xf, w, scales, out, m0, n0, N, K);
+  for (; m0 < M; ++m0) int8_tile<R, 1>(xf, w, scales, out, m0, n0, N, K);
+}
+
+template <int R, int MB>
+void int8_matmul(const float* xf, const int8_t* w, const float* scales, float* out, int64_t M, int64_t N, int64_t K) {
+  const int64_t tiles = N / R;
+#pragma omp parallel if (N * K > 16384)
+  {
+    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t per = (tiles + threads - 1) / threads;
+    for (int64_t i = t * per; i < std::min(tiles, (t + 1) * per); ++i)
+      int8_rows<R, MB>(xf, w, scales, out, M, i * R, N, K);
+  }
+  for (int64_t n0 = tiles * R; n0 < N; ++n0) int8_rows<1, MB>(xf, w, scales, out, M, n0, N, K);
 }
 
 }  // namespace
 
+// One row: 8 weight rows per tile. Several rows: 4 weight rows x 4 activation rows per tile, so
+// the weights stream once per 4 rows instead of once per row.
 template <typename T>
 void int8_gemv(const T* x, const int8_t* w, const float* scales, T* y, int64_t M, int64_t N, int64_t K) {
-  constexpr int R = 8;
-  std::vector<float> xf(K), out(N);
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t k = 0; k < K; ++k) xf[k] = load(x, m * K + k);
-    const int64_t tiles = N / R;
-#pragma omp parallel if (N * K > 16384)
-    {
-      const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t per = (tiles + threads - 1) / threads;
-      for (int64_t i = t * per; i < std::min(tiles, (t + 1) * per); ++i)
-        int8_rows<R>(xf.data(), w, scales, out.data(), i * R, N, K);
-    }
-    for (int64_t n0 = tiles * R; n0 < N; ++n0) int8_rows<1>(xf.data(), w, scales, out.data(), n0, N, K);
-    for (int64_t n = 0; n < N; ++n) store(y, m * N + n, out[n]);
-  }
+  std::vector<float> xf(M * K), out(M * N);
+  for (int64_t i = 0; i < M * K; ++i) xf[i] = load(x, i);
+  if (M == 1) int8_matmul<8, 1>(xf.data(), w, scales, out.data(), M, N, K);
+  else int8_matmul<4, 4>(xf.data(), w, scales, out.data(), M, N, K);
+  for (int64_t i = 0; i < M * N; ++i) store(y, i, out[i]);
 }
 
 template void int8_gemv<float>(const float*, const int8_t*, const float*, float*, int64_t, int64_t, int64_t);
