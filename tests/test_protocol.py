@@ -95,6 +95,8 @@ def test_score_ranges_are_sampling_params_and_name_the_field_sent():
      "'suffix': not supported by this server (only null or '' is accepted)"),
     ({**OK_COMPLETION, "stream_options": {"include_usage": "yes"}}, "stream_options",
      "'stream_options': stream_options.include_usage must be true or false"),
+    ({**OK_COMPLETION, "stream_options": {"include_usage": True}}, "stream_options",
+     "'stream_options': only allowed when stream is true"),
 ])
 def test_completion_type_mistakes_name_the_field(body, param, message):
     got = rejected(completion, body)

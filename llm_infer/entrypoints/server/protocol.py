@@ -188,7 +188,9 @@ class SamplingFields(BaseModel):
             raise ApiError(400, str(e) if field == e.param else f"{e} (sent as '{field}')", param=field) from None
 
     def streaming(self) -> tuple[bool, bool]:
-        """(stream, include_usage)."""
+        """(stream, include_usage); a 400 for stream_options without stream (as OpenAI and vLLM answer)."""
+        if self.stream_options is not None and not self.stream:
+            raise ApiError(400, "'stream_options': only allowed when stream is true", param="stream_options")
         return bool(self.stream), bool(self.stream_options and self.stream_options.include_usage)
 
 
