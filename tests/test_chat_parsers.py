@@ -67,7 +67,8 @@ CASES = [
     ("a <tooling> word\n\nand blanks  ", ANSWERING, True, (None, "a <tooling> word\n\nand blanks  ", [])),
     ("Sure.\n" + CALL, ANSWERING, False, (None, "Sure.\n" + CALL, [])),  # tool_choice none: markup stays
     ("<think>\nI should greet.\n</think>\n\nHello!", UNDECIDED, True, ("I should greet.", "Hello!", [])),
-    ("\n <think>x</think>y", UNDECIDED, True, ("x", "y", [])),
+    ("<think>\n x</think>y", UNDECIDED, True, ("x", "y", [])),
+    ("\n <think>x</think>y", UNDECIDED, True, (None, "\n <think>x</think>y", [])),  # the first token decides
     ("<think>never closed", UNDECIDED, True, ("never closed", None, [])),
     ("Hello! No reasoning here.</think>", UNDECIDED, True, (None, "Hello! No reasoning here.</think>", [])),
     (" <thin but not the tag", UNDECIDED, True, (None, " <thin but not the tag", [])),

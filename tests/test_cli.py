@@ -71,6 +71,18 @@ def test_bench_writes_json(config, tmp_path, capsys):
     assert data["prefix_hit_tokens"] == 0  # prefix caching is on: every measured prefill must still be computed
 
 
+def test_bench_prompts_have_the_asked_length_and_distinct_first_blocks(tiny_models):
+    from llm_infer.entrypoints.bench import bench_prompts
+    from llm_infer.runtime.tokenizer import Tokenizer
+
+    tok = Tokenizer(tiny_models["qwen2"])
+    for length in (16, 300, 1000):
+        for first in (0, 123, 900, 5000):
+            prompts = bench_prompts(tok, length, 40, first)
+            assert [len(p) for p in prompts] == [length] * 40
+            assert len({tuple(p[:16]) for p in prompts}) == 40
+
+
 def test_ctrl_c_ends_a_command_with_one_line_and_status_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt

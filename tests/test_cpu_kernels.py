@@ -29,6 +29,13 @@ def test_linear_matches_torch(dtype, m, n, k, bias):
                                rtol=2e-2)
 
 
+def test_a_bias_of_the_wrong_length_is_refused():
+    w, x = torch.randn(30, 16), torch.randn(3, 16)
+    for op in (ext.linear, ext.linear_invariant):
+        with pytest.raises(RuntimeError, match="bias has 5 values for 30 outputs"):
+            op(x, w, torch.randn(5))
+
+
 @pytest.mark.parametrize("dtype,most", [(torch.bfloat16, 48), (torch.float32, 128)])
 def test_linear_dispatch_tiles_up_to_a_row_count_then_onednn(dtype, most):
     """The one dispatch point: up to `most` rows our tiles (bitwise what deterministic mode's

@@ -52,3 +52,18 @@ def test_a_failed_call_names_the_rank_and_stops_the_group(tiny_models):
     with pytest.raises(WorkerError, match="shut down after an earlier failure"):
         llm.generate([PROMPT], GREEDY)
     llm.close()
+
+
+@pytest.mark.slow  # worker processes
+def test_workers_leave_ctrl_c_to_the_controller(tiny_models):
+    """Ctrl-C in a terminal signals the whole process group: the workers ignore SIGINT (no
+    tracebacks of their own; the controller stops them), so one that gets it keeps serving."""
+    import signal
+
+    with LLM(tiny_engine_config(tiny_models["qwen2"], parallel={"pipeline": 2, "max_restarts": 0}),
+             progress=False) as llm:
+        want = llm.generate([PROMPT], GREEDY)[0].token_ids
+        for proc in introspect.worker_procs(llm):
+            proc.send_signal(signal.SIGINT)
+        assert llm.generate([PROMPT], GREEDY)[0].token_ids == want
+        assert all(p.poll() is None for p in introspect.worker_procs(llm))

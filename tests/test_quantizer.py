@@ -128,3 +128,6 @@ def test_the_default_group_size_is_128_where_it_fits_else_the_largest_that_does(
                  "--group-size", "128"]) == 2
     assert capsys.readouterr().err.strip() == ("error: group size 128 does not divide the model's hidden_size 64, "
                                                "attention width 64 (group sizes that fit: 32, 64)")
+    assert main(["quantize", "--model", str(tiny_models["qwen2"]), "--out", str(tmp_path / "q3"),
+                 "--group-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: group size must be a positive multiple of 32 (got 0)"

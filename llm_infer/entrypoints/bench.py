@@ -31,13 +31,12 @@ def bench_prompts(tokenizer, prompt_len: int, count: int, first: int = 0) -> lis
     each begins with its own number, so no two share a first KV block and prefix caching never
     turns a measured prefill into a cache hit (the first measurements of `bench` did: a warm-up
     and repeats of the same prompts made prefill look 7-27x faster)."""
-    ids = tokenizer.encode(PASSAGE, add_special_tokens=False)
-    while len(ids) < 2 * prompt_len + count:
-        ids = ids + ids
+    passage = tokenizer.encode(PASSAGE, add_special_tokens=False)
+    ids = passage * (prompt_len // len(passage) + 2)  # from any offset within the passage: prompt_len left
     out = []
     for k in range(first, first + count):
         head = tokenizer.encode(f"{k}. ", add_special_tokens=False)
-        out.append((head + ids[k % len(ids):])[:prompt_len])
+        out.append((head + ids[k % len(passage):])[:prompt_len])
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -93,6 +94,9 @@ def main() -> None:
     p.add_argument("--local-rank", type=int, default=0)
     p.add_argument("--node-ip", default="127.0.0.1")
     args = p.parse_args()
+    # Ctrl-C in a terminal reaches the whole process group; the controller decides what happens
+    # (it stops the workers over the channel, or they exit when its socket closes).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     authkey = bytes.fromhex(os.environ.pop("LLM_INFER_AUTHKEY"))
     serve((args.host, args.port), authkey, args.rank, args.node_ip, args.local_rank)
 

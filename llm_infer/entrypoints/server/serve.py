@@ -17,7 +17,7 @@ from llm_infer.runtime.models.resolve import resolve_model_dir
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server to the network)")
+                   help="address to listen on (0.0.0.0 exposes the server to the network)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $LLM_INFER_API_KEY, else none)")

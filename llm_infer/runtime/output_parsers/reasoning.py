@@ -7,8 +7,8 @@ open it in the prompt (Qwen3-Thinking-2507's template ends it with `<think>\n`),
 empty block in the prompt (`enable_thinking: false`). So the prompt decides where the reply
 starts (`reply_start`), from what follows its last `<|im_start|>`: a `</think>` -> the answer;
 a `<think>` without one -> the reasoning; neither -> undecided, and the reply's first text
-decides: `<think>` (after blanks) opens the reasoning, anything else is the answer (the same
-rule as the engine's constraint state, which looks at the first token). Reasoning runs up to
+decides: `<think>` at its very start opens the reasoning, anything else (blanks included) is
+the answer (the engine's constraint state applies the same rule to the first token). Reasoning runs up to
 the first `</think>` (a reply that never closes it is all reasoning); the rest is the answer,
 where tags are plain text.
 
@@ -85,12 +85,11 @@ class ReasoningStream:
         reasoning, answer = "", ""
         while True:
             state = self._state
-            if state == _UNDECIDED:  # the reply's first text decides: `<think>` after blanks opens the reasoning
-                rest = self._pending.lstrip()
-                if rest.startswith(self.start_tag):
-                    self._pending, self._opened, self._state = rest[len(self.start_tag):], True, _OPENING
+            if state == _UNDECIDED:  # the reply's first text decides, as its first token does in the engine
+                if self._pending.startswith(self.start_tag):
+                    self._pending, self._opened, self._state = self._pending[len(self.start_tag):], True, _OPENING
                     continue
-                if not rest or self.start_tag.startswith(rest):
+                if self.start_tag.startswith(self._pending):  # nothing yet, or part of the tag
                     return reasoning, answer
                 self._state = _ANSWER
             elif state == _OPENING:  # before the first reasoning text: blanks and one `<think>` are skipped

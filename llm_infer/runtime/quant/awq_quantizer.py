@@ -78,6 +78,8 @@ def fitting_group_sizes(cfg: ModelConfig) -> list[int]:
 
 def check_group_size(cfg: ModelConfig, group: int) -> None:
     """Raises UserError, listing the sizes that fit, unless `group` divides every quantized width."""
+    if group <= 0:
+        raise UserError(f"group size must be a positive multiple of 32 (got {group})")
     bad = {k: v for k, v in _quantized_widths(cfg).items() if v % group}
     if group % 32 or bad:
         widths = ", ".join(f"{k} {v}" for k, v in bad.items()) or "layers"

@@ -39,6 +39,7 @@ torch::Tensor linear_op(torch::Tensor x, torch::Tensor w, c10::optional<torch::T
   if (!ours) return at::linear(x, w, bias);
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   TORCH_CHECK(w.size(1) == K, "linear: x has ", K, " features, weight expects ", w.size(1));
+  TORCH_CHECK(!bias || bias->numel() == N, "linear: bias has ", bias ? bias->numel() : 0, " values for ", N, " outputs");
   auto y = torch::empty({M, N}, x.options());
   if (is_bf16(x)) {
     gemm_bf16(bits(x), bits(w), bias ? bits(*bias) : nullptr, bits(y), M, N, K);
@@ -58,6 +59,8 @@ torch::Tensor linear_invariant_op(torch::Tensor x, torch::Tensor w, c10::optiona
               "linear_invariant: bad input");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   TORCH_CHECK(w.size(1) == K, "linear_invariant: x has ", K, " features, weight expects ", w.size(1));
+  TORCH_CHECK(!bias || bias->numel() == N, "linear_invariant: bias has ", bias ? bias->numel() : 0, " values for ",
+              N, " outputs");
   auto xc = x.contiguous();
   auto y = torch::empty({M, N}, x.options());
   if (is_bf16(x)) {
