@@ -42,6 +42,16 @@ def test_generate_prints_one_text_per_prompt(config):
     assert r.stdout.count("--- prompt") == 2
 
 
+@pytest.mark.slow  # a process that loads a model and generates: about 3 s
+def test_one_prompt_streams_the_text_the_batch_would_print(config):
+    args = ("generate", "--config", config, "--prompt", "Hello", "--max-tokens", "12", "--ignore-eos")
+    streamed = run(*args)
+    batched = run(*args, "--prompt", "World")
+    assert streamed.returncode == 0 and batched.returncode == 0, streamed.stderr + batched.stderr
+    first = batched.stdout.split("--- prompt 2")[0].split("\n", 1)[1]  # the text under "--- prompt 1 (...) ---"
+    assert streamed.stdout == first and streamed.stdout.strip()
+
+
 def test_missing_config_file_exits_2_with_one_line_and_no_traceback():
     r = run("generate", "--config", "/no/such.yaml", "--prompt", "x")
     assert r.returncode == 2 and r.stderr.strip() == "error: config file not found: /no/such.yaml"

@@ -57,6 +57,8 @@ def make_llm(args: argparse.Namespace, **kwargs: Any):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """One prompt streams its text as it is generated (so Ctrl-C keeps what was printed); several
+    run as one batch and print when all are done."""
     params = sampling_params(args)
     llm = make_llm(args)
     try:
@@ -64,6 +66,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             prompts = list(args.prompt)
         else:
             prompts = [llm.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in args.prompt]
+        if len(prompts) == 1:
+            for update in llm.stream(prompts[0], params):
+                print(update.new_text, end="", flush=True)
+            print()
+            return 0
         outputs = llm.generate(prompts, params)
     finally:
         llm.close()
