@@ -56,7 +56,7 @@ CUDA_HEAD_DIMS = (64, 128)
 
 def select_kernels(setting: str, device: torch.device, dtype: torch.dtype, deterministic: bool = False,
                    head_dim: int | None = None) -> Kernels:
-    """The kernel set for `setting` (auto | cpu | cuda | torch) on `device` in `dtype`; `head_dim`
+    """The kernel set for `setting` (auto | cuda | torch) on `device` in `dtype`; `head_dim`
     (None: not known yet) decides whether the CUDA attention applies. Raises UserError when the
     setting asks for kernels that cannot run here."""
     if deterministic:
