@@ -16,6 +16,9 @@ from tests.checkpoints import make_checkpoint
 
 if not torch.cuda.is_available():  # the 2-core CI machines; the GPU machine's 16 cores build its checkpoints
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # Triton kernels (llm_infer/kernels/triton) run under Triton's interpreter on CPU tensors; it must
+    # be set before triton is first imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
