@@ -41,6 +41,7 @@ def test_cuda_setting_with_another_head_size_is_a_one_line_error(built_cuda_exte
 
 class _GraphableAttention:
     name = "cuda"
+    capturable = True
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen2_moe"])

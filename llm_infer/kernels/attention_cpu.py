@@ -27,6 +27,7 @@ class CpuShortBatch:
 
 class CpuAttentionBackend(TorchAttentionBackend):
     name = "cpu"
+    capturable = False
 
     def __init__(self, ext: Any, fixed_chunk: int = 0):
         self.ext = ext

@@ -23,9 +23,15 @@ def query_start_loc(query_lens: list[int]) -> list[int]:
 
 
 class AttentionBackend(Protocol):
-    """Paged attention for one kernel set (torch reference, C++ CPU, CUDA), chosen in `dispatch`."""
+    """Paged attention for one kernel set (torch reference, C++ CPU, CUDA), chosen in `dispatch`.
+
+    A backend may also offer `rotary_write_kv(qkv, positions, cos_cache, sin_cache, heads, kv_heads,
+    head_dim, k_cache, v_cache, meta, q_norm_weight, k_norm_weight, eps)`: the per-head q/k norms
+    (when given), the rotation of q and k in place in the fused projection's output, and the
+    write of k and v into the cache, as one kernel; layers then skip `write_kv`."""
 
     name: str
+    capturable: bool  # a step's prepare + attend can be replayed from a CUDA graph over static buffers
 
     def prepare(self, meta: AttentionMetadata) -> None:
         """Fill `meta.prepared` once per step (index tensors, masks, kernel arguments)."""

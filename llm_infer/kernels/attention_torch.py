@@ -57,6 +57,7 @@ def slots_of(block_tables: torch.Tensor, length: int, block_size: int) -> torch.
 
 class TorchAttentionBackend:
     name = "torch"
+    capturable = False  # reads sequence lengths on the host
 
     def prepare(self, meta: AttentionMetadata) -> None:
         short = [i for i, q in enumerate(meta.query_lens) if q <= SHORT_QUERY]

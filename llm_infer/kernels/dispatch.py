@@ -25,7 +25,7 @@ from llm_infer.kernels import awq_torch, moe_torch, torch_ref
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Kernels:
     name: str
     linear: Callable[..., torch.Tensor]  # (x, weight, bias) -> x @ weight.T + bias
@@ -33,17 +33,27 @@ class Kernels:
     add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (x, residual, weight, eps) -> (normed, sum)
     rotary_: Callable[..., None]  # (x, positions, cos_cache, sin_cache, rot_heads, head_dim), in place
     silu_and_mul: Callable[..., torch.Tensor]
-    attention: Any  # backend with prepare / write_kv / attend
+    attention: Any  # backend with prepare / write_kv / attend (AttentionBackend)
     awq_prepare: Callable[..., awq_torch.AWQWeights]  # (qweight, qzeros, scales, group) -> kernel's form
     awq_linear: Callable[..., torch.Tensor]  # (x, AWQWeights, bias) -> x @ W.T + bias
     int8_linear: Callable[..., torch.Tensor]  # (x, int8 W, fp32 row scales) -> x @ (scales * W).T
     # (x, gate_up [E, 2I, H], down [E, H, I], fp32 weights [T, k], ids [T, k], first expert) -> [T, H]
     moe: Callable[..., torch.Tensor] = moe_torch.fused_moe
+    # (x [M, 2I] = [gate | up], weight [N, I], bias) -> linear(silu(gate) * up): the down projection with
+    # the SwiGLU gate fused into its input where the set has such a kernel (None: silu_and_mul, then linear).
+    gated_linear: Callable[..., torch.Tensor] | None = None
+
+    def linear_gated(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`linear(silu_and_mul(x), weight, bias)`, through `gated_linear` when the set has one."""
+        if self.gated_linear is not None:
+            return self.gated_linear(x, weight, bias)
+        return self.linear(self.silu_and_mul(x), weight, bias)
 
 
-TORCH = Kernels("torch", torch_ref.linear, torch_ref.rms_norm, torch_ref.add_rms_norm, torch_ref.rotary_,
-                torch_ref.silu_and_mul, TorchAttentionBackend(), awq_torch.prepare_ref, awq_torch.awq_linear_ref,
-                torch_ref.int8_linear)
+TORCH = Kernels(name="torch", linear=torch_ref.linear, rms_norm=torch_ref.rms_norm,
+                add_rms_norm=torch_ref.add_rms_norm, rotary_=torch_ref.rotary_, silu_and_mul=torch_ref.silu_and_mul,
+                attention=TorchAttentionBackend(), awq_prepare=awq_torch.prepare_ref,
+                awq_linear=awq_torch.awq_linear_ref, int8_linear=torch_ref.int8_linear)
 
 
 # Deterministic mode: KV positions are reduced in chunks starting at multiples of this (rounded up
@@ -102,9 +112,10 @@ def _cuda_kernels(ext: Any, cuda_attention: bool = True) -> Kernels:
             return awq_torch.awq_linear_ref(x, w, bias)
         return ext.awq_linear(x, w.qweight, w.qzeros, w.scales, w.group, bias)
 
-    return Kernels("cuda", torch_ref.linear, rms_norm, add_rms_norm, torch_ref.rotary_, torch_ref.silu_and_mul,
-                   CudaAttentionBackend(ext) if cuda_attention else TorchAttentionBackend(), awq_torch.prepare_ref,
-                   awq_linear, torch_ref.int8_linear)
+    return Kernels(name="cuda", linear=torch_ref.linear, rms_norm=rms_norm, add_rms_norm=add_rms_norm,
+                   rotary_=torch_ref.rotary_, silu_and_mul=torch_ref.silu_and_mul,
+                   attention=CudaAttentionBackend(ext) if cuda_attention else TorchAttentionBackend(),
+                   awq_prepare=awq_torch.prepare_ref, awq_linear=awq_linear, int8_linear=torch_ref.int8_linear)
 
 
 def _deterministic_kernels(device: torch.device, dtype: torch.dtype) -> Kernels:
@@ -129,11 +140,14 @@ def _cpu_kernels(ext: Any, deterministic: bool = False) -> Kernels:
     from llm_infer.kernels.attention_cpu import CpuAttentionBackend
 
     if deterministic:
-        return Kernels("cpu-deterministic", ext.linear_invariant, ext.rms_norm,
-                       lambda x, residual, weight, eps: (ext.add_rms_norm_(x, residual, weight, eps), residual),
-                       ext.rotary_, ext.silu_and_mul, CpuAttentionBackend(ext, fixed_chunk=DETERMINISTIC_CHUNK),
-                       _not_deterministic("AWQ int4 checkpoints"), _not_deterministic("AWQ int4 checkpoints"),
-                       _not_deterministic("an int8 LM head"), _not_deterministic("mixture-of-experts models"))
+        return Kernels(name="cpu-deterministic", linear=ext.linear_invariant, rms_norm=ext.rms_norm,
+                       add_rms_norm=lambda x, residual, weight, eps: (ext.add_rms_norm_(x, residual, weight, eps),
+                                                                      residual),
+                       rotary_=ext.rotary_, silu_and_mul=ext.silu_and_mul,
+                       attention=CpuAttentionBackend(ext, fixed_chunk=DETERMINISTIC_CHUNK),
+                       awq_prepare=_not_deterministic("AWQ int4 checkpoints"),
+                       awq_linear=_not_deterministic("AWQ int4 checkpoints"),
+                       int8_linear=_not_deterministic("an int8 LM head"), moe=_not_deterministic("mixture-of-experts models"))
 
     def add_rms_norm(x, residual, weight, eps):
         return ext.add_rms_norm_(x, residual, weight, eps), residual
@@ -143,5 +157,7 @@ def _cpu_kernels(ext: Any, deterministic: bool = False) -> Kernels:
             return awq_torch.awq_linear_ref(x, w, bias)
         return ext.awq_linear(x, w.packed, w.scales_nk, w.zeros_nk, w.group, bias)
 
-    return Kernels("cpu", ext.linear, ext.rms_norm, add_rms_norm, ext.rotary_, ext.silu_and_mul,
-                   CpuAttentionBackend(ext), awq_torch.repack_for_cpu, awq_linear, ext.int8_linear, ext.fused_moe)
+    return Kernels(name="cpu", linear=ext.linear, rms_norm=ext.rms_norm, add_rms_norm=add_rms_norm,
+                   rotary_=ext.rotary_, silu_and_mul=ext.silu_and_mul, attention=CpuAttentionBackend(ext),
+                   awq_prepare=awq_torch.repack_for_cpu, awq_linear=awq_linear, int8_linear=ext.int8_linear,
+                   moe=ext.fused_moe)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_infer.kernels.torch_ref import silu_and_mul
 from llm_infer.parallel.communication import tp_all_reduce
 from llm_infer.parallel.state import get_parallel_state
 from llm_infer.parallel.weight_utils import (
@@ -40,15 +41,22 @@ class LinearMethod(Protocol):
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
 
+    def apply_gated(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`apply` to silu(gate) * up, where x `[M, 2 * in]` is [gate | up] (SwiGLU fused where possible)."""
+        ...
+
     def process_weights_after_loading(self, layer: nn.Module) -> None: ...
 
 
 class DenseLinearMethod:
     """A plain `[out, in]` weight, multiplied by the selected kernel (`torch.nn.functional.linear`
-    in the reference path)."""
+    in the reference path); `linear_gated(x, weight, bias)` multiplies silu(gate) * up of
+    x = [gate | up] (default: the torch reference of both steps)."""
 
-    def __init__(self, linear: Callable[..., torch.Tensor] = F.linear):
+    def __init__(self, linear: Callable[..., torch.Tensor] = F.linear,
+                 linear_gated: Callable[..., torch.Tensor] | None = None):
         self.linear = linear
+        self.linear_gated = linear_gated or (lambda x, weight, bias: linear(silu_and_mul(x), weight, bias))
 
     def create_weights(self, layer, input_size_per_partition, output_size_per_partition, dtype):
         weight = nn.Parameter(torch.empty(output_size_per_partition, input_size_per_partition, dtype=dtype),
@@ -58,6 +66,9 @@ class DenseLinearMethod:
 
     def apply(self, layer, x, bias):
         return self.linear(x, layer.weight, bias)
+
+    def apply_gated(self, layer, x, bias):
+        return self.linear_gated(x, layer.weight, bias)
 
     def process_weights_after_loading(self, layer):
         pass
@@ -236,8 +247,10 @@ class RowParallelLinear(LinearBase):
     def weight_loader(self, param, loaded, shard_id=None):
         self._load_split(param, loaded, "input_dim")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear_method.apply(self, x, None)
+    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        """x `[tokens, in/tp]`; `gated`: x is `[tokens, 2 * in/tp]` = [gate | up] of a SwiGLU MLP and
+        the layer's input is silu(gate) * up (fused into the matmul where the kernel allows)."""
+        out = (self.linear_method.apply_gated if gated else self.linear_method.apply)(self, x, None)
         if not self.reduce_results:
             return out
         out = tp_all_reduce(out)

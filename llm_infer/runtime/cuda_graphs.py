@@ -1,11 +1,13 @@
 """Decode steps replayed as CUDA graphs, one captured graph per batch-size bucket.
 
 Used with our CUDA kernels in a one-process layout: a step of n <= max_num_seqs
-sequences with one new token each runs the graph of the smallest bucket >= n.
-Inputs live in static device buffers the graphs were captured on; padding rows
-write no KV (slot -1) and their outputs are dropped. Attention metadata points at
-those buffers directly (no per-step `prepare`), with a fixed number of decode
-splits, so the graph needs no host decision. Sampling stays outside the graph.
+sequences with one new token each runs the graph of the smallest bucket >= n. The
+graph holds the whole forward pass and the LM head, so a step is: fill one pinned host
+buffer, one host-to-device copy, one graph launch. Inputs live in one static int32 device
+buffer the graphs were captured on (token ids, positions, slots, context lengths, block
+tables); padding rows write no KV (slot -1) and their outputs are dropped. Attention
+metadata points at that buffer directly (no per-step `prepare`), with a fixed number of
+decode splits per bucket, so the graph needs no host decision. Sampling stays outside.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_infer.kernels.attention_cuda import CudaPrepared, decode_splits
+from llm_infer.kernels.attention_cuda import CudaPrepared
 from llm_infer.kernels.attention_metadata import AttentionMetadata
 from llm_infer.runtime.step_plan import StepPlan
 
@@ -25,74 +27,76 @@ BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 class DecodeGraphs:
     def __init__(self, model: Any, backend: Any, device: torch.device, block_size: int, max_model_len: int,
-                 max_num_seqs: int, heads: int, head_dim: int):
+                 max_num_seqs: int, heads: int, kv_heads: int, head_dim: int):
         self.model = model
         self.block_size = block_size
         self.buckets = [b for b in BUCKETS if b < max_num_seqs] + [max_num_seqs]
         top = self.buckets[-1]
         self.max_blocks = math.ceil(max_model_len / block_size)
-        self.splits = decode_splits(max_model_len)
-        i64 = dict(dtype=torch.int64, device=device)
+        self.max_model_len = max_model_len
+        # Rows of the input buffer: ids, positions, slots, context lengths, then the block tables.
+        self.width = 4 + self.max_blocks
+        self.host = torch.zeros(top, self.width, dtype=torch.int32).pin_memory()
+        self.inputs = torch.zeros(top, self.width, dtype=torch.int32, device=device)
+        self.inputs[:, 2] = -1
+        self.inputs[:, 3] = 1
         i32 = dict(dtype=torch.int32, device=device)
-        self.input_ids = torch.zeros(top, **i64)
-        self.positions = torch.zeros(top, **i64)
-        self.slots = torch.full((top,), -1, **i64)
-        self.slots32 = torch.full((top,), -1, **i32)
-        self.tables = torch.zeros(top, self.max_blocks, **i32)
-        self.seq_lens = torch.ones(top, **i32)
         self.q_start = torch.arange(top, **i32)
         self.q_lens = torch.ones(top, **i32)
-        nbytes = backend.ext.decode_workspace_bytes(top, 1, heads, head_dim, self.splits)
+        self.splits = {b: backend.decode_splits(b, kv_heads, max_model_len, device) for b in self.buckets}
+        nbytes = max(backend.decode_workspace_bytes(b, heads, head_dim, self.splits[b]) for b in self.buckets)
         self.workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
         self.backend = backend
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # float32 logits [bucket, vocab]
         self.pool = None
 
     def _meta(self, b: int) -> AttentionMetadata:
-        meta = AttentionMetadata([1] * b, [1] * b, list(range(b + 1)), self.slots[:b], self.tables[:b], self.block_size, self.backend)
-        meta.prepared = CudaPrepared(self.slots32[:b], self.tables[:b], self.q_start[:b], self.q_lens[:b],
-                                     self.seq_lens[:b], 1, self.splits, self.workspace)
+        cols = self.inputs[:b]
+        slots, seq_lens, tables = cols[:, 2], cols[:, 3], cols[:, 4:]
+        meta = AttentionMetadata([1] * b, [1] * b, list(range(b + 1)), slots, tables, self.block_size, self.backend)
+        meta.prepared = CudaPrepared(slots, tables, self.q_start[:b], self.q_lens[:b], seq_lens, 1,
+                                     self.max_model_len, self.splits[b], self.workspace)
         return meta
+
+    def _forward(self, b: int, meta: AttentionMetadata) -> torch.Tensor:
+        cols = self.inputs[:b]
+        hidden = self.model(cols[:, 0], cols[:, 1], meta)
+        return self.model.compute_logits(hidden)
 
     @torch.inference_mode()
     def capture(self) -> None:
         for b in reversed(self.buckets):  # largest first, so the smaller graphs reuse its memory pool
             meta = self._meta(b)
-            for _ in range(2):  # warm up (lazy allocations, autotuning) outside the capture
-                self.model(self.input_ids[:b], self.positions[:b], meta)
+            for _ in range(2):  # warm up (lazy allocations, kernel compilation) outside the capture
+                self._forward(b, meta)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[b] = self.model(self.input_ids[:b], self.positions[:b], meta)
+                self.outputs[b] = self._forward(b, meta)
             self.pool = graph.pool()
             self.graphs[b] = graph
 
     def handles(self, plan: StepPlan) -> bool:
         return (plan.num_seqs <= self.buckets[-1] and plan.num_tokens == plan.num_seqs
-                and not any(plan.return_logits))
+                and not any(plan.return_logits) and plan.prompt_targets is None)
 
     def run(self, plan: StepPlan) -> torch.Tensor:
-        """Hidden states `[plan.num_seqs, hidden]` of the step's tokens."""
+        """float32 logits `[plan.num_seqs, vocab]` of the step's tokens."""
         n = plan.num_seqs
         b = next(x for x in self.buckets if x >= n)
-        positions = np.asarray(plan.seq_lens, dtype=np.int64) - 1
-        tables = np.zeros((b, self.max_blocks), dtype=np.int32)
-        for i, t in enumerate(plan.block_tables):
-            tables[i, : len(t)] = t
-        slots = np.full(b, -1, dtype=np.int64)
-        slots[:n] = tables[np.arange(n), positions // self.block_size] * self.block_size + positions % self.block_size
-        seq_lens = np.ones(b, dtype=np.int32)
-        seq_lens[:n] = plan.seq_lens
-        pos = np.zeros(b, dtype=np.int64)
-        pos[:n] = positions
-        ids = np.zeros(b, dtype=np.int64)
-        ids[:n] = plan.input_ids
-        self.input_ids[:b].copy_(torch.from_numpy(ids), non_blocking=True)
-        self.positions[:b].copy_(torch.from_numpy(pos), non_blocking=True)
-        self.slots[:b].copy_(torch.from_numpy(slots), non_blocking=True)
-        self.slots32[:b].copy_(torch.from_numpy(slots.astype(np.int32)), non_blocking=True)
-        self.tables[:b].copy_(torch.from_numpy(tables), non_blocking=True)
-        self.seq_lens[:b].copy_(torch.from_numpy(seq_lens), non_blocking=True)
+        rows = self.host.numpy()[:b]
+        seq_lens = np.asarray(plan.seq_lens, dtype=np.int64)
+        positions = seq_lens - 1
+        width = 4 + max(len(t) for t in plan.block_tables)
+        for i, t in enumerate(plan.block_tables):  # entries past a row's length are never read
+            rows[i, 4 : 4 + len(t)] = t
+        rows[:n, 0] = plan.input_ids
+        rows[:n, 1] = positions
+        rows[:n, 2] = rows[np.arange(n), 4 + positions // self.block_size] * self.block_size + positions % self.block_size
+        rows[:n, 3] = seq_lens
+        rows[n:, :4] = (0, 0, -1, 1)
+        # Pinned and asynchronous: the host buffer is rewritten only after the step's tokens came back.
+        self.inputs[:b, :width].copy_(self.host[:b, :width], non_blocking=True)
         self.graphs[b].replay()
         return self.outputs[b][:n]

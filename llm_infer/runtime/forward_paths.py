@@ -6,7 +6,7 @@
   8 short-query tokens (decode, speculative verification) run the stage's layers as one
   C++ call (`models/fused_decode.py`).
 - `CudaGraphForward` (our CUDA kernels, one process): steps of one new token per sequence
-  replay a captured CUDA graph (`cuda_graphs.py`).
+  replay a captured CUDA graph of the forward pass and the LM head (`cuda_graphs.py`).
 
 `choose_forward` is the one place that picks; the model runner calls whatever it returned.
 """
@@ -36,6 +36,15 @@ class ReferenceForward:
         """Hidden states `[tokens, hidden]` after the final norm (last stage), else what the next stage needs."""
         input_ids, positions, meta = build_inputs(batch, self.block_size, self.kernels.attention, self.device)
         return self.model(input_ids, positions, meta, intermediate)
+
+    def logits(self, batch: TokenBatch, intermediate: IntermediateTensors | None, rows: list[int] | None
+               ) -> torch.Tensor | IntermediateTensors | None:
+        """float32 logits `[len(rows), vocab]` of the hidden rows `rows` (None: every row) on the
+        sampling rank, None on the last stage's other ranks, what the next stage needs elsewhere."""
+        hidden = self(batch, intermediate)
+        if isinstance(hidden, IntermediateTensors):
+            return hidden
+        return self.model.compute_logits(hidden[rows] if rows is not None else hidden)
 
 
 class FusedStackForward(ReferenceForward):
@@ -67,11 +76,11 @@ class CudaGraphForward(ReferenceForward):
         super().__init__(model, kernels, block_size, device)
         self.graphs = graphs
 
-    def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None
-                 ) -> torch.Tensor | IntermediateTensors:
-        if intermediate is None and self.graphs.handles(batch):
+    def logits(self, batch: TokenBatch, intermediate: IntermediateTensors | None, rows: list[int] | None
+               ) -> torch.Tensor | IntermediateTensors | None:
+        if intermediate is None and rows is None and self.graphs.handles(batch):
             return self.graphs.run(batch)
-        return super().__call__(batch, intermediate)
+        return super().logits(batch, intermediate, rows)
 
 
 def choose_forward(model: CausalLM, kernels: Kernels, block_size: int, device: torch.device, world_size: int,
@@ -82,13 +91,13 @@ def choose_forward(model: CausalLM, kernels: Kernels, block_size: int, device: t
         return FusedStackForward(model, kernels, block_size, device)
     # Graphs need every step's work on the device: our attention (the torch one reads lengths on the host)
     # and no MoE (the expert loop reads which experts were hit).
-    if (cuda_graphs and kernels.name == "cuda" and kernels.attention.name == "cuda" and world_size == 1
+    if (cuda_graphs and kernels.name == "cuda" and kernels.attention.capturable and world_size == 1
             and not model.model.rotary.dynamic and model.config.moe is None):
         from llm_infer.runtime.cuda_graphs import DecodeGraphs
 
         first = model.attention_layers()[0]
         graphs = DecodeGraphs(model, kernels.attention, device, block_size, max_model_len, max_num_seqs,
-                              first.num_heads, first.head_dim)
+                              first.num_heads, first.num_kv_heads, first.head_dim)
         graphs.capture()
         return CudaGraphForward(model, kernels, block_size, device, graphs)
     return ReferenceForward(model, kernels, block_size, device)

@@ -99,13 +99,10 @@ class ModelRunner:
             if self.drafter is not None:
                 self.drafter.forget(plan.finished_seq_ids)
         start = time.perf_counter() if self.profiling else 0.0
-        hidden = self.forward(plan, intermediate)
-        if isinstance(hidden, IntermediateTensors):
-            return hidden
         rows, spans = logit_rows(plan)
-        logits = self.model.compute_logits(hidden[rows] if rows is not None else hidden)
-        if logits is None:
-            return None
+        logits = self.forward.logits(plan, intermediate, rows)
+        if logits is None or isinstance(logits, IntermediateTensors):
+            return logits
         proposals = spec_proposals(plan)
         draft_probs = [self.drafter.probs_for(seq_id, len(p)) if p and self.drafter is not None else None
                        for seq_id, p in zip(plan.seq_ids, proposals)]

@@ -1,1 +1,1 @@
-"""Model building blocks that are not sharded: norms, rotary embedding, activation, attention."""
+"""Model building blocks that are not sharded: norms, rotary embedding, attention."""

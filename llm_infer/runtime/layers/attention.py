@@ -19,7 +19,11 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """q `[tokens, heads * head_dim]`, k/v `[tokens, kv_heads * head_dim]` -> `[tokens, heads * head_dim]`."""
-        meta.backend.write_kv(k, v, self.k_cache, self.v_cache, meta)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
+                kv_written: bool = False) -> torch.Tensor:
+        """q `[tokens, heads * head_dim]`, k/v `[tokens, kv_heads * head_dim]` -> `[tokens, heads * head_dim]`;
+        `kv_written`: the step's keys and values are already in the cache (the backend's fused
+        `rotary_write_kv` put them there)."""
+        if not kv_written:
+            meta.backend.write_kv(k, v, self.k_cache, self.v_cache, meta)
         return meta.backend.attend(q, k, v, self.k_cache, self.v_cache, meta, self.scale, self.num_heads)

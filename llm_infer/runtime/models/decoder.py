@@ -31,7 +31,6 @@ from llm_infer.parallel.linear import (
 )
 from llm_infer.parallel.pipeline import stage_layer_range
 from llm_infer.parallel.state import get_parallel_state
-from llm_infer.runtime.layers.activation import SiluAndMul
 from llm_infer.runtime.layers.attention import Attention
 from llm_infer.runtime.layers.rms_norm import RMSNorm
 from llm_infer.runtime.layers.rotary import RotaryEmbedding
@@ -79,6 +78,12 @@ class DecoderAttention(nn.Module):
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split_with_sizes([self.q_size, self.kv_size, self.kv_size], dim=-1)
         rope = rotary.lookup(positions, meta)
+        fused = getattr(meta.backend, "rotary_write_kv", None)
+        if fused is not None:  # (q/k norms,) rotation and the KV-cache write in one kernel
+            norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else (None, None, 0.0)
+            fused(qkv, *rope, self.num_heads, self.num_kv_heads, self.head_dim, self.attn.k_cache,
+                  self.attn.v_cache, meta, *norms)
+            return self.o_proj(self.attn(q, k, v, meta, kv_written=True))
         if self.qk_norm:  # per-head norms before the rotation (Qwen3)
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.kv_size)
@@ -102,10 +107,9 @@ class DecoderMLP(nn.Module):
         self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=False, dtype=dtype,
                                            linear_method=method_for(f"{prefix}.down_proj"),
                                            reduce_results=reduce_results)
-        self.act = SiluAndMul(kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj(x), gated=True)
 
 
 def make_mlp(cfg: ModelConfig, layer: int, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
@@ -210,7 +214,7 @@ class CausalLM(nn.Module):
         super().__init__()
         state = get_parallel_state()
         self.config = cfg
-        dense = DenseLinearMethod(kernels.linear)
+        dense = DenseLinearMethod(kernels.linear, kernels.linear_gated)
         self.model = DecoderModel(cfg, dtype, kernels, method_for or (lambda prefix: dense), pipeline_layers)
         if state.is_last_stage:
             self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, dtype, kernels.linear,

@@ -59,7 +59,7 @@ class AWQConfig:
         parts = [f"{parent}.{p}" for p, _ in PACKED_MODULES[name]] if name in PACKED_MODULES else [prefix]
         skipped = [any(key in p for key in self.modules_to_not_convert) for p in parts]
         if all(skipped):
-            return DenseLinearMethod(kernels.linear)
+            return DenseLinearMethod(kernels.linear, kernels.linear_gated)
         if any(skipped):
             raise UserError(f"{prefix}: modules_to_not_convert excludes only some of {parts}")
         return AWQLinearMethod(self.group_size, kernels, prefix)
@@ -94,3 +94,6 @@ class AWQLinearMethod:
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return self.kernels.awq_linear(x, layer.awq, bias)
+
+    def apply_gated(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.kernels.awq_linear(self.kernels.silu_and_mul(x), layer.awq, bias)
