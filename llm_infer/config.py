@@ -50,6 +50,9 @@ class SchedulerConfig:
                                               "prefilled in chunks")
     max_model_len: StrictInt | None = Field(None, ge=1, description="null: the model's context "
                                         "(`max_position_embeddings`, stretched by RoPE scaling)")
+    async_scheduling: Literal["auto", "on", "off"] = Field(
+        "auto", description="plan step N+1 while step N runs (`auto`: on a GPU in one process; applies while "
+        "no request needs the host between steps: no speculation, logit processing, grammar or logprobs)")
 
 
 @dataclass(config=_SECTION)

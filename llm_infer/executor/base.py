@@ -43,6 +43,9 @@ class Executor(ABC):
     max_inflight: int = 1
     # Whether `restart` can replace the workers (not for a worker in the controller's own process).
     can_restart: bool = False
+    # Whether the engine may submit a step before collecting the last (overlapped scheduling: the
+    # workers fill placeholder inputs from the previous step's tokens, see engine.py).
+    overlaps: bool = False
 
     @abstractmethod
     def available_blocks(self) -> int:

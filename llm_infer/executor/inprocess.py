@@ -19,6 +19,8 @@ class InProcessExecutor(Executor):
     def __init__(self, config: EngineConfig, progress: bool = True):
         self.worker: Worker | None = Worker(config, rank=0, progress=progress)
         self._done: deque[StepOutput] = deque()
+        setting = config.scheduler.async_scheduling
+        self.overlaps = setting == "on" or (setting == "auto" and self.worker.device.type == "cuda")
 
     def available_blocks(self) -> int:
         return self.worker.available_blocks()
@@ -32,7 +34,7 @@ class InProcessExecutor(Executor):
         self._done.append(self.worker.execute(plan))
 
     def collect(self) -> StepOutput:
-        return self._done.popleft()
+        return self._done.popleft().resolve()
 
     def shutdown(self) -> None:
         self.worker = None  # the model and KV cache go with it

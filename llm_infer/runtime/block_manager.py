@@ -88,7 +88,7 @@ class BlockManager:
     def register(self, seq: Request) -> None:
         """Make `seq`'s blocks whose tokens are all computed cache entries. (A speculative step
         may have computed accepted tokens a stop condition then dropped: those do not count.)"""
-        full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size
+        full = min(seq.num_computed_tokens, seq.num_known_tokens) // self.block_size
         if not self.prefix_caching or seq.num_cached_blocks >= full:
             return
         if len(seq.block_hashes) < full:

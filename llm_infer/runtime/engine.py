@@ -5,6 +5,14 @@ The engine owns scheduling, tokenization and per-request state; it hands one
 pipeline stages it keeps up to `executor.max_inflight` steps (micro-batches of
 disjoint sequences) in flight, so every stage has work: each `step()` tops the
 pipeline up, then finishes the oldest step.
+
+Overlapped scheduling (an executor whose device runs steps asynchronously, no
+speculation, every request plain): the engine plans and submits step N+1 before it
+collects step N, so the host's work (output processing, scheduling, input building)
+runs while the device computes. Step N+1 takes the tokens step N samples as
+placeholders that the worker fills on the device. Each request's computed count and
+placeholder count advance when a step is submitted; a request that step N finishes
+still runs in step N+1, whose token for it is dropped.
 """
 
 from __future__ import annotations
@@ -72,7 +80,8 @@ class LLMEngine:
         self._rng = random.Random(config.seed)
         self._ids = itertools.count()
         self._groups: dict[str, list[Request]] = {}  # request id -> its samples (the first holds the rest as forks)
-        self._inflight: deque[tuple[list[tuple[Request, int]], StepPlan]] = deque()
+        # Steps in flight: what was scheduled, the plan, and (overlapped steps) the requests given a placeholder.
+        self._inflight: deque[tuple[list[tuple[Request, int]], StepPlan, set[int]]] = deque()
         self._busy: set[int] = set()
         self._finished_ids: list[int] = []  # told to the workers with the next plan
         self.outputs = OutputProcessor(self.eos_token_ids, self.max_model_len)
@@ -172,36 +181,60 @@ class LLMEngine:
                 if self.scheduler.has_unfinished():
                     raise RuntimeError("scheduler made no progress although requests are waiting")
                 return []
-            scheduled, plan = self._inflight.popleft()
+            scheduled, plan, placeheld = self._inflight.popleft()
             result = self.executor.collect()
         except WorkerError as error:
             self._recover(error)
             return []
         self._busy.difference_update(req.seq_id for req, _ in scheduled)
-        return self._process(scheduled, plan, result)
+        return self._process(scheduled, plan, result, placeheld)
+
+    def _can_overlap(self) -> bool:
+        """Whether the next step may be planned before the last one's tokens are known."""
+        if not self.executor.overlaps or self.spec is not None:
+            return False
+        return all(r.plain for r in itertools.chain(self.scheduler.running, self.scheduler.waiting))
 
     def _fill_pipeline(self) -> None:
-        depth = self.executor.max_inflight
+        overlap = self._can_overlap()
+        depth = 2 if overlap else self.executor.max_inflight
         while len(self._inflight) < depth:
             # Split the work into `depth` micro-batches so every stage gets a share.
             active = len(self.scheduler.running) + len(self.scheduler.waiting)
-            cap = -(-active // depth) if depth > 1 else None
-            scheduled = self.scheduler.schedule(busy=self._busy, max_seqs=cap)
+            cap = -(-active // depth) if depth > 1 and not overlap else None
+            if overlap:
+                in_flight = {req.seq_id for scheduled, _, _ in self._inflight for req, _ in scheduled}
+                scheduled = self.scheduler.schedule(max_seqs=cap, protected=in_flight)
+            else:
+                scheduled = self.scheduler.schedule(busy=self._busy, max_seqs=cap)
             if not scheduled:
                 return
             plan = build_step_plan(scheduled, self.stats.steps, self.block_manager.take_copies(),
                                    self._finished_ids, self.spec.draft_method if self.spec is not None else None,
-                                   self.eos_token_ids)
+                                   self.eos_token_ids, overlapped=overlap)
             self._finished_ids = []
             self.stats.steps += 1
             self.executor.submit(plan)
-            self._inflight.append((scheduled, plan))
+            self._inflight.append((scheduled, plan, self._advance(scheduled, plan) if overlap else set()))
             self._busy.update(req.seq_id for req, _ in scheduled)
 
-    def _process(self, scheduled: list[tuple[Request, int]], plan: StepPlan,
-                 result: StepOutput) -> list[RequestOutput]:
+    def _advance(self, scheduled: list[tuple[Request, int]], plan: StepPlan) -> set[int]:
+        """Overlapped step submitted: its tokens count as computed, and each token it samples becomes
+        a placeholder unless it is certainly the request's last (max_tokens, max_model_len). Returns
+        the requests given a placeholder."""
+        placeheld = set()
+        for (req, n), samples in zip(scheduled, plan.sample):
+            req.num_computed_tokens += n
+            if samples and req.num_outputs + 1 < req.params.max_tokens and req.num_tokens + 1 < self.max_model_len:
+                req.num_placeholders += 1
+                placeheld.add(req.seq_id)
+        return placeheld
+
+    def _process(self, scheduled: list[tuple[Request, int]], plan: StepPlan, result: StepOutput,
+                 placeheld: set[int] = frozenset()) -> list[RequestOutput]:
         """Append each request's tokens (one, or accepted proposals plus one), and roll its KV
-        back to what they cover. Plain decoding is speculation with no proposals."""
+        back to what they cover. Plain decoding is speculation with no proposals. An overlapped
+        step's placeholders (`placeheld`) give way to the tokens they stood for."""
         now = time.perf_counter()
         self.stats.last_step_timing = result.timing
         if plan.spec_lens is not None or plan.draft is not None:
@@ -226,7 +259,10 @@ class LLMEngine:
             else:
                 self.stats.prefill_tokens += n
             # The step's own tokens and the accepted proposals are now in the cache; the rest is stale.
-            req.num_computed_tokens += n - proposed + max(0, len(tokens) - 1)
+            if plan.overlapped:  # counted when it was submitted
+                req.num_placeholders -= req.seq_id in placeheld
+            else:
+                req.num_computed_tokens += n - proposed + max(0, len(tokens) - 1)
             if req.forks and req.num_computed_tokens >= len(req.prompt_token_ids):
                 self._start_forks(req, now)
             if tokens:

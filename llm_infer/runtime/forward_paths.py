@@ -20,7 +20,7 @@ import torch
 from llm_infer.kernels.dispatch import Kernels
 from llm_infer.runtime.models.decoder import CausalLM, IntermediateTensors
 from llm_infer.runtime.models.fused_decode import FusedDecode
-from llm_infer.runtime.step_inputs import TokenBatch, build_inputs
+from llm_infer.runtime.step_inputs import Placeholders, TokenBatch, build_inputs
 
 
 class ReferenceForward:
@@ -31,17 +31,18 @@ class ReferenceForward:
     def __init__(self, model: CausalLM, kernels: Kernels, block_size: int, device: torch.device):
         self.model, self.kernels, self.block_size, self.device = model, kernels, block_size, device
 
-    def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None
-                 ) -> torch.Tensor | IntermediateTensors:
+    def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None,
+                 fill: Placeholders | None = None) -> torch.Tensor | IntermediateTensors:
         """Hidden states `[tokens, hidden]` after the final norm (last stage), else what the next stage needs."""
-        input_ids, positions, meta = build_inputs(batch, self.block_size, self.kernels.attention, self.device)
+        input_ids, positions, meta = build_inputs(batch, self.block_size, self.kernels.attention, self.device, fill)
         return self.model(input_ids, positions, meta, intermediate)
 
-    def logits(self, batch: TokenBatch, intermediate: IntermediateTensors | None, rows: list[int] | None
-               ) -> torch.Tensor | IntermediateTensors | None:
+    def logits(self, batch: TokenBatch, intermediate: IntermediateTensors | None, rows: list[int] | None,
+               fill: Placeholders | None = None) -> torch.Tensor | IntermediateTensors | None:
         """float32 logits `[len(rows), vocab]` of the hidden rows `rows` (None: every row) on the
-        sampling rank, None on the last stage's other ranks, what the next stage needs elsewhere."""
-        hidden = self(batch, intermediate)
+        sampling rank, None on the last stage's other ranks, what the next stage needs elsewhere;
+        `fill`: the inputs that are placeholders (overlapped scheduling)."""
+        hidden = self(batch, intermediate, fill)
         if isinstance(hidden, IntermediateTensors):
             return hidden
         return self.model.compute_logits(hidden[rows] if rows is not None else hidden)
@@ -56,9 +57,9 @@ class FusedStackForward(ReferenceForward):
         super().__init__(model, kernels, block_size, device)
         self.stack = FusedDecode(model, kernels.attention.ext, kernels.attention.fixed_chunk)
 
-    def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None
-                 ) -> torch.Tensor | IntermediateTensors:
-        input_ids, positions, meta = build_inputs(batch, self.block_size, self.kernels.attention, self.device)
+    def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None,
+                 fill: Placeholders | None = None) -> torch.Tensor | IntermediateTensors:
+        input_ids, positions, meta = build_inputs(batch, self.block_size, self.kernels.attention, self.device, fill)
         if not FusedDecode.applicable(meta):
             return self.model(input_ids, positions, meta, intermediate)
         decoder = self.model.model
@@ -76,17 +77,18 @@ class CudaGraphForward(ReferenceForward):
         super().__init__(model, kernels, block_size, device)
         self.graphs = graphs
 
-    def logits(self, batch: TokenBatch, intermediate: IntermediateTensors | None, rows: list[int] | None
-               ) -> torch.Tensor | IntermediateTensors | None:
+    def logits(self, batch: TokenBatch, intermediate: IntermediateTensors | None, rows: list[int] | None,
+               fill: Placeholders | None = None) -> torch.Tensor | IntermediateTensors | None:
         if intermediate is None and rows is None and self.graphs.handles(batch):
-            return self.graphs.run(batch)
-        return super().logits(batch, intermediate, rows)
+            return self.graphs.run(batch, fill)
+        return super().logits(batch, intermediate, rows, fill)
 
 
 def choose_forward(model: CausalLM, kernels: Kernels, block_size: int, device: torch.device, world_size: int,
                    tp_size: int, cuda_graphs: bool = False, max_model_len: int = 0,
-                   max_num_seqs: int = 0) -> ReferenceForward:
-    """The fastest path that applies to this rank's model and kernels (its KV cache must be bound)."""
+                   max_num_seqs: int = 0, sampled: torch.Tensor | None = None) -> ReferenceForward:
+    """The fastest path that applies to this rank's model and kernels (its KV cache must be bound);
+    `sampled`: the runner's buffer of the last step's tokens, read by CUDA graphs."""
     if FusedDecode.supported(model, kernels.name, tp_size):
         return FusedStackForward(model, kernels, block_size, device)
     # Graphs need every step's work on the device: our attention (the torch one reads lengths on the host)
@@ -97,7 +99,7 @@ def choose_forward(model: CausalLM, kernels: Kernels, block_size: int, device: t
 
         first = model.attention_layers()[0]
         graphs = DecodeGraphs(model, kernels.attention, device, block_size, max_model_len, max_num_seqs,
-                              first.num_heads, first.num_kv_heads, first.head_dim)
+                              first.num_heads, first.num_kv_heads, first.head_dim, sampled)
         graphs.capture()
         return CudaGraphForward(model, kernels, block_size, device, graphs)
     return ReferenceForward(model, kernels, block_size, device)

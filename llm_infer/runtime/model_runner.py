@@ -5,11 +5,17 @@ once in `init_cache`: reference, fused C++ stack or CUDA graphs; see `forward_pa
 -> logits of the rows that need them -> tokens (`Sampler.sample_step`) and scores -> the
 drafter's proposals for the next step. The runner never sees requests, only the plan's flat lists;
 the model never sees the plan, only tensors and attention metadata.
+
+An overlapped plan (`StepPlan.overlapped`) is planned before the previous step's tokens reach
+the host: its `PLACEHOLDER` inputs are filled on the device from `sampled`, where the previous
+step left its tokens, and its own tokens are returned pending (copied to the host in the
+background, `StepOutput.resolve`), so nothing here waits for the device.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 
 import torch
 
@@ -20,11 +26,13 @@ from llm_infer.runtime.forward_paths import ReferenceForward, choose_forward
 from llm_infer.runtime.kv_cache import KVCache, available_memory, model_block_bytes
 from llm_infer.runtime.logprobs import prompt_logprobs
 from llm_infer.runtime.models.build import ResolvedModel, build_model
+from llm_infer.kernels.attention_metadata import query_start_loc
 from llm_infer.runtime.models.decoder import IntermediateTensors
+from llm_infer.runtime.request import PLACEHOLDER
 from llm_infer.runtime.sampler import Sampler
 from llm_infer.runtime.structured_output.compiler import GrammarCompiler
-from llm_infer.runtime.step_inputs import logit_rows, spec_proposals
-from llm_infer.runtime.step_plan import StepOutput, StepPlan, StepTiming
+from llm_infer.runtime.step_inputs import Placeholders, logit_rows, spec_proposals
+from llm_infer.runtime.step_plan import PendingTokens, StepOutput, StepPlan, StepTiming
 
 
 class ModelRunner:
@@ -45,6 +53,14 @@ class ModelRunner:
         self.forward: ReferenceForward = self.reference  # replaced by a faster path in init_cache
         self.drafter = self._make_drafter() if get_parallel_state().samples else None
         self.profiling = False  # time the step's parts (StepOutput.timing); set by Worker.set_profiling
+        # Overlapped scheduling: the last overlapped step's tokens on the device (row j: its j-th
+        # sampling request, `_sampled_row` by seq id), and pinned buffers their copies land in.
+        rows = config.scheduler.max_num_seqs
+        self.sampled = torch.zeros(rows, dtype=torch.int64, device=device)
+        self._sampled_row: dict[int, int] = {}
+        self._host_tokens = [torch.zeros(rows, dtype=torch.int64, pin_memory=device.type == "cuda")
+                             for _ in range(3)]
+        self._host_turn = 0
 
     def _make_drafter(self):
         spec = self.config.speculative
@@ -83,7 +99,7 @@ class ModelRunner:
         state = get_parallel_state()
         self.forward = choose_forward(self.model, self.kernels, self.block_size, self.device,
                                       state.tp_size * state.pp_size, state.tp_size, self.config.cuda_graphs,
-                                      self.max_model_len, self.config.scheduler.max_num_seqs)
+                                      self.max_model_len, self.config.scheduler.max_num_seqs, self.sampled)
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan, intermediate: IntermediateTensors | None = None
@@ -100,9 +116,11 @@ class ModelRunner:
                 self.drafter.forget(plan.finished_seq_ids)
         start = time.perf_counter() if self.profiling else 0.0
         rows, spans = logit_rows(plan)
-        logits = self.forward.logits(plan, intermediate, rows)
+        logits = self.forward.logits(plan, intermediate, rows, self._placeholders(plan))
         if logits is None or isinstance(logits, IntermediateTensors):
             return logits
+        if plan.overlapped:
+            return self._sample_overlapped(plan, logits, spans)
         proposals = spec_proposals(plan)
         draft_probs = [self.drafter.probs_for(seq_id, len(p)) if p and self.drafter is not None else None
                        for seq_id, p in zip(plan.seq_ids, proposals)]
@@ -123,3 +141,26 @@ class ModelRunner:
             if self.profiling:
                 out.timing.draft_s = time.perf_counter() - start
         return out
+
+    def _placeholders(self, plan: StepPlan) -> Placeholders | None:
+        """Where an overlapped plan's placeholder inputs come from: the previous step's tokens."""
+        if not plan.overlapped:
+            return None
+        index = [j for j, token in enumerate(plan.input_ids) if token == PLACEHOLDER]
+        if not index:
+            return None
+        starts = query_start_loc(plan.query_lens)
+        seq_of = [bisect_right(starts, j) - 1 for j in index]
+        return Placeholders(index, [self._sampled_row[plan.seq_ids[i]] for i in seq_of], self.sampled)
+
+    def _sample_overlapped(self, plan: StepPlan, logits: torch.Tensor, spans: list[tuple[int, int]]) -> StepOutput:
+        """Every request is plain: one token per sampling request, left on the device in `sampled`
+        for the next step's placeholders and copied to the host in the background."""
+        samplers = [i for i, s in enumerate(plan.sample) if s]
+        rows = [spans[i][1] - 1 for i in samplers]
+        tokens = self.sampler.sample_tokens(logits if len(rows) == logits.shape[0] else logits[rows], plan.sampling)
+        self.sampled[: len(rows)].copy_(tokens)
+        self._sampled_row = {plan.seq_ids[i]: j for j, i in enumerate(samplers)}
+        host = self._host_tokens[self._host_turn]
+        self._host_turn = (self._host_turn + 1) % len(self._host_tokens)
+        return StepOutput(plan.step_id, [], pending=PendingTokens(tokens, plan.sample, host))

@@ -29,7 +29,7 @@ class OutputProcessor:
                 req.logprobs.append(scores[k])
             if req.first_token_time is None:
                 req.first_token_time = now
-            reason = token_stop_reason(req.params, token, len(req.output_token_ids), req.num_tokens,
+            reason = token_stop_reason(req.params, token, len(req.output_token_ids), req.num_known_tokens,
                                        self.eos_token_ids, self.max_model_len)
             detok = req.detokenizer
             delta = detok.add(token) if reason is None else detok.add(token) + detok.flush()

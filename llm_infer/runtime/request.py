@@ -21,6 +21,9 @@ from llm_infer.runtime.speculative.ngram import NgramIndex
 from llm_infer.runtime.structured_output.params import ConstraintSpec
 
 
+PLACEHOLDER = -1  # a token id not known on the host yet: sampled by a step still in flight
+
+
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -49,8 +52,12 @@ class Request:
     detokenizer: IncrementalDetokenizer | None = None
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
-    # Tokens whose K/V are in the cache; the rest are computed by coming steps.
+    # Tokens whose K/V are in the cache (or, under overlapped scheduling, are being computed by a
+    # step in flight); the rest are computed by coming steps.
     num_computed_tokens: int = 0
+    # Overlapped scheduling: tokens sampled by steps still in flight, not yet appended. They count
+    # as positions (`num_tokens`) so the next step can be planned with them as `PLACEHOLDER` inputs.
+    num_placeholders: int = 0
     # Speculative decoding: proposed tokens to verify after the pending one in the next step.
     spec_token_ids: list[int] = field(default_factory=list)
     spec: SpecState | None = None
@@ -84,7 +91,25 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
+        """Positions so far: prompt, output, and tokens sampled by steps in flight (placeholders)."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_placeholders
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose ids the controller has (`token_ids`): `num_tokens` without placeholders."""
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_outputs(self) -> int:
+        """Output tokens so far, counting those still in flight."""
+        return len(self.output_token_ids) + self.num_placeholders
+
+    @property
+    def plain(self) -> bool:
+        """Nothing about it needs the host between steps (no logit processing, constraint,
+        logprobs or logits): its next step may be planned before its token is known."""
+        return (not self.processed and self.constraint is None and self.logprobs is None
+                and not self.return_logits and self.prompt_logprobs is None)
 
     @property
     def num_pending_tokens(self) -> int:
@@ -105,6 +130,11 @@ class Request:
         return self.return_logits or self.prompt_logprobs is not None
 
     def tokens_between(self, start: int, end: int) -> list[int]:
+        """Token ids of positions [start, end); `PLACEHOLDER` for those still in flight."""
+        known = self.num_known_tokens
+        if end > known:
+            head = self.tokens_between(start, known) if start < known else []
+            return head + [PLACEHOLDER] * (end - max(start, known))
         n_prompt = len(self.prompt_token_ids)
         if end <= n_prompt:
             return self.prompt_token_ids[start:end]

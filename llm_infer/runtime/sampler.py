@@ -73,20 +73,23 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> list[int]:
         """One token per row: logits float32 `[rows, vocab]`, one row per entry of `batch`."""
+        return self.sample_tokens(logits, batch).tolist()  # one device-to-host copy, not one per row
+
+    def sample_tokens(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """As `__call__`, but the tokens stay where the logits are: int64 `[rows]`, no host sync."""
         greedy = logits.argmax(dim=-1)
         if batch.all_greedy:
-            return greedy.tolist()
+            return greedy
         rows = [i for i, t in enumerate(batch.temperature) if t > 0]
         sub = select_rows(batch, rows)
         probs = self.probs(logits[rows], sub)
         noise = torch.empty_like(probs)
         for j, (seed, index) in enumerate(zip(sub.seeds, sub.output_index)):
             exponential_noise(noise[j], torch.Generator(device=probs.device).manual_seed(draw_seed(seed, index)))
-        sampled = (probs / noise).argmax(dim=-1).tolist()  # one device-to-host copy, not one per row
-        out = greedy.tolist()
-        for j, i in enumerate(rows):
-            out[i] = sampled[j]
-        return out
+        sampled = (probs / noise).argmax(dim=-1)
+        if len(rows) == len(batch.temperature):
+            return sampled
+        return greedy.index_copy_(0, torch.tensor(rows, device=logits.device), sampled)
 
     def sample_step(self, plan: StepPlan, logits: torch.Tensor, spans: list[tuple[int, int]],
                     proposals: list[list[int]], draft_probs: list[torch.Tensor | None]

@@ -18,7 +18,9 @@ the step gets room for those proposals too (`spec.num_draft` lookahead slots).
 
 Under pipeline parallelism several steps (micro-batches of disjoint sequences)
 are in flight at once: sequences in flight are `busy` and are neither
-scheduled nor preempted until their step returns.
+scheduled nor preempted until their step returns. Under overlapped scheduling
+the next step is planned while the last one runs: sequences in flight are then
+`protected` (scheduled again with placeholder inputs, but never preempted).
 
 The scheduler sees requests and block counts only, never tensors.
 """
@@ -52,9 +54,12 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self, busy: set[int] | frozenset[int] = frozenset(),
-                 max_seqs: int | None = None) -> list[tuple[Request, int]]:
+                 max_seqs: int | None = None, protected: set[int] | frozenset[int] = frozenset()
+                 ) -> list[tuple[Request, int]]:
         """Pick (request, new tokens) pairs for one step, skipping requests whose ids are
-        `busy`, and taking at most `max_seqs` requests."""
+        `busy`, taking at most `max_seqs` requests, and preempting none that is `busy` or
+        `protected` (in flight)."""
+        busy_or_protected = busy | protected if protected else busy
         budget = self.config.max_num_batched_tokens
         limit = min(max_seqs or self.config.max_num_seqs, self.config.max_num_seqs)
         scheduled: list[tuple[Request, int]] = []
@@ -69,7 +74,7 @@ class Scheduler:
             if seq.status is not RequestStatus.RUNNING:  # preempted earlier in this loop
                 continue
             n = min(seq.num_tokens_with_spec - seq.num_computed_tokens, budget)
-            if not self._make_room(seq, n + _lookahead(seq, n), taken, busy):
+            if not self._make_room(seq, n + _lookahead(seq, n), taken, busy_or_protected):
                 continue
             self.blocks.allocate(seq, n + _lookahead(seq, n))
             scheduled.append((seq, n))

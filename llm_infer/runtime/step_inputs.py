@@ -3,6 +3,7 @@ rows need logits."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,10 +22,21 @@ class TokenBatch(Protocol):
     block_tables: list[list[int]]
 
 
-def build_inputs(batch: TokenBatch, block_size: int, backend: Any, device: torch.device
-                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-    """(input ids, positions, attention metadata). Index arithmetic runs in numpy: a decode step
-    is a handful of tiny arrays, where each torch op would cost more than the arithmetic."""
+@dataclass(frozen=True)
+class Placeholders:
+    """Inputs an overlapped step takes from the tokens the previous step sampled on the device:
+    input token `token_index[j]` is `sampled[src[j]]` (`sampled`: int64, on the device)."""
+
+    token_index: list[int]
+    src: list[int]
+    sampled: torch.Tensor
+
+
+def build_inputs(batch: TokenBatch, block_size: int, backend: Any, device: torch.device,
+                 fill: Placeholders | None = None) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """(input ids, positions, attention metadata), the ids at `fill.token_index` taken from the
+    device. Index arithmetic runs in numpy: a decode step is a handful of tiny arrays, where each
+    torch op would cost more than the arithmetic."""
     q_lens = np.asarray(batch.query_lens, dtype=np.int64)
     num_seqs, num_tokens = len(batch.query_lens), int(q_lens.sum())
     seq_of_token = np.repeat(np.arange(num_seqs), q_lens)
@@ -42,6 +54,9 @@ def build_inputs(batch: TokenBatch, block_size: int, backend: Any, device: torch
                              backend)
     backend.prepare(meta)
     input_ids = torch.tensor(batch.input_ids, dtype=torch.int64, device=device)
+    if fill is not None:
+        index = torch.tensor(fill.token_index, dtype=torch.int64, device=device)
+        input_ids.index_copy_(0, index, fill.sampled[torch.tensor(fill.src, dtype=torch.int64, device=device)])
     return input_ids, torch.from_numpy(positions).to(device), meta
 
 

@@ -89,6 +89,10 @@ class StepPlan:
     # (empty: none) and how many alternatives to report.
     prompt_targets: list[list[int]] | None = None
     prompt_top: list[int] | None = None
+    # Overlapped scheduling: planned while the previous step is in flight. Inputs equal to
+    # `request.PLACEHOLDER` are the tokens that step samples for the same request; every request
+    # is plain (`Request.plain`), and the sampling rank may return its tokens still on the device.
+    overlapped: bool = False
 
     @property
     def num_seqs(self) -> int:
@@ -125,11 +129,40 @@ class StepOutput:
     logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)  # seq_id -> its prompt rows
     timing: StepTiming | None = None  # only while profiling (executor.set_profiling)
+    # An overlapped step's tokens while they may still be on their way from the device (`resolve`).
+    pending: "PendingTokens | None" = None
+
+    def resolve(self) -> "StepOutput":
+        """Wait for pending tokens and fill `token_ids` with them; returns self."""
+        if self.pending is not None:
+            self.token_ids, self.pending = self.pending.result(), None
+        return self
+
+
+class PendingTokens:
+    """Sampled tokens on their way to the host: a device-to-host copy into pinned memory, started
+    at once, and an event to wait for. `sample[i]`: whether request i has a token (in order)."""
+
+    def __init__(self, tokens: "torch.Tensor", sample: list[bool], host: "torch.Tensor"):
+        import torch
+
+        self.sample = sample
+        self.host = host[: tokens.shape[0]]
+        self.host.copy_(tokens, non_blocking=True)
+        self.event = torch.cuda.Event() if tokens.is_cuda else None
+        if self.event is not None:
+            self.event.record()
+
+    def result(self) -> list[list[int]]:
+        if self.event is not None:
+            self.event.synchronize()
+        values = iter(self.host.tolist())
+        return [[next(values)] if s else [] for s in self.sample]
 
 
 def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_copies: list[tuple[int, int]],
                     finished_seq_ids: list[int], draft_method: str | None = None,
-                    eos_token_ids: list[int] = ()) -> StepPlan:
+                    eos_token_ids: list[int] = (), overlapped: bool = False) -> StepPlan:
     """Turn the scheduler's (request, new token count) decisions into a plan. Tokens beyond a
     request's pending ones are its speculative proposals (`spec_token_ids`)."""
     seq_ids, input_ids, query_lens, seq_lens, tables, sample, logits = [], [], [], [], [], [], []
@@ -139,7 +172,7 @@ def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_co
         start = seq.num_computed_tokens
         spec = max(0, n - seq.num_pending_tokens)
         tokens = seq.tokens_between(start, start + n - spec) + seq.spec_token_ids[:spec]
-        samples = start + n >= seq.num_tokens and len(seq.output_token_ids) < seq.params.max_tokens
+        samples = start + n >= seq.num_tokens and seq.num_outputs < seq.params.max_tokens
         seq_ids.append(seq.seq_id)
         input_ids.extend(tokens)
         query_lens.append(n)
@@ -164,7 +197,8 @@ def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_co
                     spec_lens=spec_lens if any(spec_lens) else None,
                     draft=DraftPlan(draft_method, num_draft, catch_up) if any(num_draft) else None,
                     block_copies=block_copies, finished_seq_ids=finished_seq_ids,
-                    prompt_targets=targets if any(targets) else None, prompt_top=top if any(targets) else None)
+                    prompt_targets=targets if any(targets) else None, prompt_top=top if any(targets) else None,
+                    overlapped=overlapped)
 
 
 def _add_sampling_row(sampling: SamplingBatch, seq: Request, eos_token_ids: list[int]) -> None:
@@ -174,12 +208,12 @@ def _add_sampling_row(sampling: SamplingBatch, seq: Request, eos_token_ids: list
     sampling.top_p.append(float(p.top_p))
     sampling.min_p.append(float(p.min_p))
     sampling.seeds.append(seq.seed)
-    sampling.output_index.append(len(seq.output_token_ids))
+    sampling.output_index.append(seq.num_outputs)
     sampling.process.append(seq.processed)
     sampling.presence_penalty.append(float(p.presence_penalty))
     sampling.frequency_penalty.append(float(p.frequency_penalty))
     sampling.repetition_penalty.append(float(p.repetition_penalty))
-    left = max(0, p.min_tokens - len(seq.output_token_ids))
+    left = max(0, p.min_tokens - seq.num_outputs)
     sampling.min_tokens_left.append(left)
     sampling.suppress.append(([] if p.ignore_eos else list(eos_token_ids)) + list(p.stop_token_ids) if left else [])
     sampling.logprobs.append(-1 if p.logprobs is None else p.logprobs)
