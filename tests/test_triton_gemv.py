@@ -6,9 +6,9 @@ rounding of y to the dtype (half an ulp, 2^-11 |y| for fp16 and 2^-8 for bf16; t
 truncates fp32 -> bf16, a whole ulp: 2^-7) plus 2^-12 for fp32 summation order and exp.
 
 On CPU the kernels run under Triton's interpreter, which computes a bf16 `tl.dot` as a matmul of
-the raw uint16 bit patterns (triton 3.6 `interpreter.create_dot`): the tensor-core path (Tile.dot)
-is checked in fp16 only there, and in both dtypes on CUDA. bf16 loads, stores, casts and the FMA
-path work in the interpreter and are checked in bf16 everywhere.
+the raw uint16 bit patterns (triton 3.6 `interpreter.create_dot`): the tensor-core path (Tile.dot,
+every M >= 2) is checked in fp16 only there, and in both dtypes on CUDA. bf16 loads, stores, casts
+and the M = 1 FMA path work in the interpreter and are checked in bf16 everywhere.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def dtypes_for(tile: Tile):
 CASES = [
     (1, 37, 100, Tile(16, 32, 1)),
     (1, 50, 200, Tile(8, 64, 3)),  # 4 K slabs over 3 splits of 2: the third is empty
-    (3, 37, 100, Tile(16, 32, 2)),
+    (3, 37, 100, Tile(16, 32, 2, dot=True)),
+    (1, 37, 100, Tile(16, 32, 3, dot=True)),  # the tensor-core path at M = 1 (x padded to 16 rows)
     (7, 40, 70, Tile(16, 32, 8, dot=True)),  # 8 splits, 3 K slabs
     (16, 33, 96, Tile(32, 16, 4, dot=True)),
     (2, 24, 40, Tile(16, 16, 1, dot=True)),
@@ -128,7 +129,7 @@ def test_gate_up_fuses_swiglu_into_the_down_projection(M, N, K, tile, dtype):
 
 @pytest.mark.parametrize("dtype", [F16, BF16])
 def test_strided_unaligned_x_and_a_fresh_output(dtype):
-    M = 5 if dtype == F16 or CUDA else 3  # default tiles: the dot path from M = 5 (no bf16 dot on CPU)
+    M = 5 if dtype == F16 or CUDA else 1  # default tiles: the dot path from M = 2 (no bf16 dot on CPU)
     x, w, b = case(M, 45, 130, dtype, row_pad=13, col_offset=3)
     assert x.stride(0) == 146 and x.data_ptr() % 16 != 0
     y = gemv(x, w, b)  # the default tile, a new output tensor
@@ -137,7 +138,7 @@ def test_strided_unaligned_x_and_a_fresh_output(dtype):
 
 
 def test_split_k_leaves_counters_at_zero_and_is_deterministic():
-    tile = Tile(16, 32, 4)
+    tile = Tile(16, 32, 4, dot=True)
     x1, w, b = case(2, 70, 300, F16, seed=2)
     x2, _, _ = case(2, 70, 300, F16, seed=3)
     first = gemv(x1, w, b, out=poisoned(2, 70, F16), tile=tile)
@@ -149,13 +150,14 @@ def test_split_k_leaves_counters_at_zero_and_is_deterministic():
     assert torch.equal(first.view(torch.int16), again.view(torch.int16))
 
 
-def test_every_candidate_computes_the_same_product():
-    M, N, K = 2, 40, 300
+@pytest.mark.parametrize("M", [1, 2])
+def test_every_candidate_computes_the_same_product(M):
+    N, K = 40, 300
     x, w, b = case(M, N, K, F16, seed=4)
     ref = truth(x, w, b)
     tiles = G.candidates(M, N, K)
     assert tiles[0] == G.default_tile(M, N, K) and len(set(tiles)) == len(tiles)
-    assert {t.dot for t in tiles} == {True, False}
+    assert {t.dot for t in tiles} == ({True, False} if M == 1 else {True})
     for tile in tiles:
         assert_close(gemv(x, w, b, out=poisoned(M, N, F16), tile=tile), ref, F16)
 
@@ -171,10 +173,10 @@ def test_tiles_and_candidates_are_valid_for_the_qwen_shapes(M):
             for size in (tile.block_n, tile.block_k):
                 assert size & (size - 1) == 0
             assert 1 <= tile.split_k <= max(1, -(-K // tile.block_k))
-            assert not tile.dot or (M >= 2 and tile.block_n >= 16 and tile.block_k >= 16)
-            assert tile.dot or M <= 4
-        n_tiles = -(-N // G.tile_for(M, N, K).block_n)
-        assert n_tiles * G.tile_for(M, N, K).split_k >= min(n_tiles, 256), "the default leaves the GPU idle"
+            assert tile.dot or M == 1
+            assert not tile.dot or (tile.block_n >= 16 and tile.block_k >= 16)
+        n_tiles, splits, _ = G.grid(N, K, G.tile_for(M, N, K))
+        assert n_tiles * splits >= 256, "the default launch should give a 132-SM GPU two programs per SM"
 
 
 def test_bad_arguments_name_the_argument():
@@ -190,6 +192,7 @@ def test_bad_arguments_name_the_argument():
         (dict(bias=b[:10]), "bias:"),
         (dict(out=torch.empty(2, 25, dtype=F16, device=DEVICE)), "out:"),
         (dict(tile=Tile(8, 32, 1, dot=True)), "tile:"),
+        (dict(tile=Tile(16, 32, 1)), "tile:"),  # the FMA path at M = 2
     ]
     for change, message in bad:
         args = dict(x=x, weight=w, bias=b) | change

@@ -4,9 +4,13 @@ At M <= 16 a linear layer reads its weight once and does almost no arithmetic pe
 its time is the weight's bytes over the memory bandwidth, plus launch and ramp-up. This kernel
 streams `weight` [N, K] with wide coalesced loads (each program reads BLOCK_N whole rows in
 BLOCK_K-wide slabs) and accumulates in fp32:
-- M == 1: fp32 FMAs into a [BLOCK_N, BLOCK_K] accumulator, reduced over K once at the end;
-- M >= 2: either FMAs reduced per slab (`Tile.dot=False`, best up to M ~ 4), or a tensor-core
-  `tl.dot` of a 16-row (or 32-row) x tile against the weight slab (`Tile.dot=True`).
+- `Tile.dot=False` (M == 1 only): fp32 FMAs into a [BLOCK_N, BLOCK_K] accumulator in the weight
+  load's own register layout (x is read as a broadcast of its row, from L1, so nothing moves
+  through shared memory in the loop), reduced over K once after the loop;
+- `Tile.dot=True` (any M): a tensor-core `tl.dot` of the x tile, padded to 16 rows, against the
+  weight slab, which Triton stages through shared memory with `num_stages` async copies. An
+  FMA path for 2 <= M <= 4 was tried and dropped: Triton moved the weight slab through shared
+  memory and reduced across lanes every slab (sm_90 PTX, compiled without a GPU).
 
 Split-K in the same launch. When N / BLOCK_N programs cannot fill the GPU (N = 1536 on 132
 SMs) the grid is (N tiles, SPLIT_K): split s reduces K slabs [s*T, (s+1)*T) and writes its
@@ -36,10 +40,11 @@ Tiles come from `TILES`, keyed by `shape_class(M, N, K)` = (M, N, K each rounded
 of two); classes not in the table get `default_tile(M, N, K)`, valid on every GPU.
 `candidates(M, N, K)` lists what `benchmarks/gpu_sections/gemv.py` sweeps on a GPU.
 
-Where it is expected to lose to cuBLAS (route these there): M > 16 is refused (ValueError);
-at M = 16 the tensor-core path's 16-row tile is full and cuBLAS's GEMM kernels are likely as
-good or better; large square-ish shapes with M >= 8 at which the GEMV is no longer bandwidth
-bound. The GPU sweep decides the crossover per shape class.
+Where it is expected to lose to cuBLAS (dispatch should route these there): M > 16 (refused with
+ValueError: a GEMM's job); M = 8..16, where cuBLAS switches to Hopper GEMM kernels (TMA, wgmma)
+and ours pads x to a 16-row mma v2 tile; and possibly the wide shapes (gate_up, lm_head), where
+cuBLAS already streams at about 75% of the copy bandwidth and there is little to win. The GPU
+benchmark reports ours against cuBLAS per shape and M: route by its rows.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ _DTYPES = (torch.float16, torch.bfloat16)
 @dataclass(frozen=True)
 class Tile:
     """Launch configuration. block_n, block_k: powers of two (>= 16 each with dot=True);
-    split_k: programs per output tile along K (1 = no workspace); dot: tensor-core path (M >= 2)."""
+    split_k: programs per output tile along K (1 = no workspace; evened out by `grid`);
+    dot: the tensor-core path (required for M >= 2); num_stages matters to it only."""
 
     block_n: int
     block_k: int
@@ -85,7 +91,7 @@ def shape_class(M: int, N: int, K: int) -> tuple[int, int, int]:
 
 
 def _block_m(M: int, dot: bool) -> int:
-    return max(16, _pow2(M)) if dot else _pow2(M)
+    return max(16, _pow2(M)) if dot else 1
 
 
 def _split_for(N: int, K: int, block_n: int, block_k: int) -> int:
@@ -109,9 +115,9 @@ def grid(N: int, K: int, tile: Tile) -> tuple[int, int, int]:
 
 def default_tile(M: int, N: int, K: int) -> Tile:
     """The tile used when TILES has no entry for the shape class: valid on every GPU."""
-    if M <= 4:  # FMA path; keep the per-thread tile about the same as M grows
-        block_n, block_k = 16, max(64, 256 // _pow2(M))
-        return Tile(block_n, block_k, _split_for(N, K, block_n, block_k), num_warps=4, num_stages=2)
+    if M == 1:
+        block_n, block_k = 16, 256
+        return Tile(block_n, block_k, _split_for(N, K, block_n, block_k), num_warps=4, num_stages=1)
     block_n, block_k = 32, 128
     return Tile(block_n, block_k, _split_for(N, K, block_n, block_k), num_warps=4, num_stages=3, dot=True)
 
@@ -121,23 +127,22 @@ def tile_for(M: int, N: int, K: int) -> Tile:
     return TILES.get(shape_class(M, N, K)) or default_tile(M, N, K)
 
 
-# Swept shapes (block_n, block_k at M = 1, num_warps, num_stages); block_k shrinks as M grows on
-# the FMA path so that the per-thread tile stays about the same size.
-_FMA_SWEEP = ((4, 512, 4, 2), (8, 512, 4, 2), (16, 256, 4, 2), (16, 256, 4, 1), (16, 256, 4, 3),
-              (16, 512, 8, 2), (32, 256, 8, 2), (64, 128, 8, 2))
-_DOT_SWEEP = ((16, 128, 4, 3), (16, 256, 4, 2), (32, 128, 4, 3), (32, 256, 4, 3), (64, 64, 4, 4),
-              (64, 128, 4, 3), (32, 128, 8, 4))
+# Swept (block_n, block_k, num_warps, num_stages): the FMA path at M = 1, the tensor-core path at
+# every M (at M = 1 its first two only).
+_FMA_SWEEP = ((4, 512, 4, 1), (8, 256, 4, 1), (8, 512, 4, 1), (16, 256, 4, 1), (16, 512, 8, 1),
+              (32, 256, 8, 1), (32, 128, 4, 1), (64, 128, 8, 1))
+_DOT_SWEEP = ((16, 128, 4, 3), (16, 256, 4, 3), (32, 128, 4, 3), (32, 256, 4, 3), (64, 64, 4, 4),
+              (64, 128, 4, 3), (32, 128, 8, 4), (16, 128, 4, 5))
 
 
 def candidates(M: int, N: int, K: int) -> list[Tile]:
-    """Tiles worth sweeping on a GPU for this shape, the default first: the FMA path up to M = 4,
-    the tensor-core path from M = 2, each at the default split and twice it. Compiles are shared
-    across shapes: every Tile field but split_k is a compile-time constant."""
+    """Tiles worth sweeping on a GPU for this shape, the default first, each at the default split
+    and twice it (as launched: see grid). Compiles are shared across shapes: every Tile field but
+    split_k is a compile-time constant."""
     found = [default_tile(M, N, K)]
-    sweeps = ([(s, False) for s in _FMA_SWEEP] if M <= 4 else []) + ([(s, True) for s in _DOT_SWEEP] if M >= 2 else [])
+    sweeps = [(s, False) for s in _FMA_SWEEP] + [(s, True) for s in _DOT_SWEEP[:2]] if M == 1 else \
+        [(s, True) for s in _DOT_SWEEP]
     for (block_n, block_k, num_warps, num_stages), dot in sweeps:
-        if not dot:
-            block_k = max(32, block_k // _pow2(M))
         base = _split_for(N, K, block_n, block_k)
         for split in (base, 2 * base):
             tile = Tile(block_n, block_k, min(split, 16), num_warps, num_stages, dot)
@@ -165,17 +170,79 @@ def _buffer(kind: str, device: torch.device, numel: int, dtype: torch.dtype) -> 
 
 
 @triton.jit
-def _load_x(x_ptr, stride_xm, offs_m, m_mask, offs_k, k_mask, K, GATE_UP: tl.constexpr):
-    """x[offs_m, offs_k] in x's dtype, [BLOCK_M, BLOCK_K]; with GATE_UP, silu(gate) * up computed
-    in fp32 and rounded once to the dtype."""
-    mask = m_mask[:, None] & k_mask[None, :]
-    ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+def _load_x(ptrs, mask, K, GATE_UP: tl.constexpr):
+    """x at `ptrs` (any shape) in x's dtype; with GATE_UP, silu(x) * x[+K] computed in fp32 and
+    rounded once to the dtype."""
     gate = tl.load(ptrs, mask=mask, other=0.0)
     if GATE_UP:
         g = gate.to(tl.float32)
         u = tl.load(ptrs + K, mask=mask, other=0.0).to(tl.float32)
-        return (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty)
+        return (g / (1.0 + tl.exp(-g)) * u).to(gate.dtype)
     return gate
+
+
+@triton.jit
+def _row_slab(x_ptr, w_rows, offs_n, offs_k, K, valid, GATE_UP: tl.constexpr):
+    """M == 1: one [BLOCK_N, BLOCK_K] weight slab and the x it multiplies, both in the weight
+    load's layout (all masked off when not `valid`, a scalar: no memory traffic)."""
+    k_mask = (offs_k < K) & valid
+    w = tl.load(w_rows + offs_k[None, :], mask=k_mask[None, :], other=0.0)
+    if GATE_UP:
+        # silu(gate) * up once per element (a 1-D row), moved into w's layout through shared memory
+        x = _load_x(x_ptr + offs_k, k_mask, K, GATE_UP)[None, :]
+    else:
+        # x read as the [BLOCK_N, BLOCK_K] broadcast of its row: each thread loads (from L1) the
+        # x elements of its own weight elements, so nothing changes layout
+        x = tl.load(x_ptr + (offs_k[None, :] + 0 * offs_n[:, None]), mask=k_mask[None, :], other=0.0)
+    return w, x
+
+
+@triton.jit
+def _row_dot(x_ptr, w_rows, offs_n, arange_k, k_begin, k_end, K,
+             GATE_UP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """M == 1: sum over K slabs [k_begin, k_end) of w * x as [BLOCK_N] fp32. fp32 FMAs into a
+    [BLOCK_N, BLOCK_K] accumulator, reduced once at the end; the next slab's loads are issued
+    before this slab's FMAs (Triton does not pipeline loads that feed no tl.dot)."""
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    w_next, x_next = _row_slab(x_ptr, w_rows, offs_n, k_begin + arange_k, K, k_begin < k_end, GATE_UP)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        w, x = w_next, x_next
+        w_next, x_next = _row_slab(x_ptr, w_rows, offs_n, k0 + BLOCK_K + arange_k, K, k0 + BLOCK_K < k_end, GATE_UP)
+        acc += w.to(tl.float32) * x.to(tl.float32)
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _tile_dot(x_ptr, stride_xm, w_rows, offs_m, m_mask, arange_k, k_begin, k_end, K,
+              GATE_UP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Any M: sum over K slabs of x @ w.T as [BLOCK_M, BLOCK_N] fp32 on tensor cores (the weight
+    slabs staged through shared memory by Triton's pipeliner, num_stages deep)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        offs_k = k0 + arange_k
+        k_mask = offs_k < K
+        w = tl.load(w_rows + offs_k[None, :], mask=k_mask[None, :], other=0.0)
+        x = _load_x(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], m_mask[:, None] & k_mask[None, :],
+                    K, GATE_UP)
+        acc = tl.dot(x, tl.trans(w), acc)
+    return acc
+
+
+@triton.jit
+def _partials_in_order(ws_ptr, tile, mask, split_k, split_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """partial[0] + partial[1] + ... + partial[split_k - 1], summed in that order; four loads are
+    issued before their adds so that the L2 round trips overlap (split_k <= 16: at most 4 waits)."""
+    total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in range(0, split_k, 4):
+        p0 = tl.load(ws_ptr + s * split_stride + tile, mask=mask, other=0.0, cache_modifier=".cg")
+        p1 = tl.load(ws_ptr + (s + 1) * split_stride + tile, mask=mask & (s + 1 < split_k), other=0.0,
+                     cache_modifier=".cg")
+        p2 = tl.load(ws_ptr + (s + 2) * split_stride + tile, mask=mask & (s + 2 < split_k), other=0.0,
+                     cache_modifier=".cg")
+        p3 = tl.load(ws_ptr + (s + 3) * split_stride + tile, mask=mask & (s + 3 < split_k), other=0.0,
+                     cache_modifier=".cg")
+        total = (((total + p0) + p1) + p2) + p3
+    return total
 
 
 @triton.jit
@@ -194,28 +261,11 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
     w_rows = w_ptr + tl.minimum(offs_n, N - 1)[:, None] * K
     k_begin = pid_k * k_slabs_per_split * BLOCK_K
     k_end = tl.minimum(k_begin + k_slabs_per_split * BLOCK_K, K)
-
     if DOT:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    elif BLOCK_M == 1:
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        part = _tile_dot(x_ptr, stride_xm, w_rows, offs_m, m_mask, arange_k, k_begin, k_end, K,
+                         GATE_UP, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_begin, k_end, BLOCK_K):
-        offs_k = k0 + arange_k
-        k_mask = offs_k < K
-        w = tl.load(w_rows + offs_k[None, :], mask=k_mask[None, :], other=0.0)
-        x = _load_x(x_ptr, stride_xm, offs_m, m_mask, offs_k, k_mask, K, GATE_UP)
-        if DOT:
-            acc = tl.dot(x, tl.trans(w), acc)
-        elif BLOCK_M == 1:
-            acc += w.to(tl.float32) * x.to(tl.float32)
-        else:
-            acc += tl.sum(x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-    if BLOCK_M == 1 and not DOT:
-        part = tl.sum(acc, axis=1)[None, :]
-    else:
-        part = acc
+        part = _row_dot(x_ptr, w_rows, offs_n, arange_k, k_begin, k_end, K, GATE_UP, BLOCK_N, BLOCK_K)[None, :]
 
     out_mask = m_mask[:, None] & n_mask[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -225,9 +275,8 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
         tl.debug_barrier()  # every thread's partial is stored before the (single-thread) release
         arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
         if arrived == split_k - 1:
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(0, split_k):  # fixed order: deterministic whatever the arrival order
-                total += tl.load(ws_ptr + s * M * N + tile, mask=out_mask, other=0.0, cache_modifier=".cg")
+            # a fixed order: the same bits whatever order the splits arrived in
+            total = _partials_in_order(ws_ptr, tile, out_mask, split_k, M * N, BLOCK_M, BLOCK_N)
             if HAS_BIAS:
                 total += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=out_mask)
@@ -280,6 +329,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     tile = tile or tile_for(M, N, K)
     if tile.dot and (tile.block_n < 16 or tile.block_k < 16):
         raise ValueError(f"tile: dot=True needs block_n and block_k >= 16, got {tile}")
+    if not tile.dot and M > 1:
+        raise ValueError(f"tile: the FMA path (dot=False) takes one row, got M={M}")
     if out is None:
         out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     n_tiles, split, slabs_per_split = grid(N, K, tile)
