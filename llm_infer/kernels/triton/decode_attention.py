@@ -1,0 +1,225 @@
+"""Decode attention over the paged KV cache: one query token per sequence, flash-decoding style,
+GQA-packed. Semantics: `TorchAttentionBackend` with every query length 1 (the query is the last
+of seq_lens[b] positions, so it sees them all); the CUDA kernel's contract (`cuda_kernels.h`).
+
+Program (sequence b, KV head g, split s) serves the `group = heads / kv_heads` query heads of KV
+head g at once: their queries are the rows of a [max(16, next_pow2(group)), D] block (padded to
+tl.dot's minimum), so every K/V tile is loaded once for the whole group. Scores come from tl.dot
+(fp32 accumulation of exact products), the softmax is online in fp32 (base 2, the scale folded
+in), and the probabilities are rounded to the dtype for the P @ V product (as flash attention
+does; the error this adds is at most one rounding of max|V|).
+
+The context of sequence b is cut into `splits` equal chunks, rounded up to whole tiles, on the
+device from seq_lens[b] (so the launch, grid included, depends only on host-known sizes and a
+CUDA graph can capture it). A split past the end of its sequence is empty. With splits == 1 the
+program writes the output; otherwise each writes its partial (running max m, sum l, unnormalised
+output acc, fp32) to the workspace and a merge kernel rescales them to the common maximum.
+
+Workspace (fp32), with r = (b * heads + h) * splits + s and R = seqs * heads * splits:
+    acc [R, D] | m [R] | l [R]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from llm_infer.kernels.triton.checks import activation, index, like, need, power_of_two
+
+
+@dataclass(frozen=True)
+class Tile:
+    block_n: int  # context positions per K/V tile (a power of two >= 16)
+    warps: int
+    stages: int  # software-pipelining depth of the tile loop
+
+
+# Keyed by head_dim class; defaults valid on any GPU (at most 32 KB of K/V tiles in shared memory
+# over the pipeline stages). `benchmarks/gpu_sections/decode_kernels.py` sweeps CANDIDATES.
+TILES: dict[str, Tile] = {
+    "d64": Tile(block_n=64, warps=4, stages=2),
+    "d128": Tile(block_n=32, warps=4, stages=2),
+    "default": Tile(block_n=16, warps=4, stages=2),
+}
+CANDIDATES = [Tile(n, w, s) for n in (16, 32, 64, 128) for w in (2, 4, 8) for s in (2, 3, 4)]
+MERGE_WARPS = 4
+SPLIT_BLOCK = 16  # splits the merge kernel combines per step
+
+# choose_splits: aim for WAVES programs per SM, never below MIN_SPLIT_POSITIONS per split.
+WAVES = 4
+MIN_SPLIT_POSITIONS = 256
+MAX_SPLITS = 64
+
+
+def shape_class(head_dim: int) -> str:
+    return f"d{head_dim}" if f"d{head_dim}" in TILES else "default"
+
+
+def choose_splits(num_seqs: int, num_kv_heads: int, max_context: int, sm_count: int) -> int:
+    """Splits per (sequence, KV head) for `decode_attention`:
+
+        clamp(ceil(WAVES * sm_count / (num_seqs * num_kv_heads)),
+              1, min(MAX_SPLITS, max_context // MIN_SPLIT_POSITIONS))
+
+    i.e. enough programs to fill every SM WAVES times over, but no split shorter than
+    MIN_SPLIT_POSITIONS context positions (a few tiles: below that the merge costs more than the
+    parallelism gains), and at most MAX_SPLITS. Host arithmetic only."""
+    programs = max(1, num_seqs * num_kv_heads)
+    want = -(-WAVES * max(1, sm_count) // programs)
+    cap = min(MAX_SPLITS, max(1, max_context // MIN_SPLIT_POSITIONS))
+    return max(1, min(want, cap))
+
+
+def workspace_bytes(seqs: int, heads: int, head_dim: int, splits: int) -> int:
+    """Bytes of workspace `decode_attention` needs (0 when splits == 1)."""
+    return 0 if splits == 1 else 4 * seqs * heads * splits * (head_dim + 2)
+
+
+@triton.jit
+def _chunk(seq_len, splits, BLOCK_N: tl.constexpr):
+    """Context positions per split: an equal share of seq_len rounded up to whole tiles (>= 1 tile)."""
+    return tl.maximum(tl.cdiv(tl.cdiv(seq_len, splits), BLOCK_N), 1) * BLOCK_N
+
+
+@triton.jit
+def _decode_kernel(q_ptr, q_stride, kc_ptr, vc_ptr, tables_ptr, table_stride, seq_lens_ptr, out_ptr,
+                   acc_ptr, m_ptr, l_ptr, qk_scale, splits,
+                   H: tl.constexpr, KVH: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                   D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr,
+                   STAGES: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b)
+    chunk = _chunk(seq_len, splits, BLOCK_N)
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, seq_len)
+
+    g = tl.arange(0, GROUP_PAD)
+    d = tl.arange(0, D)
+    n = tl.arange(0, BLOCK_N)
+    heads = kvh * GROUP + g
+    in_group = g < GROUP
+    q = tl.load(q_ptr + b * q_stride + heads[:, None] * D + d[None, :], mask=in_group[:, None], other=0.0)
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, D], tl.float32)
+    table = tables_ptr + b * table_stride
+    for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
+        pos = start + n
+        valid = pos < hi
+        block = tl.load(table + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+        rows = (block * BLOCK_SIZE + pos % BLOCK_SIZE) * (KVH * D) + kvh * D
+        k = tl.load(kc_ptr + rows[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+        s = tl.where(valid[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))  # finite: every tile holds a valid position
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        v = tl.load(vc_ptr + rows[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+
+    if DIRECT:  # splits == 1; an empty sequence (seq_len 0) gets zeros
+        o = acc / tl.where(l > 0, l, 1.0)[:, None]
+        dst = out_ptr + b * (H * D) + heads[:, None] * D + d[None, :]
+        tl.store(dst, o.to(out_ptr.dtype.element_ty), mask=in_group[:, None])
+    else:  # empty splits store m = -inf, l = 0; the merge reads only the non-empty ones
+        r = (b * H + heads) * splits + split
+        tl.store(acc_ptr + r[:, None] * D + d[None, :], acc, mask=in_group[:, None])
+        tl.store(m_ptr + r, m, mask=in_group)
+        tl.store(l_ptr + r, l, mask=in_group)
+
+
+@triton.jit
+def _merge_kernel(acc_ptr, m_ptr, l_ptr, seq_lens_ptr, out_ptr, splits,
+                  H: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + b)
+    used = tl.cdiv(seq_len, _chunk(seq_len, splits, BLOCK_N))  # the non-empty splits
+    base = (b * H + h) * splits
+    s = tl.arange(0, SPLIT_BLOCK)
+    d = tl.arange(0, D)
+    m_all = tl.full([SPLIT_BLOCK], float("-inf"), tl.float32)
+    for s0 in range(0, used, SPLIT_BLOCK):
+        m_all = tl.maximum(m_all, tl.load(m_ptr + base + s0 + s, mask=s0 + s < used, other=float("-inf")))
+    m_max = tl.max(m_all, axis=0)
+    acc = tl.zeros([D], tl.float32)
+    l_sum = tl.zeros([SPLIT_BLOCK], tl.float32)
+    for s0 in range(0, used, SPLIT_BLOCK):
+        ok = s0 + s < used
+        w = tl.exp2(tl.load(m_ptr + base + s0 + s, mask=ok, other=float("-inf")) - m_max)
+        l_sum += w * tl.load(l_ptr + base + s0 + s, mask=ok, other=0.0)
+        part = tl.load(acc_ptr + (base + s0 + s)[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+        acc += tl.sum(part * w[:, None], axis=0)
+    l_tot = tl.sum(l_sum, axis=0)
+    o = acc / tl.where(l_tot > 0, l_tot, 1.0)
+    tl.store(out_ptr + (b * H + h) * D + d, o.to(out_ptr.dtype.element_ty))
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                     seq_lens: torch.Tensor, scale: float, splits: int, workspace: torch.Tensor | None = None,
+                     out: torch.Tensor | None = None, *, tile: Tile | None = None) -> torch.Tensor:
+    """Attention of one query token per sequence over its paged context. Returns out.
+
+    q: [seqs, H * D] float16/bfloat16, last dimension stride 1 (rows may be strided, e.g. a slice
+      of the qkv tensor). k_cache, v_cache: [num_blocks, block_size, KVH, D], q's dtype, contiguous;
+      D a power of two >= 16, block_size a power of two, H a multiple of KVH.
+    block_tables: [seqs, max_blocks] int32 (last dimension stride 1). seq_lens: [seqs] int32,
+      context length including the current token (0 gives zeros; not range-checked on the host).
+    scale: softmax scale. splits: programs per (sequence, KV head), >= 1 (see choose_splits).
+    workspace: >= workspace_bytes(seqs, H, D, splits) bytes, contiguous, 16-byte aligned, any
+      dtype (allocated when None and splits > 1); overwritten. out: [seqs, H * D] contiguous,
+      q's dtype; allocated when None. tile: overrides TILES (sweeps).
+    Raises ValueError naming the argument on a shape, dtype, device or layout mismatch.
+    """
+    activation(q, "q", 2)
+    seqs, dev = q.shape[0], q.device
+    need(k_cache.dim() == 4, "k_cache",
+         f"expected [num_blocks, block_size, kv_heads, head_dim], got {tuple(k_cache.shape)}")
+    like(k_cache, "k_cache", tuple(k_cache.shape), q.dtype, dev)
+    like(v_cache, "v_cache", tuple(k_cache.shape), q.dtype, dev)
+    _, block_size, kv_heads, head_dim = k_cache.shape
+    need(power_of_two(head_dim) and head_dim >= 16, "k_cache", f"head_dim must be a power of two >= 16, got {head_dim}")
+    need(power_of_two(block_size), "k_cache", f"block_size must be a power of two, got {block_size}")
+    heads = q.shape[1] // head_dim
+    need(q.shape[1] == heads * head_dim and heads % kv_heads == 0 and heads > 0, "q",
+         f"row of {q.shape[1]} is not a multiple of {kv_heads} KV heads x head_dim {head_dim}")
+    index(block_tables, "block_tables", 2, dev)
+    index(seq_lens, "seq_lens", 1, dev)
+    need(block_tables.shape[0] == seqs, "block_tables", f"expected {seqs} rows, got {block_tables.shape[0]}")
+    need(seq_lens.shape[0] == seqs, "seq_lens", f"expected {seqs} lengths, got {seq_lens.shape[0]}")
+    need(isinstance(splits, int) and splits >= 1, "splits", f"must be an int >= 1, got {splits!r}")
+    like(out, "out", (seqs, heads * head_dim), q.dtype, dev)
+    nbytes = workspace_bytes(seqs, heads, head_dim, splits)
+    if workspace is not None and nbytes:
+        need(workspace.device == dev and workspace.is_contiguous(), "workspace", f"must be contiguous on {dev}")
+        need(workspace.numel() * workspace.element_size() >= nbytes, "workspace",
+             f"needs {nbytes} bytes, got {workspace.numel() * workspace.element_size()}")
+        need(workspace.data_ptr() % 16 == 0, "workspace", "must be 16-byte aligned")
+    out = torch.empty(seqs, heads * head_dim, dtype=q.dtype, device=dev) if out is None else out
+    if seqs == 0:
+        return out
+    if nbytes:
+        raw = torch.empty(nbytes, dtype=torch.uint8, device=dev) if workspace is None else workspace
+        ws = raw.reshape(-1).view(torch.uint8)[:nbytes].view(torch.float32)
+        r = seqs * heads * splits
+        acc, m, l = ws[: r * head_dim], ws[r * head_dim : r * (head_dim + 1)], ws[r * (head_dim + 1) :]
+    else:
+        acc = m = l = out  # unused
+    group = heads // kv_heads
+    t = tile or TILES[shape_class(head_dim)]
+    _decode_kernel[(seqs, kv_heads, splits)](
+        q, q.stride(0), k_cache, v_cache, block_tables, block_tables.stride(0), seq_lens, out, acc, m, l,
+        float(scale) * math.log2(math.e), splits, H=heads, KVH=kv_heads, GROUP=group,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)), D=head_dim, BLOCK_SIZE=block_size, BLOCK_N=t.block_n,
+        DIRECT=splits == 1, STAGES=t.stages, num_warps=t.warps)
+    if splits > 1:
+        _merge_kernel[(seqs, heads)](acc, m, l, seq_lens, out, splits, H=heads, D=head_dim, BLOCK_N=t.block_n,
+                                     SPLIT_BLOCK=SPLIT_BLOCK, num_warps=MERGE_WARPS)
+    return out
