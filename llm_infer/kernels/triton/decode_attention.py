@@ -11,7 +11,8 @@ does; the error this adds is at most one rounding of max|V|).
 
 The context of sequence b is cut into `splits` equal chunks, rounded up to whole tiles, on the
 device from seq_lens[b] (so the launch, grid included, depends only on host-known sizes and a
-CUDA graph can capture it). A split past the end of its sequence is empty. With splits == 1 the
+CUDA graph can capture it). A split past the end of its sequence is empty: it loads only its query
+and stores nothing, so `splits` may be sized for the longest context. With splits == 1 the
 program writes the output; otherwise each writes its partial (running max m, sum l, unnormalised
 output acc, fp32) to the workspace and a merge kernel rescales them to the common maximum.
 
@@ -128,11 +129,12 @@ def _decode_kernel(q_ptr, q_stride, kc_ptr, vc_ptr, tables_ptr, table_stride, se
         o = acc / tl.where(l > 0, l, 1.0)[:, None]
         dst = out_ptr + b * (H * D) + heads[:, None] * D + d[None, :]
         tl.store(dst, o.to(out_ptr.dtype.element_ty), mask=in_group[:, None])
-    else:  # empty splits store m = -inf, l = 0; the merge reads only the non-empty ones
+    else:  # an empty split stores nothing: the merge reads only the non-empty ones
         r = (b * H + heads) * splits + split
-        tl.store(acc_ptr + r[:, None] * D + d[None, :], acc, mask=in_group[:, None])
-        tl.store(m_ptr + r, m, mask=in_group)
-        tl.store(l_ptr + r, l, mask=in_group)
+        store = in_group & (lo < hi)
+        tl.store(acc_ptr + r[:, None] * D + d[None, :], acc, mask=store[:, None])
+        tl.store(m_ptr + r, m, mask=store)
+        tl.store(l_ptr + r, l, mask=store)
 
 
 @triton.jit
