@@ -72,6 +72,13 @@ def test_rms_norm_is_within_two_roundings_of_the_fp64_truth(rows, dim, tile, wit
         assert (out == ref).float().mean() > 0.99
 
 
+def test_rms_norm_normalises_each_last_dimension_row_of_a_3d_tensor():
+    """[tokens, heads, head_dim] (Qwen3's per-head q/k norm) is the 2-D case on the flattened rows."""
+    g = torch.Generator().manual_seed(3)
+    x, w = randn(g, 5, 3, 64, dtype=BF16), randn(g, 64, dtype=BF16)
+    assert torch.equal(rms.rms_norm(x, w, 1e-6), rms.rms_norm(x.view(15, 64), w, 1e-6).view(5, 3, 64))
+
+
 def test_rms_norm_accepts_out_aliasing_x_and_rejects_bad_arguments():
     g = torch.Generator().manual_seed(1)
     x, w = randn(g, 2, 64, dtype=F16), randn(g, 64, dtype=F16)

@@ -15,11 +15,13 @@ def need(ok: bool, name: str, what: str) -> None:
         raise ValueError(f"{name}: {what}")
 
 
-def activation(t: torch.Tensor, name: str, dim: int) -> None:
-    """`t` is a float16/bfloat16 tensor of `dim` dimensions whose last dimension has stride 1."""
+def activation(t: torch.Tensor, name: str, dim: int | None) -> None:
+    """`t` is a float16/bfloat16 tensor of `dim` dimensions (None: at least one) whose last
+    dimension has stride 1."""
     need(isinstance(t, torch.Tensor), name, f"expected a tensor, got {type(t).__name__}")
     need(t.dtype in ACTIVATION_DTYPES, name, f"dtype must be float16 or bfloat16, got {t.dtype}")
-    need(t.dim() == dim, name, f"expected {dim} dimensions, got shape {tuple(t.shape)}")
+    need(t.dim() == dim if dim is not None else t.dim() >= 1, name,
+         f"expected {dim or 'at least 1'} dimensions, got shape {tuple(t.shape)}")
     need(t.numel() == 0 or t.stride(-1) == 1, name, "the last dimension must have stride 1")
 
 

@@ -65,13 +65,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     """rmsnorm(x) * weight, or with `residual`: residual <- x + residual (in place), then
     rmsnorm(residual) * weight.
 
-    x: [rows, dim] float16/bfloat16, contiguous. weight: [dim], x's dtype. residual: like x.
+    x: [..., dim] float16/bfloat16, contiguous (rows = the leading dimensions, e.g. [tokens, heads,
+    head_dim] normalises each head). weight: [dim], x's dtype. residual: like x.
     out: like x (may be x itself); allocated when None. Returns out. tile: overrides TILES (sweeps).
     Raises ValueError naming the argument on a shape, dtype, device or layout mismatch.
     """
-    activation(x, "x", 2)
+    activation(x, "x", None)
     need(x.is_contiguous(), "x", "must be contiguous")
-    rows, dim = x.shape
+    dim = x.shape[-1]
+    rows = x.numel() // max(dim, 1)
     need(0 < dim <= MAX_DIM, "x", f"row length must be in 1..{MAX_DIM}, got {dim}")
     like(weight, "weight", (dim,), x.dtype, x.device)
     like(residual, "residual", tuple(x.shape), x.dtype, x.device)
