@@ -34,6 +34,7 @@ SHAPES = [
 MS = [1, 2, 4, 8, 16]
 SWEEP_ORDER = [1, 8, 2, 4, 16]
 DTYPE = torch.bfloat16
+DEVICE = "cuda"  # the tests smoke-run() on "cpu" under the interpreter with a fake timer
 ELEM = 2  # bytes per bf16 element
 CHECK_TOL = 2.0**-7  # max |ours - fp32| / max|fp32| accepted before a tile is timed (bf16 rounding is 2^-8)
 
@@ -76,14 +77,14 @@ class _Layer:
     """Rotating weight copies (together past the L2) and fixed inputs for one shape and M."""
 
     def __init__(self, k: int, n: int, bias: bool, m: int, gate_up: bool = False, seed: int = 0):
-        g = torch.Generator(device="cuda").manual_seed(seed)
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
         x_bytes = m * k * ELEM * (2 if gate_up else 1)
         self.nbytes = n * k * ELEM + x_bytes + m * n * ELEM + (n * ELEM if bias else 0)
         self.copies = copies_to_exceed_l2(n * k * ELEM)
-        self.weights = [(torch.randn(n, k, device="cuda", generator=g) / k**0.5).to(DTYPE) for _ in range(self.copies)]
-        self.bias = torch.randn(n, device="cuda", generator=g).to(DTYPE) if bias else None
-        self.x = torch.randn(m, 2 * k if gate_up else k, device="cuda", generator=g).to(DTYPE)
-        self.out = torch.empty(m, n, device="cuda", dtype=DTYPE)
+        self.weights = [(torch.randn(n, k, device=DEVICE, generator=g) / k**0.5).to(DTYPE) for _ in range(self.copies)]
+        self.bias = torch.randn(n, device=DEVICE, generator=g).to(DTYPE) if bias else None
+        self.x = torch.randn(m, 2 * k if gate_up else k, device=DEVICE, generator=g).to(DTYPE)
+        self.out = torch.empty(m, n, device=DEVICE, dtype=DTYPE)
         self.gate_up = gate_up
         self._truth: torch.Tensor | None = None
 
@@ -128,7 +129,7 @@ def _tile_str(tile) -> str:
 
 
 def run(peak_bytes_per_s: float, budget_s: float) -> dict:
-    if not torch.cuda.is_available():
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("benchmarks/gpu_sections/gemv.py needs a CUDA device (plan() describes it)")
     from llm_infer.kernels import torch_ref
     from llm_infer.kernels.triton.gemv import default_tile, grid, tile_for
