@@ -136,15 +136,15 @@ _DOT_SWEEP = ((16, 128, 4, 3), (16, 256, 4, 3), (32, 128, 4, 3), (32, 256, 4, 3)
 
 
 def candidates(M: int, N: int, K: int) -> list[Tile]:
-    """Tiles worth sweeping on a GPU for this shape, the default first, each at the default split
-    and twice it (as launched: see grid). Compiles are shared across shapes: every Tile field but
-    split_k is a compile-time constant."""
+    """Tiles worth sweeping on a GPU for this shape, the default first, each without split-K, at
+    the default split and at twice it (as launched: see grid). Compiles are shared across shapes:
+    every Tile field but split_k is a compile-time constant."""
     found = [default_tile(M, N, K)]
     sweeps = [(s, False) for s in _FMA_SWEEP] + [(s, True) for s in _DOT_SWEEP[:2]] if M == 1 else \
         [(s, True) for s in _DOT_SWEEP]
     for (block_n, block_k, num_warps, num_stages), dot in sweeps:
         base = _split_for(N, K, block_n, block_k)
-        for split in (base, 2 * base):
+        for split in (1, base, 2 * base):
             tile = Tile(block_n, block_k, min(split, 16), num_warps, num_stages, dot)
             tile = replace(tile, split_k=grid(N, K, tile)[1])  # the splits actually launched
             if tile not in found:
