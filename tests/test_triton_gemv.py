@@ -209,21 +209,18 @@ def test_bad_arguments_name_the_argument():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-def test_cuda_graph_replays_split_k_and_refuses_a_cold_workspace():
-    tile = Tile(16, 64, 8)
+def test_cuda_graph_replays_split_k_and_refuses_a_cold_workspace(monkeypatch):
+    monkeypatch.setattr(G, "_BUFFERS", {})  # nothing warmed up yet
+    tile = Tile(16, 64, 8, dot=True)
     x, w, b = case(3, 96, 1000, BF16, seed=5)
     out = poisoned(3, 96, BF16)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream), pytest.raises(RuntimeError, match="capture"):
-        with torch.cuda.graph(graph):
-            gemv(x, w, b, out=out, tile=Tile(16, 64, 5))  # workspace size never warmed up
-    gemv(x, w, b, out=out, tile=tile)  # warm-up outside capture allocates the workspace
+    with pytest.raises(RuntimeError, match="capture"), torch.cuda.graph(torch.cuda.CUDAGraph()):
+        gemv(x, w, b, out=out, tile=tile)  # would allocate the workspace inside the graph
+    gemv(x, w, b, out=out, tile=tile)  # the warm-up outside capture allocates it
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(3):
+        for _ in range(3):  # each call must leave the counters at zero for the next
             gemv(x, w, b, out=out, tile=tile)
     for seed in (6, 7):
         x.copy_(case(3, 96, 1000, BF16, seed=seed)[0])
@@ -244,12 +241,12 @@ def test_benchmark_plan_lists_every_shape_and_batch_without_cuda():
 
 
 def test_benchmark_run_logic_on_cpu_with_a_fake_timer(monkeypatch):
-    """run() end to end on two tiny shapes at M = 1 (fp16, CPU, interpreter), each timing replaced
-    by one call: a row per shape, the fused row, and a TILES line per swept class."""
+    """run() end to end on two tiny shapes at M = 1 (fp16; on CPU under the interpreter), each
+    timing replaced by one call: a row per shape, the fused row, and a TILES line per swept class."""
     from benchmarks.gpu_sections import gemv as section
 
     shapes = [("tiny qkv", 64, 48, True), ("tiny down", 96, 40, False)]
-    for name, value in dict(SHAPES=shapes, MS=[1], SWEEP_ORDER=[1], DTYPE=F16, DEVICE="cpu").items():
+    for name, value in dict(SHAPES=shapes, MS=[1], SWEEP_ORDER=[1], DTYPE=F16, DEVICE=DEVICE).items():
         monkeypatch.setattr(section, name, value)
     monkeypatch.setattr(section, "graph_time", lambda call, copies: (call(0), 1e-6)[1])
     monkeypatch.setattr(G, "candidates", lambda M, N, K: [G.default_tile(M, N, K), Tile(16, 32, 2, dot=True)])
