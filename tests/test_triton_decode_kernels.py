@@ -14,6 +14,7 @@ uint16 bit patterns (numpy has no bfloat16), so on CPU those cases are float16.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -335,6 +336,76 @@ def test_choose_splits_fills_the_gpu_but_keeps_splits_long():
     assert attn.choose_splits(1, 2, 1024, 132) == 1024 // attn.MIN_SPLIT_POSITIONS
     assert attn.workspace_bytes(3, 12, 128, 1) == 0
     assert attn.workspace_bytes(3, 12, 128, 4) == 4 * 3 * 12 * 4 * 130
+
+
+# ---- compiled for a GPU (without one) ----------------------------------------------------------------
+
+def compile_for_sm90() -> dict[str, dict]:
+    """Compile each kernel at its committed tile for the Qwen2-1.5B decode shapes (bf16, head_dim 128,
+    12 heads / 2 KV heads, block 16) to an sm_90 cubin with Triton's own ptxas: no GPU needed, but the
+    interpreter must be off (run in a subprocess). Pointer arguments are marked 16-byte aligned, as
+    Triton specialises them at run time. -> {kernel: {"shared": bytes, "async_copies": count}}."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    def build(fn, types: dict[str, str], consts: dict, warps: int, aligned: tuple[str, ...] = ()) -> dict:
+        names = list(types) + list(consts)
+        attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names if a.endswith("_ptr") or a in aligned}
+        src = ASTSource(fn=fn, signature={**types, **{k: "constexpr" for k in consts}}, constexprs=consts, attrs=attrs)
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        return {"shared": kernel.metadata.shared,
+                "async_copies": len(re.findall("async_copy_global_to_local", kernel.asm["ttgir"]))}
+
+    bf, i32, f32 = "*bf16", "i32", "fp32"
+    t = attn.TILES[attn.shape_class(128)]
+    decode_types = dict(q_ptr=bf, q_stride=i32, kc_ptr=bf, vc_ptr=bf, tables_ptr="*i32", table_stride=i32,
+                        seq_lens_ptr="*i32", out_ptr=bf, acc_ptr="*fp32", m_ptr="*fp32", l_ptr="*fp32",
+                        qk_scale=f32, splits=i32)
+    decode = dict(H=12, KVH=2, GROUP=6, GROUP_PAD=16, D=128, BLOCK_SIZE=16, BLOCK_N=t.block_n, STAGES=t.stages)
+    report = {f"decode_attention direct={direct}": build(attn._decode_kernel, decode_types, {**decode, "DIRECT": direct},
+                                                         t.warps, ("q_stride",))
+              for direct in (True, False)}
+    report["merge"] = build(attn._merge_kernel, dict(acc_ptr="*fp32", m_ptr="*fp32", l_ptr="*fp32", seq_lens_ptr="*i32",
+                                                     out_ptr=bf, splits=i32),
+                            dict(H=12, D=128, BLOCK_N=t.block_n, SPLIT_BLOCK=attn.SPLIT_BLOCK), attn.MERGE_WARPS)
+    r = rms.TILES[rms.shape_class(1, 1536)]
+    report["rms_norm"] = build(rms._rms_norm_kernel, dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, rows=i32, dim=i32,
+                                                          eps=f32), dict(HAS_RESIDUAL=True, ROWS=r.rows, BLOCK=2048),
+                               r.warps)
+    report["rotary_write_kv"] = build(
+        rope_kv._rope_kv_kernel, dict(qkv_ptr=bf, row_stride=i32, pos_ptr="*i64", cos_ptr="*fp32", sin_ptr="*fp32",
+                                      qw_ptr=bf, kw_ptr=bf, kc_ptr=bf, vc_ptr=bf, slot_ptr="*i32", eps=f32),
+        dict(H=12, KVH=2, D=128, Q_NORM=True, K_NORM=True), rope_kv.TILES["default"].warps)
+    a = activation.TILES["default"]
+    report["silu_and_mul"] = build(activation._silu_and_mul_kernel, dict(x_ptr=bf, out_ptr=bf, inter=i32, x_stride=i32),
+                                   dict(BLOCK=a.block), a.warps)
+    return report
+
+
+def test_kernels_compile_for_sm90_and_the_attention_gathers_are_pipelined(tmp_path):
+    """What the interpreter cannot show: each kernel compiles for an H100/H200 at its committed tile, and
+    the decode kernel's K/V gathers are asynchronous copies (software-pipelined, one tile ahead), which
+    needs stages >= 3 (with 2 only the block-table load is pipelined). Shared memory within any GPU's."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile afresh, and write nothing under the home directory
+    code = "import json; from tests.test_triton_decode_kernels import compile_for_sm90; print(json.dumps(compile_for_sm90()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report) == {"decode_attention direct=True", "decode_attention direct=False", "merge", "rms_norm",
+                           "rotary_write_kv", "silu_and_mul"}
+    for direct in (True, False):
+        kernel = report[f"decode_attention direct={direct}"]
+        assert kernel["async_copies"] >= 6, kernel  # block ids, K and V: prologue and loop
+    assert max(k["shared"] for k in report.values()) <= 48 * 1024, report
 
 
 # ---- the GPU benchmark section ---------------------------------------------------------------------
