@@ -50,6 +50,9 @@ class AWQWeights:
     packed: torch.Tensor | None = None  # CPU kernel: uint8 [out, in/2]
     scales_nk: torch.Tensor | None = None  # fp32 [out, in/group]
     zeros_nk: torch.Tensor | None = None  # fp32 [in/group, out]: scale * zero point, group-major
+    q4: torch.Tensor | None = None  # Triton kernels (kernels/triton/awq_pack.py): int32 [out, in/8]
+    s_gn: torch.Tensor | None = None  # fp16 [in/group, out]: the scales
+    z_gn: torch.Tensor | None = None  # uint8 [in/group, out]: the zero points
 
 
 def awq_linear_ref(x: torch.Tensor, w: AWQWeights, bias: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,294 @@
+"""AWQ int4 GEMV for decode (M <= 16 rows of x): y = x W^T (+ bias) from the `awq_pack` layout, in
+one launch whatever the split of K (`awq_torch.awq_linear_ref` is the reference).
+
+Grid (N / BLOCK_N, SPLIT). Program (n, s) streams the `q4` words of BLOCK_N outputs over its
+contiguous share of K (whole BLOCK_K steps; BLOCK_K divides the group, so a step lies in one group
+and loads one row of scales and zeros), dequantises in registers and accumulates in fp32:
+- FMA mode (M <= 4 by default): each word's 8 nibbles are masked in place, converted exactly by the
+  2^23 trick with the zero point folded into the subtracted bias (`awq_pack`), and multiplied by
+  activations pre-scaled by 16^-i; the scale multiplies once per word. About 3 instructions per
+  weight, with no int->float conversion; the per-thread sums are reduced across K once, at the end.
+- Dot mode (larger M): the tile is dequantised to the activation dtype, exactly as the reference
+  rounds it, and multiplied on tensor cores with x padded to 16 rows (`tl.dot`).
+
+When N / BLOCK_N programs cannot fill the GPU, K is split so that about `per_sm` programs run per
+SM (`TILES`). The split-K reduction stays in the same launch (`split_k_epilogue`): each program
+writes its fp32 partial tile to a workspace, then increments the tile's arrival counter; the
+program that arrives last sums the SPLIT partials in a fixed order (the same tree whichever
+program is last: bitwise deterministic), adds the bias, writes y in x's dtype and resets the
+counter to 0 for the next call or graph replay. No second launch and no host synchronisation.
+
+The workspace and counters are owned here, one set per device, zero-initialised when allocated and
+grown (never freed: captured graphs keep their pointers) outside CUDA-graph capture; capture
+needs a call of the same shape before it (engines warm up first). Launches that share a device
+must run on one stream at a time (they share the counters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from llm_infer.kernels.awq_torch import AWQWeights
+from llm_infer.kernels.triton.awq_pack import MAGIC_BITS, dequant_tile, nibble_minus_zero, supports
+from llm_infer.kernels.triton.checks import activation, like, need
+
+MAX_M = 16
+
+
+@dataclass(frozen=True)
+class Tile:
+    block_n: int  # outputs per program
+    block_k: int  # inputs per step (clamped to the group size)
+    warps: int
+    dot: bool  # tensor cores (x padded to 16 rows) instead of FMAs (M = 1 only)
+    per_sm: int  # split K until about per_sm programs per SM (at most one split per step)
+    stages: int = 1  # software pipelining of the K loop
+    swap: bool = False  # dot mode: W as the first operand (64+ rows), x^T as the second
+
+
+# Keyed by `shape_class`; defaults valid on any GPU (at most 64 fp32 tile values per thread).
+# `benchmarks/gpu_sections/awq.py` sweeps `candidates` on a lent GPU; the lead commits winners here.
+TILES: dict[str, Tile] = {
+    "m1_small": Tile(128, 128, 4, dot=False, per_sm=4),
+    "m1_large": Tile(128, 128, 4, dot=False, per_sm=4),
+    "m2_small": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
+    "m2_large": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
+    "m4_small": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
+    "m4_large": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
+    "m8_small": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
+    "m8_large": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
+    "m16_small": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
+    "m16_large": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
+}
+SMALL_WEIGHTS = 8 << 20  # K * N below this: a layer too small to fill the GPU without a deep split
+
+
+def shape_class(M: int, N: int, K: int) -> str:
+    bucket = next(b for b in (1, 2, 4, 8, 16) if M <= b)
+    return f"m{bucket}_{'small' if N * K < SMALL_WEIGHTS else 'large'}"
+
+
+def candidates(M: int, N: int, K: int) -> list[Tile]:
+    """Tiles worth timing for this shape on a GPU (the TILES choice first): the FMA mode at M = 1,
+    tensor cores (x first or W first) at every M."""
+    out = [TILES[shape_class(M, N, K)]]
+    for per_sm in (4, 2, 8):
+        for bn, bk in ((128, 128), (64, 128), (256, 64), (128, 64), (64, 256)):
+            if M == 1:
+                out.append(Tile(bn, bk, 4 if bn * bk <= 128 * 128 else 8, dot=False, per_sm=per_sm))
+            if bn <= 128:
+                out.append(Tile(bn, bk, 4, dot=True, per_sm=per_sm, swap=True))
+                out.append(Tile(bn, bk, 4, dot=True, per_sm=per_sm))
+    seen: set[Tile] = set()
+    return [t for t in out if not (t in seen or seen.add(t))]
+
+
+_SM_COUNT: dict[int, int] = {}
+INTERPRETER_SMS = 4  # CPU tensors (Triton's interpreter): a small GPU, so tests split K
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_SMS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
+
+
+def choose_split(tiles: int, steps: int, target_programs: int) -> tuple[int, int]:
+    """(splits, steps per split): about `target_programs` programs over `tiles` output tiles, every
+    split non-empty."""
+    split = max(1, min(steps, target_programs // max(1, tiles)))
+    per = triton.cdiv(steps, split)
+    return triton.cdiv(steps, per), per
+
+
+# ---- the split-K workspace and the in-launch reduction (also used by awq_gemm) ----------------------
+
+_WORKSPACES: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
+_RETIRED: list[tuple[torch.Tensor, torch.Tensor]] = []  # outgrown, kept alive for graphs that point at them
+
+
+def workspace(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 partials of at least `floats`, int32 zeroed counters of at least `tiles`) on `device`."""
+    key = (device.type, device.index)
+    ws, counters = _WORKSPACES.get(key, (None, None))
+    if ws is not None and ws.numel() >= floats and counters.numel() >= tiles:
+        return ws, counters
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("AWQ split-K workspace: this shape needs a larger workspace, which cannot be allocated "
+                           "during CUDA-graph capture; run the same call once before capturing")
+    if ws is not None:
+        _RETIRED.append((ws, counters))
+        floats, tiles = max(floats, ws.numel()), max(tiles, counters.numel())
+    ws = torch.empty(floats, dtype=torch.float32, device=device)
+    counters = torch.zeros(tiles, dtype=torch.int32, device=device)
+    _WORKSPACES[key] = (ws, counters)
+    return ws, counters
+
+
+@triton.jit
+def _store_output(total, rows, cols, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: tl.constexpr):
+    """y[rows, cols] = total (+ bias[cols]) in y's dtype; rows/cols broadcast to total's shape."""
+    ok = (rows < M) & (cols < N)
+    if HAS_BIAS:
+        total += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows * stride_ym + cols, total.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def split_k_epilogue(acc, m0, n0, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, tile_id, pid_k, split,
+                     HAS_BIAS: tl.constexpr, SPLIT_P2: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """Write acc (fp32 [BLOCK_M, BLOCK_N], rows m0.., columns n0..) to y, or, when K is split
+    (SPLIT_P2 > 1: the next power of two of `split`), reduce the `split` partial tiles in this
+    launch: the last program to arrive at the tile's counter sums them and resets the counter."""
+    rows = m0 + tl.arange(0, BLOCK_M)
+    cols = n0 + tl.arange(0, BLOCK_N)
+    if SPLIT_P2 == 1:
+        _store_output(acc, rows[:, None], cols[None, :], M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+    else:
+        TILE: tl.constexpr = BLOCK_M * BLOCK_N
+        tile_ws = ws_ptr + tile_id.to(tl.int64) * (split * TILE)
+        local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        tl.store(tile_ws + pid_k * TILE + local, acc, mask=rows[:, None] < M)
+        tl.debug_barrier()  # every thread's partial is written before the release below
+        arrived = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel", scope="gpu")
+        if arrived == split - 1:  # the last of the tile's programs: all partials are visible
+            CHUNK: tl.constexpr = min(TILE, max(16, 4096 // SPLIT_P2))
+            parts = tl.arange(0, SPLIT_P2)[:, None] * TILE
+            for c in tl.range(0, TILE, CHUNK):
+                f = c + tl.arange(0, CHUNK)
+                r = m0 + f // BLOCK_N
+                ok = (tl.arange(0, SPLIT_P2)[:, None] < split) & (r[None, :] < M)
+                p = tl.load(tile_ws + parts + f[None, :], mask=ok, other=0.0, cache_modifier=".cg")
+                _store_output(tl.sum(p, axis=0), r, n0 + f % BLOCK_N, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+            tl.atomic_xchg(cnt_ptr + tile_id, 0, sem="relaxed", scope="gpu")
+
+
+# ---- the GEMV ------------------------------------------------------------------------------------
+
+@triton.jit
+def _awq_gemv_kernel(x_ptr, q4_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
+                     M, N, K, k_words, stride_xm, stride_ym, split, steps_per_split, magic,
+                     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr, SWAP: tl.constexpr,
+                     SPLIT_P2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     STAGES: tl.constexpr):
+    # k_words = K / 8, passed apart so that Triton sees its divisibility (vector loads of q4 rows);
+    # magic = MAGIC_BITS (see awq_pack).
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    KW: tl.constexpr = BLOCK_K // 8
+    n0 = pid_n * BLOCK_N
+    offs_n = (n0 + tl.arange(0, BLOCK_N)) % N  # rows past N (and of x past M) reload valid ones: no masks
+    offs_m = tl.arange(0, BLOCK_M) % M
+    k_first = pid_k * steps_per_split * BLOCK_K
+    k_end = k_first + steps_per_split * BLOCK_K
+    if k_end > K:  # the last split may be shorter
+        k_end = K
+    w_ptrs = q4_ptr + offs_n[:, None].to(tl.int64) * k_words + (k_first // 8 + tl.arange(0, KW))[None, :]
+    if DOT:
+        acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), dtype=tl.float32)
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_first + tl.arange(0, BLOCK_K))[None, :]
+    else:
+        tl.static_assert(BLOCK_M == 1, "FMA mode takes one row of x")
+        acc = tl.zeros((BLOCK_N, KW), dtype=tl.float32)  # summed over its last axis at the end
+        x_ptrs = x_ptr + k_first + 8 * tl.arange(0, KW)  # nibble 0 of each word
+    for k0 in tl.range(k_first, k_end, BLOCK_K, num_stages=STAGES):
+        words = tl.load(w_ptrs, eviction_policy="evict_first")
+        g = k0 // GROUP
+        s = tl.load(s_ptr + g * N + offs_n).to(tl.float32)[:, None]
+        z = tl.load(z_ptr + g * N + offs_n).to(tl.float32)[:, None]
+        if DOT:  # exact q - z on tensor cores, the group's sums scaled by s
+            xt = tl.load(x_ptrs)
+            wt = dequant_tile(words, s, z, magic, x_ptr.dtype.element_ty, BLOCK_N, BLOCK_K, False)
+            if SWAP:  # the weights as the 64-row operand, x^T as the narrow one: acc is [BLOCK_N, BLOCK_M]
+                acc = tl.fma(tl.dot(wt, tl.trans(xt)), s, acc)
+            else:
+                acc = tl.fma(tl.dot(xt, tl.trans(wt)), tl.trans(s), acc)
+        else:
+            high = words >> 16  # nibbles 4..7 at bits 0..15
+            t = tl.zeros((BLOCK_N, KW), dtype=tl.float32)
+            for i in tl.static_range(4):
+                x_lo = tl.load(x_ptrs + i).to(tl.float32)
+                x_hi = tl.load(x_ptrs + 4 + i).to(tl.float32)
+                t = tl.fma(nibble_minus_zero(words, i, magic, z), x_lo[None, :], t)  # (q - z) x, nibble i
+                t = tl.fma(nibble_minus_zero(high, i, magic, z), x_hi[None, :], t)  # nibble 4 + i
+            acc = tl.fma(t, s, acc)
+        w_ptrs += KW
+        x_ptrs += BLOCK_K
+    if not DOT:
+        out = tl.sum(acc, axis=1)[None, :]
+    elif SWAP:
+        out = tl.trans(acc)
+    else:
+        out = acc
+    split_k_epilogue(out, 0, n0, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, pid_n, pid_k, split,
+                     HAS_BIAS, SPLIT_P2, BLOCK_M, BLOCK_N)
+
+
+def check_call(x: torch.Tensor, w: AWQWeights, bias: torch.Tensor | None, out: torch.Tensor | None,
+               max_m: int | None = None) -> tuple[int, int, int, torch.Tensor]:
+    """(M, K, N, out) of a launcher's arguments, out allocated when None (ValueError naming the argument)."""
+    activation(x, "x", 2)
+    M, K = x.shape
+    need(max_m is None or M <= max_m, "x", f"at most {max_m} rows (awq_gemm takes more), got {M}")
+    need(isinstance(w, AWQWeights) and w.q4 is not None, "w", "expected AWQWeights from repack_for_triton")
+    N = w.q4.shape[0]
+    need(w.q4.dim() == 2 and w.q4.shape[1] * 8 == K, "w.q4", f"expected [N, {K // 8}] for x's K = {K}, got "
+         f"{tuple(w.q4.shape)}")
+    need(supports(K, N, w.group), "w.group", f"shape K={K}, N={N}, group={w.group} is not supported")
+    like(w.q4, "w.q4", (N, K // 8), torch.int32, x.device)
+    need(w.s_gn is not None and w.s_gn.dtype in (torch.float16, torch.bfloat16, torch.float32), "w.s_gn",
+         "expected float scales")
+    like(w.s_gn, "w.s_gn", (K // w.group, N), w.s_gn.dtype, x.device)
+    need(w.z_gn is not None, "w.z_gn", "missing")
+    like(w.z_gn, "w.z_gn", (K // w.group, N), torch.uint8, x.device)
+    like(bias, "bias", (N,), x.dtype, x.device)
+    like(out, "out", (M, N), x.dtype, x.device)
+    return M, K, N, torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
+
+
+def plan_split(tiles: int, steps: int, per_sm: int, device: torch.device, forced: int | None) -> tuple[int, int]:
+    """(splits, steps per split) of a launch: `forced` (tests, sweeps) evened out, else about
+    per_sm programs per SM (no split when per_sm is 0)."""
+    if forced is not None:
+        need(1 <= forced <= steps, "split", f"must be in 1..{steps}, got {forced}")
+        per = triton.cdiv(steps, forced)
+        return triton.cdiv(steps, per), per
+    if per_sm:
+        return choose_split(tiles, steps, per_sm * sm_count(device))
+    return 1, steps
+
+
+def awq_gemv(x: torch.Tensor, w: AWQWeights, bias: torch.Tensor | None = None, out: torch.Tensor | None = None, *,
+             tile: Tile | None = None, split: int | None = None) -> torch.Tensor:
+    """y = x @ W^T (+ bias) for int4 W in the `awq_pack` layout.
+
+    x: [M, K] float16/bfloat16, M <= 16, last dimension contiguous. w: `repack_for_triton`'s
+    AWQWeights (N outputs). bias: [N] in x's dtype or None. out: [M, N] in x's dtype, contiguous,
+    written in place (allocated when None). Returns out. tile: overrides TILES (sweeps); split:
+    forces the number of K splits (tests; at most one per BLOCK_K step).
+    Raises ValueError naming the argument on a shape, dtype, device or layout mismatch.
+    """
+    M, K, N, out = check_call(x, w, bias, out, MAX_M)
+    if M == 0:
+        return out
+    t = tile or TILES[shape_class(M, N, K)]
+    need(t.dot or M == 1, "tile", f"FMA mode (dot=False) takes M = 1, got {M}")
+    block_k = min(t.block_k, w.group)
+    block_m = 16 if t.dot else 1
+    tiles = triton.cdiv(N, t.block_n)
+    split, per = plan_split(tiles, K // block_k, t.per_sm, x.device, split)
+    ws, counters = workspace(x.device, tiles * split * block_m * t.block_n if split > 1 else 0, tiles)
+    _awq_gemv_kernel[(tiles, split)](
+        x, w.q4, w.s_gn, w.z_gn, x if bias is None else bias, out, ws, counters,
+        M, N, K, K // 8, x.stride(0), out.stride(0), split, per, MAGIC_BITS,
+        GROUP=w.group, HAS_BIAS=bias is not None, DOT=t.dot, SWAP=t.swap, SPLIT_P2=triton.next_power_of_2(split),
+        BLOCK_M=block_m, BLOCK_N=t.block_n, BLOCK_K=block_k, STAGES=t.stages, num_warps=t.warps)
+    return out

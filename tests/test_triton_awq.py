@@ -1,0 +1,238 @@
+"""Triton AWQ int4 kernels (`llm_infer/kernels/triton/awq_*.py`) against the dequantized reference.
+
+Oracle: W = `awq_torch.dequantize_awq` in fp32, y = x.float() @ W.T (+ bias). The GEMV (both
+modes) and the unscaled GEMM multiply the exact q - z and scale each group's sum in fp32, so they
+meet this oracle within the rounding of y to the dtype; the scaled GEMM rounds every weight to x's
+dtype first, as `awq_linear_ref` does, and is held to the same oracle with W rounded likewise.
+Tolerance, relative to max|y|: half an ulp of the dtype (2^-11 fp16, 2^-8 bf16; the interpreter
+truncates fp32 -> bf16, a whole ulp: 2^-7) plus 2^-14 for the fp32 summation order.
+
+On CPU the kernels run under Triton's interpreter, which computes a bf16 `tl.dot` as a matmul of
+the raw uint16 bit patterns (triton 3.6 `interpreter.create_dot`): the tensor-core paths (the
+GEMV's dot mode, every GEMM) are checked in fp16 there and in both dtypes on CUDA; the GEMV's FMA
+mode (M = 1) is checked in bf16 everywhere. Outputs are poisoned with NaN before every call.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_infer.kernels.awq_torch import AWQWeights, awq_linear_ref, dequantize_awq, pack_awq, prepare_ref
+from llm_infer.kernels.triton import awq_gemm as GEMM
+from llm_infer.kernels.triton import awq_gemv as GEMV
+from llm_infer.kernels.triton.awq_linear import awq_linear
+from llm_infer.kernels.triton.awq_pack import repack_for_triton, supports, unpack_triton
+from tests.test_triton_gemv import interpreter_scalar_index  # noqa: F401  (autouse: runtime loop bounds)
+from tests.test_triton_gemv import poisoned  # NaN-filled [M, N] on the test device
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+F16, BF16 = torch.float16, torch.bfloat16
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    rounding = 2.0**-11 if dtype == F16 else (2.0**-8 if CUDA else 2.0**-7)
+    return rounding + 2.0**-14
+
+
+def random_awq(K: int, N: int, group: int, seed: int = 0):
+    """AutoAWQ tensors (qweight, qzeros, scales) of a random [K in, N out] layer, on DEVICE."""
+    g = torch.Generator().manual_seed(seed)
+    qweight = pack_awq(torch.randint(0, 16, (K, N), generator=g))
+    qzeros = pack_awq(torch.randint(0, 16, (K // group, N), generator=g))
+    scales = (torch.rand(K // group, N, generator=g) * 0.02 + 0.001).to(F16)
+    return qweight.to(DEVICE), qzeros.to(DEVICE), scales.to(DEVICE)
+
+
+def case(M: int, K: int, N: int, group: int, dtype: torch.dtype, bias: bool = True, seed: int = 0):
+    """(x, repacked weights, bias, fp32 W [N, K]) on DEVICE."""
+    qweight, qzeros, scales = random_awq(K, N, group, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(M, K, generator=g).to(DEVICE, dtype)
+    b = torch.randn(N, generator=g).to(DEVICE, dtype) if bias else None
+    return x, repack_for_triton(qweight, qzeros, scales, group), b, dequantize_awq(qweight, qzeros, scales, group)
+
+
+def truth(x, W, b, round_weights: bool = False):
+    W = W.to(x.dtype).float() if round_weights else W
+    y = x.float() @ W.T
+    return y + b.float() if b is not None else y
+
+
+def assert_close(y, ref, dtype):
+    assert not y.isnan().any(), "output not fully written"
+    scale = ref.abs().max().item()
+    err = (y.float() - ref).abs().max().item()
+    assert err <= tolerance(dtype) * scale, f"max err {err:.3g} > {tolerance(dtype):.3g} x max|y| {scale:.3g}"
+
+
+def counters_are_zero() -> bool:
+    return all(int(c.abs().sum()) == 0 for (kind, _), (_, c) in GEMV._WORKSPACES.items() if kind == DEVICE)
+
+
+# ---- the layout -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("K,N,group", [(32, 8, 32), (192, 40, 64), (384, 72, 128), (640, 24, 32)])
+def test_repack_round_trips_to_the_autoawq_tensors(K, N, group):
+    qweight, qzeros, scales = random_awq(K, N, group, seed=K)
+    w = repack_for_triton(qweight, qzeros, scales, group)
+    assert w.qweight is None and w.q4.shape == (N, K // 8) and w.z_gn.dtype == torch.uint8
+    back = unpack_triton(w)
+    for got, want in zip(back, (qweight, qzeros, scales)):
+        assert torch.equal(got, want)
+    # nibble i of word (n, j) is row 8j + i of column n
+    q = (w.q4[3 % N, 1].item() >> 4 * 5) & 0xF
+    assert q == (qweight[8 + 5, (3 % N) // 8].item() >> 4 * [0, 4, 1, 5, 2, 6, 3, 7][(3 % N) % 8]) & 0xF
+
+
+def test_repack_is_done_in_column_chunks(monkeypatch):
+    from llm_infer.kernels.triton import awq_pack
+
+    monkeypatch.setattr(awq_pack, "_REPACK_ROWS", 16)  # 3 chunks of 16 output columns, the last of 8
+    qweight, qzeros, scales = random_awq(64, 40, 32, seed=5)
+    w = awq_pack.repack_for_triton(qweight, qzeros, scales, 32)
+    assert torch.equal(unpack_triton(w)[0], qweight)
+
+
+def test_supported_shapes_and_the_reference_form_for_the_rest():
+    assert all(supports(K, N, g) for g in (32, 64, 128) for K in (g, 3 * g, 7 * g) for N in (8, 40, 4096))
+    assert not supports(256, 64, 256) and not supports(192, 64, 96) and not supports(96, 64, 64)
+    assert not supports(128, 12, 32) and not supports(0, 8, 32)
+    qweight, qzeros, scales = random_awq(256, 16, 256)
+    w = repack_for_triton(qweight, qzeros, scales, 256)  # group 256: kept for awq_linear_ref
+    assert w.q4 is None and w.qweight is qweight
+    with pytest.raises(ValueError, match="^w:"):
+        awq_linear(torch.zeros(1, 256, dtype=F16, device=DEVICE), w)
+
+
+# ---- the GEMV (M <= 16) ---------------------------------------------------------------------------
+
+FMA = GEMV.Tile(16, 64, 4, dot=False, per_sm=4)
+
+
+@pytest.mark.parametrize("K,N,group", [(128, 40, 32), (192, 72, 64), (384, 24, 128), (64, 8, 32)])
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_gemv_fma_mode_at_m1(K, N, group, dtype, bias):
+    x, w, b, W = case(1, K, N, group, dtype, bias, seed=K + N)
+    for split in (1, None):  # None: the launcher's split (4 interpreter "SMs": K is split)
+        y = GEMV.awq_gemv(x, w, b, out=poisoned(1, N, dtype), tile=FMA, split=split)
+        assert_close(y, truth(x, W, b), dtype)
+
+
+DOT_CASES = [(1, 128, 40, 32), (3, 192, 72, 64), (7, 384, 24, 128), (16, 256, 40, 64)]
+
+
+@pytest.mark.parametrize("M,K,N,group", DOT_CASES)
+@pytest.mark.parametrize("swap", [False, True], ids=["x_first", "w_first"])
+@pytest.mark.parametrize("dtype", [F16, BF16] if CUDA else [F16])
+def test_gemv_dot_mode(M, K, N, group, swap, dtype):
+    x, w, b, W = case(M, K, N, group, dtype, bias=M % 2 == 1, seed=M)
+    tile = GEMV.Tile(16, 64, 4, dot=True, per_sm=4, swap=swap)
+    for split in (1, 3):
+        y = GEMV.awq_gemv(x, w, b, out=poisoned(M, N, dtype), tile=tile, split=split)
+        assert_close(y, truth(x, W, b), dtype)
+
+
+def test_gemv_split_k_resets_its_counters_and_is_deterministic():
+    x1, w, b, W = case(3, 512, 40, 128, F16, seed=2)
+    x2 = torch.randn(3, 512, generator=torch.Generator().manual_seed(9)).to(DEVICE, F16)
+    tile = GEMV.Tile(16, 64, 4, dot=True, per_sm=4)
+    first = GEMV.awq_gemv(x1, w, b, out=poisoned(3, 40, F16), tile=tile, split=8)
+    assert counters_are_zero()
+    second = GEMV.awq_gemv(x2, w, b, out=poisoned(3, 40, F16), tile=tile, split=8)  # a stale counter breaks this
+    assert_close(second, truth(x2, W, b), F16)
+    again = GEMV.awq_gemv(x1, w, b, out=poisoned(3, 40, F16), tile=tile, split=8)
+    assert torch.equal(first.view(torch.int16), again.view(torch.int16))
+    assert counters_are_zero()
+
+
+# ---- the GEMM (M > 16) ----------------------------------------------------------------------------
+
+GEMM_CASES = [(17, 128, 40, 32), (33, 192, 72, 64), (40, 256, 24, 128)]
+
+
+@pytest.mark.parametrize("M,K,N,group", GEMM_CASES)
+@pytest.mark.parametrize("scaled,swap", [(True, False), (True, True), (False, False), (False, True)],
+                         ids=["scaled", "scaled-w_first", "exact", "exact-w_first"])
+@pytest.mark.parametrize("dtype", [F16, BF16] if CUDA else [F16])
+def test_gemm(M, K, N, group, scaled, swap, dtype):
+    x, w, b, W = case(M, K, N, group, dtype, bias=M % 2 == 1, seed=M)
+    tile = GEMM.Tile(16, 32, 64, warps=4, stages=2, scaled=scaled, swap=swap, group_m=2)
+    for split in (1, 2):
+        y = GEMM.awq_gemm(x, w, b, out=poisoned(M, N, dtype), tile=tile, split=split)
+        assert_close(y, truth(x, W, b, round_weights=scaled), dtype)
+    assert counters_are_zero()
+
+
+def test_gemm_split_k_is_deterministic():
+    x, w, b, W = case(20, 512, 40, 64, F16, seed=3)
+    tile = GEMM.Tile(16, 32, 64, warps=4, stages=2, scaled=False, swap=True)
+    first = GEMM.awq_gemm(x, w, b, out=poisoned(20, 40, F16), tile=tile, split=5)
+    again = GEMM.awq_gemm(x, w, b, out=poisoned(20, 40, F16), tile=tile, split=5)
+    assert torch.equal(first.view(torch.int16), again.view(torch.int16))
+    assert_close(first, truth(x, W, b), F16)
+
+
+# ---- the linear layer: default tiles, M picks the kernel --------------------------------------------
+
+@pytest.mark.parametrize("M", [1, 5, 16, 17, 33])
+def test_awq_linear_with_the_default_tiles(M):
+    dtype = BF16 if CUDA or M == 1 else F16  # M > 1: tensor cores (no bf16 dot in the interpreter)
+    x, w, b, W = case(M, 256, 200, 128, dtype, seed=M)
+    y = awq_linear(x.view(1, M, 256), w, b)
+    assert y.shape == (1, M, 200) and y.dtype == dtype
+    scaled = M > GEMV.MAX_M and GEMM.TILES[GEMM.shape_class(M, 200, 256)].scaled
+    assert_close(y.view(M, 200), truth(x, W, b, round_weights=scaled), dtype)
+    ref = awq_linear_ref(x, prepare_ref(*unpack_triton(w), 128), b)
+    assert (y.view(M, 200).float() - ref.float()).abs().max() <= 4 * tolerance(dtype) * ref.float().abs().max()
+
+
+QWEN_SHAPES = [(1536, 2048), (1536, 1536), (1536, 17920), (8960, 1536),
+               (3584, 4608), (3584, 3584), (3584, 37888), (18944, 3584)]  # (K, N) of the 1.5B and 7B layers
+
+
+def test_tiles_and_candidates_are_valid_for_the_qwen_shapes():
+    for K, N in QWEN_SHAPES:
+        assert supports(K, N, 128)
+        for M in (1, 2, 4, 8, 16):
+            tiles = GEMV.candidates(M, N, K)
+            assert tiles[0] == GEMV.TILES[GEMV.shape_class(M, N, K)] and len(set(tiles)) == len(tiles)
+            for t in tiles:
+                assert t.dot or M == 1
+                assert t.block_n >= 16 and t.block_k >= 32 and not t.block_n & (t.block_n - 1)
+            t = tiles[0]
+            split, _ = GEMV.choose_split(-(-N // t.block_n), K // t.block_k, t.per_sm * 132)
+            assert -(-N // t.block_n) * split >= 132, "the default launch fills a 132-SM GPU"
+        for M in (17, 32, 64, 128, 256, 1024):
+            tiles = GEMM.candidates(M, N, K)
+            assert tiles[0] == GEMM.TILES[GEMM.shape_class(M, N, K)] and len(set(tiles)) == len(tiles)
+            assert all(t.block_m >= 16 and t.block_n >= 16 for t in tiles)
+
+
+def test_bad_arguments_name_the_argument():
+    x, w, b, _ = case(2, 64, 16, 32, F16)
+    bad = [
+        (lambda: GEMV.awq_gemv(x.float(), w), "x:"),
+        (lambda: GEMV.awq_gemv(torch.zeros(17, 64, dtype=F16, device=DEVICE), w), "x:"),
+        (lambda: GEMV.awq_gemv(x[:, :32], w), "w.q4:"),
+        (lambda: GEMV.awq_gemv(x, w, b[:8]), "bias:"),
+        (lambda: GEMV.awq_gemv(x, w, b.float()), "bias:"),
+        (lambda: GEMV.awq_gemv(x, w, out=torch.empty(2, 15, dtype=F16, device=DEVICE)), "out:"),
+        (lambda: GEMV.awq_gemv(x, w, tile=FMA), "tile:"),
+        (lambda: GEMV.awq_gemv(x, w, split=3), "split:"),
+        (lambda: GEMM.awq_gemm(x, AWQWeights(32, q4=w.q4, s_gn=w.s_gn)), "w.z_gn:"),
+        (lambda: awq_linear(x, prepare_ref(*unpack_triton(w), 32)), "w:"),
+    ]
+    for call, name in bad:
+        with pytest.raises(ValueError, match=f"^{name}"):
+            call()
+
+
+def test_benchmark_plan_without_cuda():
+    from benchmarks.gpu_sections import awq as section
+
+    plan = section.plan()
+    assert plan["shapes"] == [list(s) for s in QWEN_SHAPES] and plan["m"] == [1, 8, 16, 32, 64, 128, 256]
+    assert plan["candidates"] > len(plan["shape_classes"])
