@@ -1,127 +1,111 @@
-"""GPU benchmark of the CUDA kernels (needs a CUDA device; results name the device).
+"""Kernel timings on a GPU, graph-timed (needs a CUDA device; results name the device).
 
-1. AWQ int4 GEMV/GEMM vs torch bf16 matmul and vs dequantize-then-matmul, on the layer shapes
-   of a 1.5B Qwen2 (hidden 1536, intermediate 8960), M = 1..512, with achieved bandwidth as a
-   share of the device's measured copy bandwidth (bytes moved / peak).
-2. Decode attention over the paged cache vs torch SDPA over a gathered cache.
-3. End to end: decode tok/s of a random 1.5B-sized Qwen2 (hidden 1536, 28 layers, 12 heads,
-   2 KV heads, intermediate 8960, vocab 151936) in bf16 and AWQ int4, batch 1 and 32, our
-   kernels on/off, CUDA graphs on/off, and transformers on the same GPU.
+Every kernel is timed by `benchmarks/gpu_timing.py:graph_time`: a CUDA graph of many calls over
+rotating copies of the inputs that together exceed the L2 cache, so a figure is device time,
+not launch latency (single calls between CUDA events read 20 us for a 5 us kernel). Percentages
+are of the measured device-to-device copy bandwidth (`copy_bandwidth`, read + write counted).
 
-    python benchmarks/gpu_kernels.py [--out benchmarks/results/gpu_kernels.json]
+The measurements live in section modules, `benchmarks/gpu_sections/<name>.py`, each with
+`plan() -> dict` and `run(peak_bytes_per_s, budget_s) -> dict`; this script runs every section
+in `SECTIONS` that exists, each with its share of the budget (what one leaves, the next ones
+get). A section that is missing or fails is recorded as such and the others still run. Where
+the `awq` or `decode_kernels` section is missing, a built-in graph-timed comparison stands in
+(AWQ int4 against cuBLAS bf16 on the 1.5B layer shapes; our decode attention against torch
+SDPA on gathered K/V).
+
+    python benchmarks/gpu_kernels.py --out FILE [--budget-s 60] [--dry-run]
+
+Also the home of the benchmark model: `QWEN2_15B` (a random 1.5B-shaped Qwen2), its
+checkpoint (`dense_checkpoint`) and round-to-nearest AWQ copy (`awq_checkpoint`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
-import subprocess
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, RESULTS  # noqa: E402
+from benchmarks.common import CACHE  # noqa: E402
 
 QWEN2_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096)
 LAYER_SHAPES = [(1536, 2048), (1536, 1536), (1536, 17920), (8960, 1536)]  # (K, N): qkv, o, gate_up, down
-
-
-def cuda_time(fn, repeat: int = 50) -> float:
-    """Median seconds per call, measured with CUDA events after a warm-up."""
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+# bf16 bytes read per decode step: every layer weight and the LM head once (3.09 GB)
+QWEN2_15B_WEIGHT_BYTES = 2 * (QWEN2_15B["num_hidden_layers"] * sum(k * n for k, n in LAYER_SHAPES)
+                              + QWEN2_15B["vocab_size"] * QWEN2_15B["hidden_size"])
+# (section module, share of the budget): what one leaves, the next ones get
+SECTIONS = [("decode_kernels", 0.4), ("gemv", 0.3), ("awq", 0.3)]
 
 
 def copy_bandwidth() -> float:
-    """Device-to-device copy of 1 GiB, counting read + write: the practical peak (bytes/s)."""
+    """Device-to-device copy of 1 GiB, counting read + write: the practical peak (bytes/s).
+    (Event-timed: 20 copies of 1 GiB each take milliseconds, so launch latency is noise here.)"""
     a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
-    return 2 * a.numel() / cuda_time(lambda: b.copy_(a), 20)
+    for _ in range(3):
+        b.copy_(a)
+    times = []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * a.numel() / statistics.median(times)
 
 
-def bench_awq(ext, peak: float) -> list[dict]:
-    from llm_infer.kernels.awq_torch import dequantize_awq, pack_awq
-
-    rows = []
-    for k, n in tqdm(LAYER_SHAPES, desc="awq"):
-        qweight = pack_awq(torch.randint(0, 16, (k, n))).cuda()
-        qzeros = pack_awq(torch.randint(0, 16, (k // 128, n))).cuda()
-        scales = (torch.rand(k // 128, n) * 0.01).half().cuda()
-        dense = torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
-        int4_bytes = qweight.numel() * 4 + qzeros.numel() * 4 + scales.numel() * 2
-        for m in (1, 4, 8, 32, 128, 512):
-            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-            ours = cuda_time(lambda: ext.awq_linear(x, qweight, qzeros, scales, 128, None))
-            bf16 = cuda_time(lambda: torch.nn.functional.linear(x, dense))
-            deq = cuda_time(lambda: torch.nn.functional.linear(
-                x, dequantize_awq(qweight, qzeros, scales, 128).to(torch.bfloat16)))
-            rows.append({"k": k, "n": n, "m": m, "ours_us": ours * 1e6, "torch_bf16_us": bf16 * 1e6,
-                         "dequant_matmul_us": deq * 1e6, "ours_pct_of_peak_bw": 100 * int4_bytes / ours / peak,
-                         "bf16_pct_of_peak_bw": 100 * dense.numel() * 2 / bf16 / peak})
-    return rows
+def speed_of_light_tok_s(peak_bytes_per_s: float) -> float:
+    """Batch-1 decode tokens/s if each step read the bf16 weights once at the copy bandwidth."""
+    return peak_bytes_per_s / QWEN2_15B_WEIGHT_BYTES
 
 
-def bench_decode_attention(ext, peak: float) -> list[dict]:
-    rows = []
-    heads, kv_heads, dim, bs = 12, 2, 128, 16
-    for batch, ctx in tqdm([(1, 1024), (1, 16384), (32, 1024), (32, 4096)], desc="attention"):
-        blocks = batch * ctx // bs
-        kc = torch.randn(blocks, bs, kv_heads, dim, dtype=torch.bfloat16, device="cuda")
-        vc = torch.randn_like(kc)
-        q = torch.randn(batch, heads * dim, dtype=torch.bfloat16, device="cuda")
-        tables = torch.arange(blocks, dtype=torch.int32, device="cuda").view(batch, ctx // bs)
-        i32 = dict(dtype=torch.int32, device="cuda")
-        qs, ql, sl = torch.arange(batch, **i32), torch.ones(batch, **i32), torch.full((batch,), ctx, **i32)
-        splits = max(1, ctx // 512)
-        work = torch.empty(ext.decode_workspace_bytes(batch, 1, heads, dim, splits), dtype=torch.uint8, device="cuda")
-        out = torch.empty_like(q)
-        ours = cuda_time(lambda: ext.decode_attention(out, q, kc, vc, tables, qs, ql, sl, dim**-0.5, 1, splits, work))
+def dense_checkpoint() -> Path:
+    """The random 1.5B-shaped Qwen2 in bf16 (written once into the benchmark cache)."""
+    import shutil
+    import tempfile
 
-        def sdpa():
-            keys = kc.view(batch, ctx, kv_heads, dim).transpose(1, 2)
-            values = vc.view(batch, ctx, kv_heads, dim).transpose(1, 2)
-            return torch.nn.functional.scaled_dot_product_attention(
-                q.view(batch, heads, 1, dim), keys, values, enable_gqa=True)
+    from tests.checkpoints import make_checkpoint
 
-        torch_s = cuda_time(sdpa)
-        kv_bytes = 2 * kc.numel() * 2
-        rows.append({"batch": batch, "context": ctx, "ours_us": ours * 1e6, "sdpa_gathered_us": torch_s * 1e6,
-                     "ours_pct_of_peak_bw": 100 * kv_bytes / ours / peak})
-    return rows
+    dense = CACHE / "qwen2-1.5b-random-bf16"
+    if not dense.is_dir():  # written aside and renamed: two processes may ask at once (gpu_check does)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".writing-"))
+        make_checkpoint(tmp, "qwen2", dtype=torch.bfloat16, seed=3, **QWEN2_15B)
+        try:
+            tmp.rename(dense)
+        except OSError:  # the other one was first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dense
 
 
-def awq_checkpoint(dense: Path, out: Path, group: int = 128) -> Path:
+def awq_checkpoint(dense: Path, out: Path | None = None, group: int = 128) -> Path:
     """Round-to-nearest int4 copy of a dense checkpoint in the AutoAWQ layout (speed only)."""
     from safetensors.torch import load_file, save_file
 
     from llm_infer.kernels.awq_torch import pack_awq
     from llm_infer.runtime.quant.awq_search import quantize_groups
 
+    out = out or CACHE / "qwen2-1.5b-random-awq-rtn"
     if (out / "config.json").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     tensors = {}
     for file in sorted(dense.glob("*.safetensors")):
-        for name, w in tqdm(load_file(file).items(), desc="RTN int4"):
+        for name, w in load_file(file).items():
             if name.endswith("proj.weight"):
-                q, zeros, scales = quantize_groups(w.cuda().float(), group)
+                q, zeros, scales = quantize_groups(w.to(device).float(), group)
                 base = name[: -len(".weight")]
                 tensors[f"{base}.qweight"] = pack_awq(q.t().contiguous()).cpu()
                 tensors[f"{base}.qzeros"] = pack_awq(zeros.t().contiguous()).cpu()
@@ -138,112 +122,163 @@ def awq_checkpoint(dense: Path, out: Path, group: int = 128) -> Path:
     return out
 
 
-def decode_speed(model: Path, batch: int, kernels: str, graphs: bool, dtype: str = "bfloat16") -> float:
-    from llm_infer import LLM, SamplingParams
-
-    cfg = {"model": str(model), "dtype": dtype, "device": "cuda", "kernels": kernels, "cuda_graphs": graphs,
-           "scheduler": {"max_num_seqs": max(batch, 1), "max_model_len": 2048}, "cache": {"memory_fraction": 0.5}}
-    with LLM(cfg, progress=False) as llm:
-        prompts = [[10 + (i * 7 + j) % 1000 for j in range(64)] for i in range(batch)]
-        params = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
-        llm.generate(prompts, SamplingParams(max_tokens=8, temperature=0))
-        runs = []
-        for _ in range(3):
-            outs = llm.generate(prompts, params)
-            runs.append(sum(len(o.token_ids) - 1 for o in outs) / max(o.metrics.decode_time for o in outs))
-    return statistics.median(runs)
+# -- built-in stand-ins for missing sections -----------------------------------------------
 
 
-def transformers_speed(model: Path, batch: int) -> float:
-    import transformers
+def builtin_awq(peak: float, budget_s: float) -> dict:
+    """AWQ int4 (the CUDA extension's `awq_linear`) against cuBLAS bf16 on the 1.5B layer shapes."""
+    from benchmarks.gpu_timing import copies_to_exceed_l2, graph_time, pct_of_bandwidth
+    from llm_infer.kernels.awq_torch import pack_awq
+    from llm_infer.kernels.cuda_extension import load_cuda_extension
 
-    hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).cuda().eval()
-    ids = torch.randint(10, 1000, (batch, 64), device="cuda")
-    kwargs = dict(do_sample=False, pad_token_id=0)
-    hf.generate(ids, max_new_tokens=8, **kwargs)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    hf.generate(ids, max_new_tokens=1, **kwargs)
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    hf.generate(ids, max_new_tokens=128, min_new_tokens=128, **kwargs)
-    torch.cuda.synchronize()
-    return batch * 127 / (time.perf_counter() - t0 - first)
+    ext, start, rows = load_cuda_extension(), time.monotonic(), []
+    for k, n in LAYER_SHAPES:
+        int4_bytes = k * n // 2 + (k // 128) * n // 2 + (k // 128) * n * 2  # qweight, qzeros (int4), fp16 scales
+        copies = copies_to_exceed_l2(int4_bytes)
+        weights = [(pack_awq(torch.randint(0, 16, (k, n))).cuda(), pack_awq(torch.randint(0, 16, (k // 128, n))).cuda(),
+                    (torch.rand(k // 128, n) * 0.01).half().cuda()) for _ in range(copies)]
+        dense_copies = copies_to_exceed_l2(2 * k * n)
+        dense = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") for _ in range(dense_copies)]
+        for m in (1, 8, 32, 128):
+            if time.monotonic() - start > budget_s:
+                return {"rows": rows, "skipped": "out of time"}
+            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+            ours = graph_time(lambda i: ext.awq_linear(x, *weights[i], 128, None), copies)
+            bf16 = graph_time(lambda i: torch.nn.functional.linear(x, dense[i]), dense_copies)
+            rows.append({"k": k, "n": n, "m": m, "ours_us": round(ours * 1e6, 2), "bf16_us": round(bf16 * 1e6, 2),
+                         "ours_pct_bw": round(pct_of_bandwidth(int4_bytes, ours, peak), 1),
+                         "bf16_pct_bw": round(pct_of_bandwidth(2 * k * n, bf16, peak), 1)})
+        del weights, dense
+    return {"rows": rows}
 
 
-E2E_SYSTEMS = [("bf16, torch kernels", "dense", "torch", False), ("bf16, our kernels", "dense", "cuda", False),
-               ("bf16, our kernels + graphs", "dense", "cuda", True), ("AWQ int4, torch kernels", "awq", "torch", False),
-               ("AWQ int4, our kernels + graphs", "awq", "cuda", True)]
+def builtin_decode_attention(peak: float, budget_s: float) -> dict:
+    """Our decode attention over the paged cache against torch SDPA on the same K/V gathered."""
+    from benchmarks.gpu_timing import copies_to_exceed_l2, graph_time, pct_of_bandwidth
+    from llm_infer.kernels.cuda_extension import load_cuda_extension
+
+    ext, start, rows = load_cuda_extension(), time.monotonic(), []
+    heads, kv_heads, dim, bs = 12, 2, 128, 16
+    for batch, ctx in [(1, 1024), (1, 16384), (32, 1024), (32, 4096)]:
+        if time.monotonic() - start > budget_s:
+            return {"rows": rows, "skipped": "out of time"}
+        blocks = batch * ctx // bs
+        kv_bytes = 2 * blocks * bs * kv_heads * dim * 2
+        copies = copies_to_exceed_l2(kv_bytes, limit=16)
+        caches = [(torch.randn(blocks, bs, kv_heads, dim, dtype=torch.bfloat16, device="cuda"),
+                   torch.randn(blocks, bs, kv_heads, dim, dtype=torch.bfloat16, device="cuda")) for _ in range(copies)]
+        q = torch.randn(batch, heads * dim, dtype=torch.bfloat16, device="cuda")
+        tables = torch.arange(blocks, dtype=torch.int32, device="cuda").view(batch, ctx // bs)
+        i32 = dict(dtype=torch.int32, device="cuda")
+        qs, ql, sl = torch.arange(batch, **i32), torch.ones(batch, **i32), torch.full((batch,), ctx, **i32)
+        splits = max(1, ctx // 512)
+        work = torch.empty(ext.decode_workspace_bytes(batch, 1, heads, dim, splits), dtype=torch.uint8, device="cuda")
+        out = torch.empty_like(q)
+        ours = graph_time(lambda i: ext.decode_attention(out, q, *caches[i], tables, qs, ql, sl, dim**-0.5, 1, splits,
+                                                         work), copies)
+
+        def sdpa(i):
+            kc, vc = caches[i]
+            return torch.nn.functional.scaled_dot_product_attention(
+                q.view(batch, heads, 1, dim), kc.view(batch, ctx, kv_heads, dim).transpose(1, 2),
+                vc.view(batch, ctx, kv_heads, dim).transpose(1, 2), enable_gqa=True)
+
+        sdpa_s = graph_time(sdpa, copies)
+        rows.append({"batch": batch, "context": ctx, "splits": splits, "ours_us": round(ours * 1e6, 2),
+                     "sdpa_gathered_us": round(sdpa_s * 1e6, 2),
+                     "ours_pct_bw": round(pct_of_bandwidth(kv_bytes, ours, peak), 1),
+                     "sdpa_pct_bw": round(pct_of_bandwidth(kv_bytes, sdpa_s, peak), 1)})
+        del caches
+    return {"rows": rows}
 
 
-def dry_run(out: Path) -> None:
-    """The plan without CUDA: shapes, systems, and every engine config validated."""
-    from llm_infer.config import load_config
+BUILTIN = {"awq": builtin_awq, "decode_kernels": builtin_decode_attention}
 
-    for _, _, kernels, graphs in E2E_SYSTEMS:
-        load_config({"model": "x", "dtype": "bfloat16", "device": "cuda", "kernels": kernels, "cuda_graphs": graphs,
-                     "scheduler": {"max_num_seqs": 32, "max_model_len": 2048}, "cache": {"memory_fraction": 0.5}})
-    plan = {"dry_run": True, "awq_shapes": LAYER_SHAPES, "awq_m": [1, 4, 8, 32, 128, 512],
-            "attention": [[1, 1024], [1, 16384], [32, 1024], [32, 4096]], "model": QWEN2_15B,
-            "end_to_end": [[b, name] for b in (1, 32) for name, *_ in E2E_SYSTEMS] + [[1, "transformers bf16"],
-                                                                                      [32, "transformers bf16"]]}
+
+def load_section(name: str):
+    """The section module, or None where it does not exist (an import error inside it raises)."""
+    module = f"benchmarks.gpu_sections.{name}"
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name in (module, "benchmarks.gpu_sections"):
+            return None
+        raise
+
+
+def run_sections(peak: float, budget_s: float, report: dict, save) -> None:
+    """Each section in SECTIONS with its share of what is left; report["sections"][name] gets its
+    result plus status (ok | failed | missing | skipped) and seconds."""
+    deadline = time.monotonic() + budget_s
+    sections = report.setdefault("sections", {})
+    for index, (name, _) in enumerate(SECTIONS):
+        left = deadline - time.monotonic()
+        share = left * SECTIONS[index][1] / sum(s for _, s in SECTIONS[index:])
+        start = time.monotonic()
+        if left < 3:
+            sections[name] = {"status": "skipped", "reason": f"{left:.0f} s left"}
+            continue
+        print(f"[section] {name}: {share:.0f} s of {left:.0f} s left", flush=True)
+        try:
+            module = load_section(name)
+            if module is None:
+                result = {"status": "missing"}
+                if name in BUILTIN:
+                    result["builtin"] = BUILTIN[name](peak, share)
+            else:
+                result = {"status": "ok", **module.run(peak, share)}
+        except Exception as e:  # a failing section is recorded; the others still run
+            result = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000],
+                      "traceback": traceback.format_exc()[-3000:]}
+        torch.cuda.empty_cache()
+        result["seconds"] = round(time.monotonic() - start, 1)
+        sections[name] = result
+        save()
+
+
+def dry_run(out: Path) -> dict:
+    """The plan without CUDA: each section's plan() (or why there is none)."""
+    plan: dict = {"dry_run": True, "sections": {}}
+    for name, share in SECTIONS:
+        try:
+            module = load_section(name)
+            entry = {"status": "missing", "builtin": BUILTIN[name].__doc__} if module is None and name in BUILTIN \
+                else {"status": "missing"} if module is None else {"status": "ok", "plan": module.plan()}
+        except Exception as e:
+            entry = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000]}
+        plan["sections"][name] = {"budget_share": share, **entry}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(plan, indent=2))
-    print(json.dumps(plan))
+    print(json.dumps(plan)[:4000])
+    return plan
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(RESULTS / "gpu_kernels.json"))
-    p.add_argument("--skip-end-to-end", action="store_true")
-    p.add_argument("--budget-s", type=float, default=None, help="skip end-to-end runs that would start after this")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and validate configs; no CUDA")
+    p.add_argument("--out", required=True, help="JSON file for the results")
+    p.add_argument("--budget-s", type=float, default=60, help="seconds for all sections together")
+    p.add_argument("--peak-gb-s", type=float, default=None, help="copy bandwidth if already measured")
+    p.add_argument("--dry-run", action="store_true", help="print each section's plan; no CUDA")
     args = p.parse_args()
-    start = time.monotonic()
+    out = Path(args.out)
     if args.dry_run:
-        dry_run(Path(args.out))
+        dry_run(out)
         return
     from llm_infer.kernels.cuda_extension import load_cuda_extension
 
-    ext = load_cuda_extension()
-    if ext is None:
+    if load_cuda_extension() is None:
         sys.exit("the CUDA kernels did not build here")
-    props = torch.cuda.get_device_properties(0)
-    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                            capture_output=True, text=True).stdout.strip()
-    peak = copy_bandwidth()
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": props.name,
-              "driver": driver, "torch": torch.__version__, "cuda": torch.version.cuda,
-              "copy_bandwidth_gb_s": peak / 1e9, "awq": bench_awq(ext, peak),
-              "decode_attention": bench_decode_attention(ext, peak)}
-    out = Path(args.out)
+    peak = args.peak_gb_s * 1e9 if args.peak_gb_s else copy_bandwidth()
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": torch.cuda.get_device_name(0),
+              "torch": torch.__version__, "cuda": torch.version.cuda, "copy_bandwidth_gb_s": round(peak / 1e9, 1),
+              "budget_s": args.budget_s}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    if not args.skip_end_to_end and args.budget_s is not None and time.monotonic() - start > args.budget_s - 120:
-        report["skipped"] = [{"end_to_end": "all", "reason": "under 120 s left to build the 1.5B checkpoints and run"}]
-    elif not args.skip_end_to_end:
-        from tests.checkpoints import make_checkpoint
 
-        dense = CACHE / "qwen2-1.5b-random-bf16"
-        if not (dense / "config.json").is_file():
-            make_checkpoint(dense, "qwen2", dtype=torch.bfloat16, seed=3, **QWEN2_15B)
-        models = {"dense": dense, "awq": awq_checkpoint(dense, CACHE / "qwen2-1.5b-random-awq-rtn")}
-        # batch-1 decode reads every layer weight and the LM head once per token (bf16: 2 bytes each)
-        params = QWEN2_15B["num_hidden_layers"] * sum(k * n for k, n in LAYER_SHAPES) + 151936 * 1536
-        report["bf16_speed_of_light_tok_s"] = peak / (2 * params)
-        report["end_to_end"], report["skipped"] = [], []
-        runs = [(b, name, models[m], kernels, graphs) for b in (1, 32) for name, m, kernels, graphs in E2E_SYSTEMS]
-        runs += [(b, "transformers bf16", dense, None, None) for b in (1, 32)]
-        for batch, name, model, kernels, graphs in runs:
-            if args.budget_s is not None and time.monotonic() - start > args.budget_s - 40:
-                report["skipped"].append({"batch": batch, "system": name, "reason": "out of time"})
-                continue
-            speed = transformers_speed(model, batch) if kernels is None else decode_speed(model, batch, kernels, graphs)
-            report["end_to_end"].append({"batch": batch, "system": name, "decode_tok_s": speed})
-            out.write_text(json.dumps(report, indent=2))  # keep what is done if the run is cut short
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    def save() -> None:
+        out.write_text(json.dumps(report, indent=2))
+
+    run_sections(peak, args.budget_s, report, save)
+    save()
 
 
 if __name__ == "__main__":

@@ -5,14 +5,18 @@ and CUDA graphs against the torch path: tests/test_gpu_model.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+from typing import Iterator
 
 import pytest
 import torch
 
 from llm_infer import LLM, SamplingParams
+from llm_infer.kernels import moe_torch
+from tests import introspect
 from tests.checkpoints import make_checkpoint, reference_model
 from tests.conftest import tiny_engine_config
 
@@ -76,27 +80,122 @@ def test_torch_path_on_cuda_matches_transformers_on_the_same_gpu(models, arch):
     assert tokens == hf_greedy_on_cuda(hf, PROMPT, 32)
 
 
+# A routing decision whose fp32 top-k margin is under this share of the row's largest |router
+# logit| may flip in bf16: on CPU, bf16 moved these margins by up to 0.15 of that scale (rows
+# after an earlier flip), and the flips seen had margins under 0.01 of it.
+NEAR_TIE = 0.25
+
+
+@contextlib.contextmanager
+def recorded_routing(llm: LLM) -> Iterator[dict[int, list[torch.Tensor]]]:
+    """Our engine's expert choices while the block runs: {decoder layer: [expert ids `[tokens,
+    top_k]` of each forward, in order]}, read off each sparse block's router output with our own
+    `route` (the in-process worker's model; MoE layers decode eagerly, so every step is seen)."""
+    calls: dict[int, list[torch.Tensor]] = {}
+    hooks = []
+    for i, layer in enumerate(introspect.decoder_layers(llm)):
+        if hasattr(layer.mlp, "moe"):
+            def record(module, args, logits, i=i, moe=layer.mlp.moe):
+                calls.setdefault(i, []).append(moe_torch.route(logits.float(), moe.top_k, moe.norm_topk_prob)[1].cpu())
+            hooks.append(layer.mlp.gate.register_forward_hook(record))
+    assert hooks, "no sparse MoE block in our model"
+    try:
+        yield calls
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def hf_routed(hf, ids: list[int], forced: dict[int, torch.Tensor] | None = None):
+    """transformers' logits for `ids` (float32 `[len(ids), vocab]`, on the CPU) and each sparse
+    layer's router logits ({layer: float32 `[len(ids), experts]`}). With `forced` ({layer: expert
+    ids `[len(ids), top_k]`}) its routers take those experts, weighted by transformers' own
+    softmax at them (renormalised under norm_topk_prob): transformers given our routing."""
+    router: dict[int, torch.Tensor] = {}
+
+    def hook(module, args, out, i):
+        assert isinstance(out, tuple) and len(out) == 3, f"{type(module).__name__} returns {type(out)}"
+        logits, scores, _ = out
+        router[i] = logits.float().cpu()
+        if forced is None:
+            return None
+        chosen = forced[i].to(logits.device)
+        weights = torch.softmax(logits, dim=-1, dtype=torch.float32).gather(1, chosen)
+        if module.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return logits, weights.to(scores.dtype), chosen
+
+    hooks = [layer.mlp.gate.register_forward_hook(lambda m, a, o, i=i: hook(m, a, o, i))
+             for i, layer in enumerate(hf.model.layers) if hasattr(layer.mlp, "experts")]
+    try:
+        with torch.no_grad():
+            device = next(hf.parameters()).device
+            logits = hf(torch.tensor([ids], device=device)).logits[0].float().cpu()
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, router
+
+
+def check_moe_bf16_against_transformers(path, device: str, kernels: str, hf32, hf16) -> dict[str, int]:
+    """The bf16 MoE check (see the test below), on any device; returns what it compared."""
+    cfg = tiny_engine_config(path, device=device, dtype="bfloat16", kernels=kernels,
+                             cache={"prefix_caching": False})  # every row of the logits pass is computed
+    with LLM(cfg, progress=False) as llm:
+        assert llm.worker_info()["kernels"] == kernels
+        with recorded_routing(llm) as in_generate:
+            tokens = llm.generate([PROMPT], SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))[0].token_ids
+        ids = PROMPT + tokens
+        with recorded_routing(llm) as in_prefill:
+            ours = llm.logits(ids)
+    prefill = {i: torch.cat(c) for i, c in in_prefill.items()}
+    decode = {i: torch.cat(c) for i, c in in_generate.items()}  # prompt rows, then one row per decode step
+    assert all(len(r) == len(ids) for r in prefill.values()) and all(len(r) == len(ids) - 1 for r in decode.values())
+
+    # 1. Our routing is transformers' fp32 routing wherever that is not a near-tie.
+    _, router32 = hf_routed(hf32, ids)
+    assert set(router32) == set(prefill), (sorted(router32), sorted(prefill))
+    top_k = prefill[next(iter(prefill))].shape[1]
+    decisions, differ = 0, []
+    for i, logits in router32.items():
+        ranked = logits.sort(dim=1, descending=True).values
+        margin = ranked[:, top_k - 1] - ranked[:, top_k]  # fp32: k-th minus (k+1)-th router logit
+        scale = logits.abs().max(dim=1).values
+        same = (logits.topk(top_k, dim=1).indices.sort(dim=1).values == prefill[i].sort(dim=1).values).all(dim=1)
+        decisions += len(same)
+        differ += [(i, row, round(float(margin[row] / scale[row]), 4)) for row in torch.where(~same)[0].tolist()]
+    assert len(differ) <= decisions // 10, differ
+    assert all(near_tie < NEAR_TIE for _, _, near_tie in differ), differ
+
+    # 2. Logits: every row against transformers in bf16 given our routing.
+    ref, _ = hf_routed(hf16, ids, forced=prefill)
+    tol = 0.05 * float(ref.abs().max())  # measured on CPU: at most 0.03 x max|logit| apart
+    assert ref.std() > 0.1
+    torch.testing.assert_close(ours, ref, atol=tol, rtol=0)
+
+    # 3. Greedy tokens: each one transformers (given the routing of our decode steps) scores within
+    # the tolerance of its best, given our preceding tokens.
+    ref_decode, _ = hf_routed(hf16, ids[:-1], forced=decode)
+    steps = ref_decode[len(PROMPT) - 1:]  # where each of our tokens was chosen
+    chosen = steps.gather(1, torch.tensor(tokens)[:, None])[:, 0]
+    assert (steps.max(dim=1).values - chosen <= tol).all(), (tokens, steps.argmax(dim=1).tolist())
+    return {"rows": len(ids), "routing_decisions": decisions, "routing_differs": len(differ)}
+
+
 @pytest.mark.parametrize("kernels", ["torch", "cuda"])
 @pytest.mark.parametrize("arch", list(MOE_ARCHS))
 def test_moe_in_bf16_on_cuda_stays_within_bf16_rounding_of_transformers(models, arch, kernels):
-    """bf16 rounds differently in each implementation, and a random tiny model's greedy choice
-    can be a near-tie (0.016 logits apart at step 2 of Qwen3-MoE on CPU), so the tokens are not
-    asked to be identical: each of ours must be one transformers scores within the tolerance of
-    its best, given our preceding tokens (so wherever transformers prefers a token by more than
-    the tolerance, that token is ours)."""
-    hf = hf_on_cuda(models[arch], torch.bfloat16)
-    with LLM(on_cuda(models[arch], dtype="bfloat16", kernels=kernels), progress=False) as llm:
-        assert llm.worker_info()["kernels"] == kernels
-        ours = llm.logits(PROMPT)
-        tokens = llm.generate([PROMPT], SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))[0].token_ids
-    with torch.no_grad():
-        ref = hf(torch.tensor([PROMPT + tokens], device="cuda")).logits[0].float().cpu()
-    tol = 0.05 * float(ref.abs().max())  # measured on CPU: at most 0.03 x max|logit| apart
-    assert ref.std() > 0.1
-    torch.testing.assert_close(ours, ref[: len(PROMPT)], atol=tol, rtol=0)
-    steps = ref[len(PROMPT) - 1 : -1]  # transformers' logits where each of our tokens was chosen
-    chosen = steps.gather(1, torch.tensor(tokens)[:, None])[:, 0]
-    assert (steps.max(dim=1).values - chosen <= tol).all(), (tokens, steps.argmax(dim=1).tolist())
+    """bf16 routers have near-ties: on the H200 (2026-12-04) the smallest fp32 margin between the
+    2nd and 3rd expert of a Qwen2-MoE token was 0.0002, and bf16 took the other expert for that
+    one token (its logits then 0.33 off, against 0.155 allowed). So the logits are compared with
+    transformers given our routing (the experts our engine chose, for every row: prompt and
+    generated), at the unchanged bf16 tolerance; and the routing itself is compared with
+    transformers' fp32 routing: at most 1 in 10 decisions may differ, each a near-tie (fp32
+    margin under NEAR_TIE of the row's largest router logit). The greedy tokens are checked as
+    before, against transformers given the routing of our decode steps."""
+    seen = check_moe_bf16_against_transformers(models[arch], "cuda", kernels, hf_on_cuda(models[arch]),
+                                               hf_on_cuda(models[arch], torch.bfloat16))
+    print(seen)
 
 
 def test_prefix_caching_on_cuda_is_identical_to_caching_off(tiny_models):
