@@ -22,6 +22,31 @@ if not torch.cuda.is_available():  # the 2-core CI machines; the GPU machine's 1
 
 
 @pytest.fixture(scope="session", autouse=True)
+def triton_interpreter_takes_numpy_scalars():
+    """triton 3.6's interpreter turns a runtime loop bound into a Python int with
+    `int(<1-element array>)`, which numpy >= 2.4 refuses ("only 0-dimensional arrays can be
+    converted"): every `range(runtime_value)` in a kernel fails. Under the interpreter (CPU
+    machines), convert with `.item()` instead for the whole run."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    try:
+        import triton.runtime.interpreter as interp
+    except ImportError:  # no triton: the Triton tests skip or fail on their own imports
+        yield
+        return
+    original = interp._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    interp._patch_lang_tensor = patched
+    yield
+    interp._patch_lang_tensor = original
+
+
+@pytest.fixture(scope="session", autouse=True)
 def ray_token_of_our_own(tmp_path_factory: pytest.TempPathFactory):
     """Every Ray instance the tests start or join (private `ray.init`, `ray start`, job submission)
     authenticates with a token file of this session's own: the suite never reads or writes the

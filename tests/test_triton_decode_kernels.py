@@ -21,7 +21,6 @@ import torch
 
 from llm_infer.kernels import torch_ref
 from llm_infer.kernels.triton import activation, decode_attention as attn, rms_norm as rms, rope_kv
-from tests.triton_interpreter import interpreter_scalar_index  # noqa: F401  (autouse)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

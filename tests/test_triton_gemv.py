@@ -13,7 +13,6 @@ and the M = 1 FMA path work in the interpreter and are checked in bf16 everywher
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -26,25 +25,6 @@ from llm_infer.kernels.triton.gemv import Tile, gemv
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 F16, BF16 = torch.float16, torch.bfloat16
-
-
-@pytest.fixture(autouse=True)
-def interpreter_scalar_index(monkeypatch):
-    """triton 3.6's interpreter turns a runtime loop bound into a Python int with
-    `int(<1-element array>)`, which numpy >= 2.4 refuses ("only 0-dimensional arrays can be
-    converted"): every `range(runtime_value)` in a kernel fails. Convert with `.item()` instead,
-    for the duration of each test of this module (no effect on CUDA)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return
-    import triton.runtime.interpreter as interp
-
-    original = interp._patch_lang_tensor
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
-
-    monkeypatch.setattr(interp, "_patch_lang_tensor", patched)
 
 
 UNFUSED = 1.5  # x tolerance() against the unfused activation: at most 0.9 seen over 12 seeds

@@ -68,6 +68,7 @@ class DecoderAttention(nn.Module):
         self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
         self.kernels = kernels
         self.qk_norm = cfg.qk_norm
+        self.norm_eps = cfg.rms_norm_eps
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, kernels)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, kernels)
@@ -80,9 +81,9 @@ class DecoderAttention(nn.Module):
         rope = rotary.lookup(positions, meta)
         fused = getattr(meta.backend, "rotary_write_kv", None)
         if fused is not None:  # (q/k norms,) rotation and the KV-cache write in one kernel
-            norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else (None, None, 0.0)
+            norms = (self.q_norm.weight, self.k_norm.weight) if self.qk_norm else (None, None)
             fused(qkv, *rope, self.num_heads, self.num_kv_heads, self.head_dim, self.attn.k_cache,
-                  self.attn.v_cache, meta, *norms)
+                  self.attn.v_cache, meta, *norms, self.norm_eps)
             return self.o_proj(self.attn(q, k, v, meta, kv_written=True))
         if self.qk_norm:  # per-head norms before the rotation (Qwen3)
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)

@@ -40,6 +40,7 @@ from llm_infer.kernels.attention_metadata import AttentionMetadata, query_start_
 from llm_infer.kernels.awq_torch import pack_awq
 from llm_infer.kernels.dispatch import TORCH
 from llm_infer.kernels.moe_torch import route
+from llm_infer.kernels.torch_ref import silu_and_mul
 from llm_infer.runtime.kv_cache import KVCache
 from llm_infer.runtime.models.decoder import CausalLM
 from llm_infer.runtime.models.loader import load_weights
@@ -149,8 +150,14 @@ def _record_inputs(layer, run) -> dict[str, torch.Tensor]:
             modules["shared_down"] = mlp.shared_expert.down_proj
     else:
         modules.update(gate_up=mlp.gate_up_proj, down=mlp.down_proj)
-    hooks = [m.register_forward_pre_hook(lambda mod, args, key=key: inputs.__setitem__(key, args[0].detach()))
-             for key, m in modules.items()]
+
+    def record(key: str):
+        def hook(module, args, kwargs):  # a gated down projection's input is silu(gate) * up
+            x = args[0].detach()
+            inputs[key] = silu_and_mul(x) if kwargs.get("gated") else x
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(key), with_kwargs=True) for key, m in modules.items()]
     try:
         inputs["_out"] = run()
     finally:
