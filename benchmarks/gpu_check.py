@@ -229,12 +229,14 @@ def pytest_step(run: Run, test_files: list[str], name: str, max_s: float, gpu_ma
     if not files:
         return {"tests": 0, "note": f"no files match {test_files}"}
     junit = run.work / f"junit-{name}.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--durations=15", *(["-m", "gpu"] if gpu_marker else []),
-           *files, "-p", "no:cacheprovider", f"--junitxml={junit}", "-o", "addopts=", f"--timeout={PER_TEST_S}"]
+    # -v: one line per finished test, so a step cut short still says what passed (see verbose_summary)
+    cmd = [sys.executable, "-m", "pytest", "-q" if run.dry_run else "-v", "-rfE", "--durations=15",
+           *(["-m", "gpu"] if gpu_marker else []), *files, "-p", "no:cacheprovider", f"--junitxml={junit}",
+           "-o", "addopts=", f"--timeout={PER_TEST_S}"]
     if run.dry_run:
         cmd.append("--collect-only")
     code, output = run.sh(cmd, timeout=min(max_s, run.left() - 30))
-    result = {"exit_code": code, "files": files, **junit_summary(junit)}
+    result = {"exit_code": code, "files": files, **(junit_summary(junit) or verbose_summary(output))}
     if run.dry_run:
         collected = [ln for ln in output.splitlines() if "tests collected" in ln or "test collected" in ln]
         result["collected"] = collected[-1] if collected else output.strip().splitlines()[-1:]
@@ -259,6 +261,19 @@ def junit_summary(path: Path) -> dict[str, Any]:
             failures.append({"test": test, "message": (b.get("message") or "")[:500]})
     return {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")} | {
         "test_seconds": float(suite.get("time", 0)), "failed": failures[:40], "cases": cases}
+
+
+def verbose_summary(output: str) -> dict[str, Any]:
+    """Counts and outcomes from `pytest -v` lines, for a run cut short before its JUnit XML."""
+    cases = {m.group(1).split("/")[-1].replace(".py::", "::"): m.group(2).lower()
+             for m in re.finditer(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", output, re.M)}
+    if not cases:
+        return {}
+    outcomes = list(cases.values())
+    return {"tests": len(cases), "failures": outcomes.count("failed"), "errors": outcomes.count("error"),
+            "skipped": outcomes.count("skipped"), "failed": [{"test": t, "message": "(cut short: see the log)"}
+                                                           for t, o in cases.items() if o in ("failed", "error")],
+            "cases": cases, "partial": True}
 
 
 def script_step(run: Run, script: str, args: list[str], name: str, budget_s: float) -> dict[str, Any]:
@@ -367,11 +382,11 @@ def summarize(run: Run) -> dict[str, Any]:
         "kernels_per_step_b1": of("bf16_b1_graphs", "gpu_ops_per_step"),
         "host_gap_pct_b1": of("bf16_b1_graphs", "host_gap_pct"),
         "host_gap_pct_b32": of("bf16_b32_graphs", "host_gap_pct"),
-        # a test step that ran no XML (cut short, crashed) counts as one failure
         "gpu_tests_passed": sum(t.get("tests", 0) - t.get("failures", 0) - t.get("errors", 0) - t.get("skipped", 0)
                                 for t in tests),
+        # a test step cut short, or one that failed without a count, is one failure more
         "gpu_tests_failed": sum(t.get("failures", 0) + t.get("errors", 0) for t in tests)
-        + sum(1 for t in tests if t.get("status") in ("failed", "timed out") and "tests" not in t),
+        + sum(1 for t in tests if t.get("status") == "timed out" or (t.get("status") == "failed" and "tests" not in t)),
     }
     assert list(summary) == SUMMARY_KEYS
     return summary

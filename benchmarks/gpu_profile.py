@@ -5,8 +5,8 @@ Qwen2 of `benchmarks/gpu_kernels.py` (`QWEN2_15B`) in bf16 and its round-to-near
     PYTHONPATH=. python benchmarks/gpu_profile.py ours --out FILE [--budget-s 150] [--dry-run]
     PYTHONPATH=. python benchmarks/gpu_profile.py transformers --out FILE [--go-file F] [--dry-run]
 
-`ours`, one engine per entry of CONFIGS (bf16 | AWQ, batch 1 | 32, CUDA graphs on | off), in that
-order while the budget lasts:
+`ours`, one engine per entry of CONFIGS (bf16 | AWQ, batch 1 | 32, CUDA graphs on | off, and one
+for prefill), in that order while the budget lasts:
 - graphs on: decode tokens/s, 64-token prompts, 128 new tokens, median of 3 runs (the summary);
 - a decode window: the prompts are prefilled, then PROFILE_STEPS decode steps are run through
   `engine.step()`, once plainly (wall time per step) and once under torch.profiler with CPU and
@@ -15,7 +15,8 @@ order while the budget lasts:
   (kernels, memcpys, memsets), the top kernels (calls and us per step), the CUDA API calls the
   host makes, and the host gap: 100 x (1 - busy / unprofiled wall), the share of the step the GPU
   waits for the host;
-- on the bf16 batch-32 engine, prefill time to first token for 1 x 2048 and 8 x 512 prompt tokens.
+- `bf16_prefill`: time to first token for 1 x 2048 and 8 x 512 prompt tokens (the wall time of a
+  one-token generate on prompts no cache has seen, and the engine's own arrival-to-token time).
 
 `transformers`: the same bf16 checkpoint in transformers: time to first token (`generate` of one
 token, eager) on the same prompts, and decode with `generate(cache_implementation="static")`,
@@ -47,9 +48,11 @@ from benchmarks.gpu_kernels import awq_checkpoint, dense_checkpoint  # noqa: E40
 
 PROMPT_TOKENS, NEW_TOKENS, SPEED_RUNS, PROFILE_STEPS = 64, 128, 3, 40
 PREFILL = [(1, 2048), (8, 512)]  # prompts x tokens
-# (name, model, batch, CUDA graphs, timed for the summary): the summary's first, then the rest
+# (name, model, batch, CUDA graphs), in priority order: the summary's figures (graphs on), prefill
+# time to first token (its own engine, room for 2048-token prompts), then the profile without graphs
 CONFIGS = [("bf16_b1_graphs", "bf16", 1, True), ("bf16_b32_graphs", "bf16", 32, True),
            ("awq_b1_graphs", "awq", 1, True), ("awq_b32_graphs", "awq", 32, True),
+           ("bf16_prefill", "bf16", 8, True),
            ("bf16_b1_eager", "bf16", 1, False), ("bf16_b32_eager", "bf16", 32, False),
            ("awq_b1_eager", "awq", 1, False), ("awq_b32_eager", "awq", 32, False)]
 CONFIG_S = 25  # an engine's start, warm-up and measurements take about this (AWQ batch 32 the most)
@@ -189,18 +192,21 @@ def prefill_ttft(llm) -> list[dict]:
     return rows
 
 
-def measure_config(model: Path, batch: int, graphs: bool, with_prefill: bool) -> dict:
+def measure_config(model: Path, batch: int, graphs: bool, prefill: bool = False) -> dict:
+    """One engine: with `prefill`, time to first token only; else decode tokens/s (graphs on) and
+    the decode profile."""
     from llm_infer import LLM, SamplingParams
 
     start = time.monotonic()
-    with LLM(engine_config(model, batch, graphs, long_prompts=with_prefill), progress=False) as llm:
+    with LLM(engine_config(model, batch, graphs, long_prompts=prefill), progress=False) as llm:
         result: dict[str, Any] = {"worker": llm.worker_info(), "start_s": round(time.monotonic() - start, 1)}
-        llm.generate(prompt_batch(batch, salt=99), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
-        if graphs:
-            result.update(decode_tok_s(llm, batch))
-        result.update(profile_decode(llm, batch))
-        if with_prefill:
+        if prefill:
             result["prefill"] = prefill_ttft(llm)
+        else:
+            llm.generate(prompt_batch(batch, salt=99), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+            if graphs:
+                result.update(decode_tok_s(llm, batch))
+            result.update(profile_decode(llm, batch))
     torch.cuda.empty_cache()
     return result
 
@@ -227,7 +233,7 @@ def run_ours(out: Path, budget_s: float) -> None:
         print(f"[decode] {name} ({left:.0f} s left)", flush=True)
         t0 = time.monotonic()
         try:
-            result = measure_config(models[kind], batch, graphs, with_prefill=(name == "bf16_b32_graphs"))
+            result = measure_config(models[kind], batch, graphs, prefill=name.endswith("_prefill"))
         except Exception as e:  # recorded; the next configuration still runs
             result = {"error": f"{type(e).__name__}: {e}"[:2000], "traceback": traceback.format_exc()[-3000:]}
             torch.cuda.empty_cache()
