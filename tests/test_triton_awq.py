@@ -23,7 +23,7 @@ from llm_infer.kernels.triton import awq_gemm as GEMM
 from llm_infer.kernels.triton import awq_gemv as GEMV
 from llm_infer.kernels.triton.awq_linear import awq_linear
 from llm_infer.kernels.triton.awq_pack import repack_for_triton, supports, unpack_triton
-from tests.test_triton_gemv import interpreter_scalar_index  # noqa: F401  (autouse: runtime loop bounds)
+from tests.triton_interpreter import interpreter_scalar_index  # noqa: F401  (autouse: runtime loop bounds)
 from tests.test_triton_gemv import poisoned  # NaN-filled [M, N] on the test device
 
 CUDA = torch.cuda.is_available()
@@ -164,6 +164,15 @@ def test_gemm(M, K, N, group, scaled, swap, dtype):
         y = GEMM.awq_gemm(x, w, b, out=poisoned(M, N, dtype), tile=tile, split=split)
         assert_close(y, truth(x, W, b, round_weights=scaled), dtype)
     assert counters_are_zero()
+
+
+@pytest.mark.parametrize("M", [1, 9, 24])
+def test_rows_of_x_with_a_stride_and_an_odd_offset(M):
+    x, w, b, W = case(M, 192, 40, 64, F16, seed=7)
+    wide = torch.full((M, 200), float("nan"), dtype=F16, device=DEVICE)
+    wide[:, 3:195] = x
+    y = awq_linear(wide[:, 3:195], w, b)
+    assert_close(y, truth(x, W, b, round_weights=M > GEMV.MAX_M and GEMM.TILES["m32"].scaled), F16)
 
 
 def test_gemm_split_k_is_deterministic():

@@ -57,23 +57,23 @@ def shape_class(M: int, N: int, K: int) -> str:
 
 
 def candidates(M: int, N: int, K: int) -> list[Tile]:
-    """Tiles worth timing for this shape on a GPU (the TILES choice first)."""
+    """Tiles worth timing for this shape on a GPU, most promising first (the TILES choice first)."""
     out = [TILES[shape_class(M, N, K)]]
-    small = M <= 64
-    for bm in ((16, 32, 64) if small else (64, 128)):
-        if bm < min(M, 64) // 2:
-            continue
-        for bn in (64, 128, 256):
-            for bk in (64, 128):
-                if bm * bk + bn * bk > 3 * 128 * 64:  # keep the operand tiles in registers/shared memory
-                    continue
-                warps = 8 if bm * bn >= 128 * 128 or bn * bk >= 256 * 64 else 4
+    if M <= 64:  # weight-bandwidth bound: the whole of M in one or two tiles, W first, split K
+        for bm in (32, 64, 16):
+            if not 2 * bm >= min(M, 64) >= bm // 2:
+                continue
+            for bn in (64, 128):
                 for stages in (2, 3, 4):
-                    if small:
-                        out.append(Tile(bm, bn, bk, warps, stages, scaled=False, swap=True, per_sm=2))
-                        out.append(Tile(bm, bn, bk, warps, stages, scaled=False, swap=False, per_sm=0))
-                    else:
-                        out.append(Tile(bm, bn, bk, warps, stages, scaled=True))
+                    out.append(Tile(bm, bn, 128, 4, stages, scaled=False, swap=True, per_sm=2))
+                out.append(Tile(bm, bn, 128, 4, 3, scaled=False, swap=False, per_sm=2))
+                out.append(Tile(bm, bn, 128, 4, 3, scaled=True, swap=True, per_sm=2))
+    else:  # compute bound: wide tiles, weights dequantised once per BLOCK_M rows
+        for bm, bn, bk, warps in ((128, 128, 64, 8), (128, 256, 64, 8), (64, 128, 64, 4), (128, 128, 128, 8),
+                                  (64, 256, 64, 8)):
+            for stages in (2, 3, 4):
+                if (bm + bn) * bk * 2 * stages <= 160 * 1024:  # the x and W tiles in shared memory
+                    out.append(Tile(bm, bn, bk, warps, stages, scaled=True))
     seen: set[Tile] = set()
     return [t for t in out if not (t in seen or seen.add(t))]
 

@@ -46,7 +46,7 @@ class Tile:
     warps: int
     dot: bool  # tensor cores (x padded to 16 rows) instead of FMAs (M = 1 only)
     per_sm: int  # split K until about per_sm programs per SM (at most one split per step)
-    stages: int = 1  # software pipelining of the K loop
+    stages: int = 1  # loads in flight along K: Triton's pipeliner (dot), or prefetch of the next step (FMA: > 1)
     swap: bool = False  # dot mode: W as the first operand (64+ rows), x^T as the second
 
 
@@ -55,14 +55,14 @@ class Tile:
 TILES: dict[str, Tile] = {
     "m1_small": Tile(128, 128, 4, dot=False, per_sm=4),
     "m1_large": Tile(128, 128, 4, dot=False, per_sm=4),
-    "m2_small": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
-    "m2_large": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
-    "m4_small": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
-    "m4_large": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
-    "m8_small": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
-    "m8_large": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
-    "m16_small": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
-    "m16_large": Tile(64, 128, 4, dot=True, per_sm=4, swap=True),
+    "m2_small": Tile(64, 128, 4, dot=True, per_sm=4, stages=2, swap=True),
+    "m2_large": Tile(64, 128, 4, dot=True, per_sm=4, stages=2, swap=True),
+    "m4_small": Tile(64, 128, 4, dot=True, per_sm=4, stages=2, swap=True),
+    "m4_large": Tile(64, 128, 4, dot=True, per_sm=4, stages=2, swap=True),
+    "m8_small": Tile(64, 128, 4, dot=True, per_sm=4, stages=2, swap=True),
+    "m8_large": Tile(64, 128, 4, dot=True, per_sm=4, stages=2, swap=True),
+    "m16_small": Tile(64, 128, 4, dot=True, per_sm=4, stages=2, swap=True),
+    "m16_large": Tile(64, 128, 4, dot=True, per_sm=4, stages=2, swap=True),
 }
 SMALL_WEIGHTS = 8 << 20  # K * N below this: a layer too small to fill the GPU without a deep split
 
@@ -73,16 +73,20 @@ def shape_class(M: int, N: int, K: int) -> str:
 
 
 def candidates(M: int, N: int, K: int) -> list[Tile]:
-    """Tiles worth timing for this shape on a GPU (the TILES choice first): the FMA mode at M = 1,
-    tensor cores (x first or W first) at every M."""
+    """Tiles worth timing for this shape on a GPU, most promising first (the TILES choice first):
+    the FMA mode at M = 1 (with and without prefetch; narrow tiles that need no split), tensor
+    cores (W first or x first, pipelined 1-3 deep) at every M."""
     out = [TILES[shape_class(M, N, K)]]
-    for per_sm in (4, 2, 8):
-        for bn, bk in ((128, 128), (64, 128), (256, 64), (128, 64), (64, 256)):
-            if M == 1:
-                out.append(Tile(bn, bk, 4 if bn * bk <= 128 * 128 else 8, dot=False, per_sm=per_sm))
-            if bn <= 128:
-                out.append(Tile(bn, bk, 4, dot=True, per_sm=per_sm, swap=True))
-                out.append(Tile(bn, bk, 4, dot=True, per_sm=per_sm))
+    if M == 1:
+        for bn, bk, warps in ((128, 128, 4), (64, 128, 4), (256, 64, 8), (32, 256, 4), (16, 256, 4)):
+            for per_sm in (4, 2):
+                for stages in (1, 2):
+                    out.append(Tile(bn, bk, warps, dot=False, per_sm=per_sm, stages=stages))
+    for bn, bk in ((64, 128), (128, 128), (64, 64)):
+        for per_sm in (4, 2):
+            for stages, swap in ((2, True), (1, True), (3, True), (2, False)):
+                if M > 1 or bn == 64 and per_sm == 4:
+                    out.append(Tile(bn, bk, 4, dot=True, per_sm=per_sm, stages=stages, swap=swap))
     seen: set[Tile] = set()
     return [t for t in out if not (t in seen or seen.add(t))]
 
@@ -138,7 +142,7 @@ def _store_output(total, rows, cols, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS:
     ok = (rows < M) & (cols < N)
     if HAS_BIAS:
         total += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
-    tl.store(y_ptr + rows * stride_ym + cols, total.to(y_ptr.dtype.element_ty), mask=ok)
+    tl.store(y_ptr + rows.to(tl.int64) * stride_ym + cols, total.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -174,6 +178,97 @@ def split_k_epilogue(acc, m0, n0, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_
 # ---- the GEMV ------------------------------------------------------------------------------------
 
 @triton.jit
+def _fma_loads(w_ptrs, x_ptrs, valid):
+    """One step's q4 words [BLOCK_N, KW] and, as fp32, the x of nibble i of every word (8 vectors
+    [KW]); masked off (no memory traffic) unless `valid`."""
+    words = tl.load(w_ptrs, mask=valid, other=0, eviction_policy="evict_first")
+    x0 = tl.load(x_ptrs + 0, mask=valid, other=0.0).to(tl.float32)
+    x1 = tl.load(x_ptrs + 1, mask=valid, other=0.0).to(tl.float32)
+    x2 = tl.load(x_ptrs + 2, mask=valid, other=0.0).to(tl.float32)
+    x3 = tl.load(x_ptrs + 3, mask=valid, other=0.0).to(tl.float32)
+    x4 = tl.load(x_ptrs + 4, mask=valid, other=0.0).to(tl.float32)
+    x5 = tl.load(x_ptrs + 5, mask=valid, other=0.0).to(tl.float32)
+    x6 = tl.load(x_ptrs + 6, mask=valid, other=0.0).to(tl.float32)
+    x7 = tl.load(x_ptrs + 7, mask=valid, other=0.0).to(tl.float32)
+    return words, x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _fma_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, s_ptrs, z_ptrs, magic):
+    """acc [BLOCK_N, KW] += s * sum_i (q_i - z) x_i over the 8 nibbles of each word: per weight one
+    LOP3 + FADD + FFMA, per word one FFMA for the scale. The group's scales and zeros are loaded
+    here, where they are used, which keeps them in the words' layout."""
+    s = tl.load(s_ptrs).to(tl.float32)[:, None]
+    z = tl.load(z_ptrs).to(tl.float32)[:, None]
+    high = words >> 16  # nibbles 4..7 at bits 0..15
+    t = nibble_minus_zero(words, 0, magic, z) * x0[None, :]
+    t = tl.fma(nibble_minus_zero(high, 0, magic, z), x4[None, :], t)
+    t = tl.fma(nibble_minus_zero(words, 1, magic, z), x1[None, :], t)
+    t = tl.fma(nibble_minus_zero(high, 1, magic, z), x5[None, :], t)
+    t = tl.fma(nibble_minus_zero(words, 2, magic, z), x2[None, :], t)
+    t = tl.fma(nibble_minus_zero(high, 2, magic, z), x6[None, :], t)
+    t = tl.fma(nibble_minus_zero(words, 3, magic, z), x3[None, :], t)
+    t = tl.fma(nibble_minus_zero(high, 3, magic, z), x7[None, :], t)
+    return tl.fma(t, s, acc)
+
+
+@triton.jit
+def _fma_row(x_ptr, w_ptrs, s_ptr, z_ptr, offs_n, N, k_first, k_end, magic,
+             GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr):
+    """M == 1: fp32 [BLOCK_N] sums over K steps [k_first, k_end) of (q - z) s x, accumulated in the
+    words' own layout and reduced over K once at the end. PREFETCH: the next step's words and x
+    are loaded before this step's arithmetic (Triton pipelines only loads that feed a tl.dot);
+    it costs registers (fewer programs per SM), so it is a tile choice."""
+    KW: tl.constexpr = BLOCK_K // 8
+    x_ptrs = x_ptr + k_first + 8 * tl.arange(0, KW)  # nibble 0 of each word
+    acc = tl.zeros((BLOCK_N, KW), dtype=tl.float32)
+    if PREFETCH:
+        words, x0, x1, x2, x3, x4, x5, x6, x7 = _fma_loads(w_ptrs, x_ptrs, k_first < k_end)
+        for k0 in range(k_first, k_end, BLOCK_K):
+            w_ptrs += KW
+            x_ptrs += BLOCK_K
+            nw, n0, n1, n2, n3, n4, n5, n6, n7 = _fma_loads(w_ptrs, x_ptrs, k0 + BLOCK_K < k_end)
+            acc = _fma_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, s_ptr + (k0 // GROUP) * N + offs_n,
+                            z_ptr + (k0 // GROUP) * N + offs_n, magic)
+            words, x0, x1, x2, x3, x4, x5, x6, x7 = nw, n0, n1, n2, n3, n4, n5, n6, n7
+    else:
+        for k0 in range(k_first, k_end, BLOCK_K):
+            words, x0, x1, x2, x3, x4, x5, x6, x7 = _fma_loads(w_ptrs, x_ptrs, True)
+            acc = _fma_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, s_ptr + (k0 // GROUP) * N + offs_n,
+                            z_ptr + (k0 // GROUP) * N + offs_n, magic)
+            w_ptrs += KW
+            x_ptrs += BLOCK_K
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _dot_rows(x_ptr, w_ptrs, s_ptr, z_ptr, offs_m, offs_n, N, k_first, k_end, stride_xm, magic,
+              GROUP: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """fp32 [BLOCK_M, BLOCK_N] sums over K steps of x (q - z): the exact q - z on tensor cores,
+    each step's products scaled by s (Triton pipelines the q4 and x loads STAGES deep)."""
+    KW: tl.constexpr = BLOCK_K // 8
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_first + tl.arange(0, BLOCK_K))[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in tl.range(k_first, k_end, BLOCK_K, num_stages=STAGES):
+        words = tl.load(w_ptrs, eviction_policy="evict_first")
+        xt = tl.load(x_ptrs)
+        g = k0 // GROUP
+        s = tl.load(s_ptr + g * N + offs_n).to(tl.float32)[:, None]
+        z = tl.load(z_ptr + g * N + offs_n).to(tl.float32)[:, None]
+        wt = dequant_tile(words, s, z, magic, x_ptr.dtype.element_ty, BLOCK_N, BLOCK_K, False)
+        if SWAP:  # the weights as the 64-row operand, x^T as the narrow one
+            acc = tl.fma(tl.dot(wt, tl.trans(xt)), s, acc)
+        else:
+            acc = tl.fma(tl.dot(xt, tl.trans(wt)), tl.trans(s), acc)
+        w_ptrs += KW
+        x_ptrs += BLOCK_K
+    if SWAP:
+        return tl.trans(acc)
+    return acc
+
+
+@triton.jit
 def _awq_gemv_kernel(x_ptr, q4_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
                      M, N, K, k_words, stride_xm, stride_ym, split, steps_per_split, magic,
                      GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr, SWAP: tl.constexpr,
@@ -183,51 +278,20 @@ def _awq_gemv_kernel(x_ptr, q4_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_p
     # magic = MAGIC_BITS (see awq_pack).
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    KW: tl.constexpr = BLOCK_K // 8
     n0 = pid_n * BLOCK_N
     offs_n = (n0 + tl.arange(0, BLOCK_N)) % N  # rows past N (and of x past M) reload valid ones: no masks
-    offs_m = tl.arange(0, BLOCK_M) % M
     k_first = pid_k * steps_per_split * BLOCK_K
     k_end = k_first + steps_per_split * BLOCK_K
     if k_end > K:  # the last split may be shorter
         k_end = K
-    w_ptrs = q4_ptr + offs_n[:, None].to(tl.int64) * k_words + (k_first // 8 + tl.arange(0, KW))[None, :]
+    w_ptrs = q4_ptr + offs_n[:, None].to(tl.int64) * k_words + (k_first // 8 + tl.arange(0, BLOCK_K // 8))[None, :]
     if DOT:
-        acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), dtype=tl.float32)
-        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_first + tl.arange(0, BLOCK_K))[None, :]
+        out = _dot_rows(x_ptr, w_ptrs, s_ptr, z_ptr, tl.arange(0, BLOCK_M) % M, offs_n, N, k_first, k_end,
+                        stride_xm, magic, GROUP, SWAP, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     else:
         tl.static_assert(BLOCK_M == 1, "FMA mode takes one row of x")
-        acc = tl.zeros((BLOCK_N, KW), dtype=tl.float32)  # summed over its last axis at the end
-        x_ptrs = x_ptr + k_first + 8 * tl.arange(0, KW)  # nibble 0 of each word
-    for k0 in tl.range(k_first, k_end, BLOCK_K, num_stages=STAGES):
-        words = tl.load(w_ptrs, eviction_policy="evict_first")
-        g = k0 // GROUP
-        s = tl.load(s_ptr + g * N + offs_n).to(tl.float32)[:, None]
-        z = tl.load(z_ptr + g * N + offs_n).to(tl.float32)[:, None]
-        if DOT:  # exact q - z on tensor cores, the group's sums scaled by s
-            xt = tl.load(x_ptrs)
-            wt = dequant_tile(words, s, z, magic, x_ptr.dtype.element_ty, BLOCK_N, BLOCK_K, False)
-            if SWAP:  # the weights as the 64-row operand, x^T as the narrow one: acc is [BLOCK_N, BLOCK_M]
-                acc = tl.fma(tl.dot(wt, tl.trans(xt)), s, acc)
-            else:
-                acc = tl.fma(tl.dot(xt, tl.trans(wt)), tl.trans(s), acc)
-        else:
-            high = words >> 16  # nibbles 4..7 at bits 0..15
-            t = tl.zeros((BLOCK_N, KW), dtype=tl.float32)
-            for i in tl.static_range(4):
-                x_lo = tl.load(x_ptrs + i).to(tl.float32)
-                x_hi = tl.load(x_ptrs + 4 + i).to(tl.float32)
-                t = tl.fma(nibble_minus_zero(words, i, magic, z), x_lo[None, :], t)  # (q - z) x, nibble i
-                t = tl.fma(nibble_minus_zero(high, i, magic, z), x_hi[None, :], t)  # nibble 4 + i
-            acc = tl.fma(t, s, acc)
-        w_ptrs += KW
-        x_ptrs += BLOCK_K
-    if not DOT:
-        out = tl.sum(acc, axis=1)[None, :]
-    elif SWAP:
-        out = tl.trans(acc)
-    else:
-        out = acc
+        out = _fma_row(x_ptr, w_ptrs, s_ptr, z_ptr, offs_n, N, k_first, k_end, magic, GROUP, BLOCK_N,
+                       BLOCK_K, STAGES > 1)[None, :]
     split_k_epilogue(out, 0, n0, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, pid_n, pid_k, split,
                      HAS_BIAS, SPLIT_P2, BLOCK_M, BLOCK_N)
 
