@@ -354,7 +354,10 @@ STEPS: list[tuple[str, Callable[[Run], dict[str, Any]], float, bool]] = [
 
 def summarize(run: Run) -> dict[str, Any]:
     """The result interface (SUMMARY_KEYS; null where a step did not deliver): decode tokens/s
-    with CUDA graphs on, 64-token prompts, 128 new tokens, the random 1.5B Qwen2."""
+    with CUDA graphs on, 64-token prompts, 128 new tokens, the random 1.5B Qwen2; the SOL share
+    against its bf16 weights read once per step at this run's copy bandwidth; kernels per step
+    counts every GPU activity of a bf16 batch-1 decode step (kernels, memcpys, memsets, as the
+    first run's 632 did); host gaps from the decode profile (bf16, graphs on)."""
     steps = run.report["steps"]
     env = steps.get("environment", {})
     configs = steps.get("decode", {}).get("configs", {})
