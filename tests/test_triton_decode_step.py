@@ -22,6 +22,7 @@ from llm_infer.runtime.kv_cache import KVCache
 from llm_infer.runtime.models.build import build_model, resolve_model
 from llm_infer.runtime.step_inputs import Placeholders, build_inputs
 from tests.checkpoints import make_checkpoint
+from tests.test_awq_model import AWQ_DIR
 
 CPU = torch.device("cpu")
 BLOCK = 16
@@ -68,6 +69,8 @@ def greedy_run(path, kernels, dtype: str, prompt: list[int], steps: int) -> tupl
     (float32 logits of every step's last row `[steps + 1, vocab]`, the tokens)."""
     resolved = resolve_model(str(path), dtype, CPU, 128)
     model = build_model(resolved, CPU, kernels, progress=False)
+    if kernels is not dispatch.TORCH and resolved.config.quantization is not None:
+        assert model.model.layers[0].mlp.down_proj.awq.q4 is not None  # the Triton kernels' layout
     KVCache.for_model(model, 16, BLOCK, resolved.dtype, CPU)
     forward = ReferenceForward(model, kernels, BLOCK, CPU)
     tokens, rows = list(prompt), []
@@ -89,18 +92,21 @@ DTYPES = ["float16", "bfloat16"] if torch.cuda.is_available() else ["float16"]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["dense", "awq"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_triton_set_in_a_model_is_as_close_to_fp32_as_the_torch_set(checkpoint, dtype):
+def test_triton_set_in_a_model_is_as_close_to_fp32_as_the_torch_set(checkpoint, model, dtype):
     """Logits of a prefill and 4 decode steps: our set's error against fp32 is at most 1.25x the
-    torch set's, both in `dtype`."""
+    torch set's, both in `dtype` (AWQ: the int4 checkpoint, its weights repacked for the Triton
+    kernels; the truth dequantizes them in fp32)."""
+    path = checkpoint if model == "dense" else AWQ_DIR
     prompt = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114]
     triton = dispatch._triton_modules()
     ours_kernels = dispatch._triton_kernels(STAND_IN_EXT, triton, cuda_attention=True)
     assert ours_kernels.attention.rotary_write_kv is not None and ours_kernels.gated_linear is not None
     ours_kernels.attention.sm_count = 132  # an H100/H200's (read from the device on a GPU)
-    ours, tokens = greedy_run(checkpoint, ours_kernels, dtype, prompt, 4)
-    torch_set, _ = greedy_run(checkpoint, dispatch.TORCH, dtype, prompt, 4)
-    truth, truth_tokens = greedy_run(checkpoint, dispatch.TORCH, "float32", prompt, 4)
+    ours, tokens = greedy_run(path, ours_kernels, dtype, prompt, 4)
+    torch_set, _ = greedy_run(path, dispatch.TORCH, dtype, prompt, 4)
+    truth, truth_tokens = greedy_run(path, dispatch.TORCH, "float32", prompt, 4)
     assert truth.std() > 0.1
     ours_err = (ours - truth).pow(2).mean().sqrt()
     torch_err = (torch_set - truth).pow(2).mean().sqrt()

@@ -114,14 +114,15 @@ def _triton_modules() -> dict[str, Any] | None:
     if os.environ.get("LLM_INFER_NO_TRITON"):
         return None
     try:
-        from llm_infer.kernels.triton import activation, decode_attention, gemv, rms_norm, rope_kv
+        from llm_infer.kernels.triton import (activation, awq_linear, awq_pack, decode_attention, gemv, rms_norm,
+                                              rope_kv)
     except ImportError as e:
         import warnings
 
         warnings.warn(f"llm-infer: Triton kernels unavailable ({e}); using the CUDA extension and torch")
         return None
-    return {"activation": activation, "decode_attention": decode_attention, "gemv": gemv, "rms_norm": rms_norm,
-            "rope_kv": rope_kv}
+    return {"activation": activation, "awq_linear": awq_linear, "awq_pack": awq_pack,
+            "decode_attention": decode_attention, "gemv": gemv, "rms_norm": rms_norm, "rope_kv": rope_kv}
 
 
 def _cuda_kernels(ext: Any, cuda_attention: bool = True) -> Kernels:
@@ -153,8 +154,9 @@ def _cuda_awq_linear(ext: Any) -> Callable[..., torch.Tensor]:
 
 
 def _triton_kernels(ext: Any, triton: dict[str, Any], cuda_attention: bool) -> Kernels:
-    """The GPU set: Triton for the decode step's kernels, cuBLAS for larger matmuls, the CUDA
-    extension for prefill attention and AWQ."""
+    """The GPU set: Triton for the decode step's kernels and AWQ int4 (weights repacked at load;
+    shapes the kernels refuse keep the reference), cuBLAS for larger dense matmuls, the CUDA
+    extension for prefill and short-query attention."""
     from llm_infer.kernels.attention_cuda import CudaAttentionBackend
 
     gemv, norm, act = triton["gemv"].gemv, triton["rms_norm"].rms_norm, triton["activation"].silu_and_mul
@@ -171,12 +173,17 @@ def _triton_kernels(ext: Any, triton: dict[str, Any], cuda_attention: bool) -> K
     def add_rms_norm(x, residual, weight, eps):
         return norm(x.contiguous(), weight, eps, residual=residual), residual
 
+    def awq_linear(x, w, bias):
+        if w.q4 is None:  # a shape or group size the Triton kernels refuse (awq_pack.supports)
+            return awq_torch.awq_linear_ref(x, w, bias)
+        return triton["awq_linear"].awq_linear(x, w, bias)
+
     attention = (CudaAttentionBackend(ext, {"decode_attention": triton["decode_attention"], "rope_kv": triton["rope_kv"]})
                  if cuda_attention else TorchAttentionBackend())
     return Kernels(name="cuda", linear=linear, gated_linear=gated_linear,
                    rms_norm=lambda x, weight, eps: norm(x.contiguous(), weight, eps),
                    add_rms_norm=add_rms_norm, rotary_=torch_ref.rotary_, silu_and_mul=act, attention=attention,
-                   awq_prepare=awq_torch.prepare_ref, awq_linear=_cuda_awq_linear(ext),
+                   awq_prepare=triton["awq_pack"].repack_for_triton, awq_linear=awq_linear,
                    int8_linear=torch_ref.int8_linear)
 
 
