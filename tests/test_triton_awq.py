@@ -15,6 +15,10 @@ mode (M = 1) is checked in bf16 everywhere. Outputs are poisoned with NaN before
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -237,6 +241,56 @@ def test_bad_arguments_name_the_argument():
     for call, name in bad:
         with pytest.raises(ValueError, match=f"^{name}"):
             call()
+
+
+def compile_tiles(capability: int, dtype: str) -> list[str]:
+    """Compile (no GPU needed: Triton's own ptxas) every TILES entry of the GEMV and the GEMM for
+    sm_<capability> with <dtype> activations, with and without split-K; the failures, as text.
+    Run in a process without TRITON_INTERPRET (see the test below)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    args = {"x_ptr": f"*{dtype}", "q4_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "bias_ptr": f"*{dtype}",
+            "y_ptr": f"*{dtype}", "ws_ptr": "*fp32", "cnt_ptr": "*i32", **{name: "i32" for name in (
+                "M", "N", "K", "k_words", "stride_xm", "stride_ym", "split", "steps_per_split", "magic")}}
+    aligned = {(i,): [["tt.divisibility", 16]] for i in range(17) if i not in (8, 15, 16)}
+    limit = (227 if capability >= 90 else 163) * 1024
+    failures = []
+    launches = [(GEMV._awq_gemv_kernel, t, dict(DOT=t.dot, SWAP=t.swap, BLOCK_M=16 if t.dot else 1))
+                for t in GEMV.TILES.values()]
+    launches += [(GEMM._awq_gemm_kernel, t, dict(SCALED=t.scaled, SWAP=t.swap, BLOCK_M=t.block_m, GROUP_M=t.group_m))
+                 for t in GEMM.TILES.values()]
+    done = set()
+    for kernel, tile, extra in launches:
+        for split_p2 in (1, 8):
+            consts = dict(GROUP=128, HAS_BIAS=split_p2 == 1, SPLIT_P2=split_p2, BLOCK_N=tile.block_n,
+                          BLOCK_K=tile.block_k, STAGES=tile.stages, **extra)
+            key = (kernel.__name__, tuple(sorted(consts.items())), tile.warps)
+            if key in done:
+                continue
+            done.add(key)
+            source = ASTSource(kernel, {**args, **{k: "constexpr" for k in consts}}, consts, aligned)
+            try:
+                compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                                          options={"num_warps": tile.warps, "num_stages": tile.stages})
+                if compiled.metadata.shared > limit:
+                    failures.append(f"{kernel.__name__} {tile}: {compiled.metadata.shared} bytes of shared memory")
+            except Exception as e:  # noqa: BLE001 - reported, with the tile
+                failures.append(f"{kernel.__name__} {tile}: {str(e).strip().splitlines()[-1][:300]}")
+    return failures
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU every test above compiles and runs the kernels")
+@pytest.mark.parametrize("capability,dtype", [(90, "bf16"), (80, "fp16")])
+def test_the_committed_tiles_compile_for_hopper_and_ampere(capability, dtype):
+    # The interpreter runs the kernels' Python; only a compile finds what Triton's compiler rejects
+    # (e.g. inconsistent return types, shared memory over the limit).
+    code = (f"from tests.test_triton_awq import compile_tiles; import sys; f = compile_tiles({capability}, "
+            f"{dtype!r}); print(*f, sep='\\n'); sys.exit(bool(f))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
 
 
 def test_benchmark_plan_without_cuda():

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from llm_infer.kernels.awq_torch import AWQWeights
 from llm_infer.kernels.triton.awq_gemv import check_call, plan_split, split_k_epilogue, workspace
-from llm_infer.kernels.triton.awq_pack import MAGIC_BITS, dequant_tile
+from llm_infer.kernels.triton.awq_pack import MAGIC_BITS, dot_rows
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,6 @@ def _awq_gemm_kernel(x_ptr, q4_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_p
     # k_words = K / 8 (its divisibility lets Triton vectorise q4 loads); magic = MAGIC_BITS.
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    KW: tl.constexpr = BLOCK_K // 8
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
     in_group = GROUP_M * grid_n
@@ -105,32 +104,10 @@ def _awq_gemm_kernel(x_ptr, q4_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_p
     k_end = k_first + steps_per_split * BLOCK_K
     if k_end > K:  # the last split may be shorter
         k_end = K
-    w_ptrs = q4_ptr + offs_n[:, None].to(tl.int64) * k_words + (k_first // 8 + tl.arange(0, KW))[None, :]
+    w_ptrs = q4_ptr + offs_n[:, None].to(tl.int64) * k_words + (k_first // 8 + tl.arange(0, BLOCK_K // 8))[None, :]
     x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + (k_first + tl.arange(0, BLOCK_K))[None, :]
-    acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in tl.range(k_first, k_end, BLOCK_K, num_stages=STAGES):
-        words = tl.load(w_ptrs)
-        xt = tl.load(x_ptrs)
-        g = k0 // GROUP
-        s = tl.load(s_ptr + g * N + offs_n).to(tl.float32)[:, None]
-        z = tl.load(z_ptr + g * N + offs_n).to(tl.float32)[:, None]
-        wt = dequant_tile(words, s, z, magic, x_ptr.dtype.element_ty, BLOCK_N, BLOCK_K, SCALED)
-        if SCALED:
-            if SWAP:
-                acc = tl.dot(wt, tl.trans(xt), acc)
-            else:
-                acc = tl.dot(xt, tl.trans(wt), acc)
-        else:
-            if SWAP:
-                acc = tl.fma(tl.dot(wt, tl.trans(xt)), s, acc)
-            else:
-                acc = tl.fma(tl.dot(xt, tl.trans(wt)), tl.trans(s), acc)
-        w_ptrs += KW
-        x_ptrs += BLOCK_K
-    if SWAP:
-        out = tl.trans(acc)
-    else:
-        out = acc
+    out = dot_rows(x_ptrs, w_ptrs, s_ptr + offs_n, z_ptr + offs_n, N, k_first, k_end, magic,
+                   GROUP, SCALED, SWAP, False, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     split_k_epilogue(out, m0, n0, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, pid, pid_k, split,
                      HAS_BIAS, SPLIT_P2, BLOCK_M, BLOCK_N)
 

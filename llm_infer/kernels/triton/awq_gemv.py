@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from llm_infer.kernels.awq_torch import AWQWeights
-from llm_infer.kernels.triton.awq_pack import MAGIC_BITS, dequant_tile, nibble_minus_zero, supports
+from llm_infer.kernels.triton.awq_pack import MAGIC_BITS, dot_rows, nibble_minus_zero, supports
 from llm_infer.kernels.triton.checks import activation, like, need
 
 MAX_M = 16
@@ -242,33 +242,6 @@ def _fma_row(x_ptr, w_ptrs, s_ptr, z_ptr, offs_n, N, k_first, k_end, magic,
 
 
 @triton.jit
-def _dot_rows(x_ptr, w_ptrs, s_ptr, z_ptr, offs_m, offs_n, N, k_first, k_end, stride_xm, magic,
-              GROUP: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
-    """fp32 [BLOCK_M, BLOCK_N] sums over K steps of x (q - z): the exact q - z on tensor cores,
-    each step's products scaled by s (Triton pipelines the q4 and x loads STAGES deep)."""
-    KW: tl.constexpr = BLOCK_K // 8
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_first + tl.arange(0, BLOCK_K))[None, :]
-    acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in tl.range(k_first, k_end, BLOCK_K, num_stages=STAGES):
-        words = tl.load(w_ptrs, eviction_policy="evict_first")
-        xt = tl.load(x_ptrs)
-        g = k0 // GROUP
-        s = tl.load(s_ptr + g * N + offs_n).to(tl.float32)[:, None]
-        z = tl.load(z_ptr + g * N + offs_n).to(tl.float32)[:, None]
-        wt = dequant_tile(words, s, z, magic, x_ptr.dtype.element_ty, BLOCK_N, BLOCK_K, False)
-        if SWAP:  # the weights as the 64-row operand, x^T as the narrow one
-            acc = tl.fma(tl.dot(wt, tl.trans(xt)), s, acc)
-        else:
-            acc = tl.fma(tl.dot(xt, tl.trans(wt)), tl.trans(s), acc)
-        w_ptrs += KW
-        x_ptrs += BLOCK_K
-    if SWAP:
-        return tl.trans(acc)
-    return acc
-
-
-@triton.jit
 def _awq_gemv_kernel(x_ptr, q4_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
                      M, N, K, k_words, stride_xm, stride_ym, split, steps_per_split, magic,
                      GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr, SWAP: tl.constexpr,
@@ -286,8 +259,9 @@ def _awq_gemv_kernel(x_ptr, q4_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_p
         k_end = K
     w_ptrs = q4_ptr + offs_n[:, None].to(tl.int64) * k_words + (k_first // 8 + tl.arange(0, BLOCK_K // 8))[None, :]
     if DOT:
-        out = _dot_rows(x_ptr, w_ptrs, s_ptr, z_ptr, tl.arange(0, BLOCK_M) % M, offs_n, N, k_first, k_end,
-                        stride_xm, magic, GROUP, SWAP, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
+        x_ptrs = x_ptr + (tl.arange(0, BLOCK_M) % M)[:, None] * stride_xm + (k_first + tl.arange(0, BLOCK_K))[None, :]
+        out = dot_rows(x_ptrs, w_ptrs, s_ptr + offs_n, z_ptr + offs_n, N, k_first, k_end, magic,
+                       GROUP, False, SWAP, True, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     else:
         tl.static_assert(BLOCK_M == 1, "FMA mode takes one row of x")
         out = _fma_row(x_ptr, w_ptrs, s_ptr, z_ptr, offs_n, N, k_first, k_end, magic, GROUP, BLOCK_N,

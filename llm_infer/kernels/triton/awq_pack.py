@@ -112,3 +112,43 @@ def dequant_tile(words, s, z, magic, DTYPE: tl.constexpr, BLOCK_N: tl.constexpr,
     b3 = tl.join(_nibble(words, 3, z, s, magic, DTYPE, SCALED), _nibble(high, 3, z, s, magic, DTYPE, SCALED))
     q = tl.join(tl.join(b0, b2), tl.join(b1, b3))  # [BLOCK_N, BLOCK_K/8, 2, 2, 2]: nibbles (0 4)(2 6), (1 5)(3 7)
     return tl.reshape(q, (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def dot_rows(x_ptrs, w_ptrs, s_ptrs, z_ptrs, N, k_first, k_end, magic,
+             GROUP: tl.constexpr, SCALED: tl.constexpr, SWAP: tl.constexpr, STREAM: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """fp32 [BLOCK_M, BLOCK_N] = sum over the K steps [k_first, k_end) of x W^T on tensor cores.
+    x_ptrs [BLOCK_M, BLOCK_K] and w_ptrs [BLOCK_N, BLOCK_K/8] point at step k_first; s_ptrs and
+    z_ptrs [BLOCK_N] at the scales and zeros of group 0 of the tile's columns.
+    SCALED: weights (q - z) * s rounded to x's dtype (the reference's); else the exact q - z, each
+    step's products scaled by s in fp32. SWAP: W as the first operand (acc [BLOCK_N, BLOCK_M]).
+    STREAM: the q4 words are read once (evict them from L2 first). Triton pipelines the q4 and x
+    loads STAGES deep."""
+    acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in tl.range(k_first, k_end, BLOCK_K, num_stages=STAGES):
+        if STREAM:
+            words = tl.load(w_ptrs, eviction_policy="evict_first")
+        else:
+            words = tl.load(w_ptrs)
+        xt = tl.load(x_ptrs)
+        g = (k0 // GROUP) * N
+        s = tl.load(s_ptrs + g).to(tl.float32)[:, None]
+        z = tl.load(z_ptrs + g).to(tl.float32)[:, None]
+        wt = dequant_tile(words, s, z, magic, x_ptrs.dtype.element_ty, BLOCK_N, BLOCK_K, SCALED)
+        if SCALED:
+            if SWAP:
+                acc = tl.dot(wt, tl.trans(xt), acc)
+            else:
+                acc = tl.dot(xt, tl.trans(wt), acc)
+        elif SWAP:
+            acc = tl.fma(tl.dot(wt, tl.trans(xt)), s, acc)
+        else:
+            acc = tl.fma(tl.dot(xt, tl.trans(wt)), tl.trans(s), acc)
+        w_ptrs += BLOCK_K // 8
+        x_ptrs += BLOCK_K
+    if SWAP:
+        out = tl.trans(acc)
+    else:
+        out = acc
+    return out
