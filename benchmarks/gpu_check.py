@@ -409,7 +409,13 @@ def main() -> int:
     p.add_argument("--out", required=True, help="folder for the results (created)")
     p.add_argument("--budget-s", type=float, default=480, help="stop everything within this many seconds")
     p.add_argument("--dry-run", action="store_true", help="walk the plan on a machine without CUDA")
+    p.add_argument("--skip", default="", help="comma-separated steps not to run (e.g. a second run of the "
+                   "same day: 'kernel tests,triton tests,engine tests,model tests')")
     args = p.parse_args()
+    skipped = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skipped - {name for name, *_ in STEPS}
+    if unknown:
+        p.error(f"--skip: unknown steps {sorted(unknown)}; steps are {[name for name, *_ in STEPS]}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
@@ -418,8 +424,8 @@ def main() -> int:
         run.report["carried"] = ensure_carried_packages(run)
         stop = None
         for name, step, needs_s, fatal in STEPS:
-            if stop is not None or run.left() < needs_s:
-                reason = stop or f"{run.left():.0f} s left, the step needs {needs_s:.0f} s"
+            if stop is not None or name in skipped or run.left() < needs_s:
+                reason = stop or ("--skip" if name in skipped else f"{run.left():.0f} s left, the step needs {needs_s:.0f} s")
                 run.report["steps"][name] = {"status": "skipped", "reason": reason}
                 run.say(f"[skip] {name}: {reason}")
                 continue

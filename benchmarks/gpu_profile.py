@@ -49,12 +49,17 @@ from benchmarks.gpu_kernels import awq_checkpoint, dense_checkpoint  # noqa: E40
 PROMPT_TOKENS, NEW_TOKENS, SPEED_RUNS, PROFILE_STEPS = 64, 128, 3, 40
 PREFILL = [(1, 2048), (8, 512)]  # prompts x tokens
 # (name, model, batch, CUDA graphs), in priority order: the summary's figures (graphs on), prefill
-# time to first token (its own engine, room for 2048-token prompts), then the profile without graphs
+# time to first token (its own engine, room for 2048-token prompts), the previous decode path as the
+# baseline of this run (`_old`: OLD_PATH, as main was at the first GPU run), then the profile without graphs
 CONFIGS = [("bf16_b1_graphs", "bf16", 1, True), ("bf16_b32_graphs", "bf16", 32, True),
            ("awq_b1_graphs", "awq", 1, True), ("awq_b32_graphs", "awq", 32, True),
            ("bf16_prefill", "bf16", 8, True),
+           ("bf16_b1_graphs_old", "bf16", 1, True), ("bf16_b32_graphs_old", "bf16", 32, True),
            ("bf16_b1_eager", "bf16", 1, False), ("bf16_b32_eager", "bf16", 32, False),
            ("awq_b1_eager", "awq", 1, False), ("awq_b32_eager", "awq", 32, False)]
+# The previous decode path: the CUDA extension's kernels and cuBLAS instead of the Triton kernels, and
+# synchronous scheduling (each step planned after the last one's tokens reached the host).
+OLD_PATH = {"env": {"LLM_INFER_NO_TRITON": "1"}, "scheduler": {"async_scheduling": "off"}}
 CONFIG_S = 25  # an engine's start, warm-up and measurements take about this (AWQ batch 32 the most)
 TOP_KERNELS = 15
 
@@ -192,13 +197,28 @@ def prefill_ttft(llm) -> list[dict]:
     return rows
 
 
-def measure_config(model: Path, batch: int, graphs: bool, prefill: bool = False) -> dict:
+def measure_config(model: Path, batch: int, graphs: bool, prefill: bool = False, old: bool = False) -> dict:
     """One engine: with `prefill`, time to first token only; else decode tokens/s (graphs on) and
-    the decode profile."""
+    the decode profile; `old`: the previous decode path (OLD_PATH)."""
+    import os
+
     from llm_infer import LLM, SamplingParams
 
     start = time.monotonic()
-    with LLM(engine_config(model, batch, graphs, long_prompts=prefill), progress=False) as llm:
+    cfg = engine_config(model, batch, graphs, long_prompts=prefill)
+    if old:
+        cfg["scheduler"].update(OLD_PATH["scheduler"])
+    saved = {k: os.environ.get(k) for k in OLD_PATH["env"]}
+    os.environ.update(OLD_PATH["env"] if old else {})
+    try:
+        llm = LLM(cfg, progress=False)  # kernels are chosen while the engine starts
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    with llm:
         result: dict[str, Any] = {"worker": llm.worker_info(), "start_s": round(time.monotonic() - start, 1)}
         if prefill:
             result["prefill"] = prefill_ttft(llm)
@@ -233,7 +253,8 @@ def run_ours(out: Path, budget_s: float) -> None:
         print(f"[decode] {name} ({left:.0f} s left)", flush=True)
         t0 = time.monotonic()
         try:
-            result = measure_config(models[kind], batch, graphs, prefill=name.endswith("_prefill"))
+            result = measure_config(models[kind], batch, graphs, prefill=name.endswith("_prefill"),
+                                    old=name.endswith("_old"))
         except Exception as e:  # recorded; the next configuration still runs
             result = {"error": f"{type(e).__name__}: {e}"[:2000], "traceback": traceback.format_exc()[-3000:]}
             torch.cuda.empty_cache()
