@@ -299,3 +299,26 @@ def test_benchmark_plan_without_cuda():
     plan = section.plan()
     assert plan["shapes"] == [list(s) for s in QWEN_SHAPES] and plan["m"] == [1, 8, 16, 32, 64, 128, 256]
     assert plan["candidates"] > len(plan["shape_classes"])
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU run measures the section itself")
+def test_benchmark_section_runs_end_to_end_on_a_tiny_shape(monkeypatch):
+    """run() with a fake timer on CPU (fp16: no bf16 tl.dot in the interpreter): every code path
+    of the report, the candidate sweep cut to two tiles per class."""
+    from benchmarks.gpu_sections import awq as section
+
+    monkeypatch.setattr(section, "DEVICE", "cpu")
+    monkeypatch.setattr(section, "DTYPE", F16)
+    monkeypatch.setattr(section, "SHAPES", [("tiny qkv", 256, 40, True), ("tiny o", 128, 24, False)])
+    monkeypatch.setattr(section, "MS", [1, 3, 17])
+    monkeypatch.setattr(section, "copies_to_exceed_l2", lambda nbytes: 2)
+    monkeypatch.setattr(section, "graph_time", lambda call, copies: (call(copies - 1), 1e-6)[1])
+    tiny = [GEMV.Tile(16, 64, 4, dot=False, per_sm=4), GEMV.Tile(16, 64, 4, dot=True, per_sm=4, swap=True),
+            GEMM.Tile(16, 16, 64, 4, 2, scaled=False, swap=True, per_sm=2)]
+    monkeypatch.setattr(section, "_class_candidates", lambda m, shapes: [tiny[2]] if m > 16 else tiny[0 if m == 1 else 1:2])
+    for table, key in ((GEMV.TILES, "m1_small"), (GEMV.TILES, "m4_small"), (GEMM.TILES, "m32")):
+        monkeypatch.setitem(table, key, tiny[0] if key == "m1_small" else tiny[1] if key == "m4_small" else tiny[2])
+    report = section.run(4.25e12, budget_s=600)
+    assert len(report["rows"]) == 6 and not report["skipped"][1:]
+    assert all(r["repeatable"] and r["rel_err"] < 2**-9 and r["vs_cublas"] == 1.0 for r in report["rows"])
+    assert [e["m"] for e in report["sweep"]] == [1, 3, 17] and len(report["tiles_py"]) == 3

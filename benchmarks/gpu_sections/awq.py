@@ -35,6 +35,7 @@ SHAPES = [
 MS = [1, 8, 16, 32, 64, 128, 256]
 GROUP = 128
 DTYPE = torch.bfloat16
+DEVICE = "cuda"  # the tests smoke-run() on "cpu" under the interpreter with a fake timer
 CHECK_TOL = 2.0**-7  # max |ours - fp32| / max|fp32| accepted before a tile is timed (bf16 rounding is 2^-8)
 
 
@@ -78,13 +79,13 @@ class _Layer:
         from llm_infer.kernels.awq_torch import dequantize_awq, pack_awq
         from llm_infer.kernels.triton.awq_pack import repack_for_triton
 
-        g = torch.Generator(device="cuda").manual_seed(seed)
-        qweight = pack_awq(torch.randint(0, 16, (k, n), device="cuda", generator=g))
-        qzeros = pack_awq(torch.randint(0, 16, (k // GROUP, n), device="cuda", generator=g))
-        scales = (torch.rand(k // GROUP, n, device="cuda", generator=g) * (2.0 / k**0.5) / 15).half()
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+        qweight = pack_awq(torch.randint(0, 16, (k, n), device=DEVICE, generator=g))
+        qzeros = pack_awq(torch.randint(0, 16, (k // GROUP, n), device=DEVICE, generator=g))
+        scales = (torch.rand(k // GROUP, n, device=DEVICE, generator=g) * (2.0 / k**0.5) / 15).half()
         self.k, self.n = k, n
         self.W = dequantize_awq(qweight, qzeros, scales, GROUP)  # fp32 [N, K]: the truth's weight
-        self.bias = torch.randn(n, device="cuda", generator=g).to(DTYPE) if bias else None
+        self.bias = torch.randn(n, device=DEVICE, generator=g).to(DTYPE) if bias else None
         groups = k // GROUP * n
         self.bytes = {"ours": k * n // 2 + 3 * groups, "ext": k * n // 2 + 2 * groups + groups // 2, "cublas": 2 * k * n}
         one = repack_for_triton(qweight, qzeros, scales, GROUP)
@@ -100,12 +101,12 @@ class _Layer:
 
     def inputs(self, m: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, out, fp32 truth) for M = m."""
-        g = torch.Generator(device="cuda").manual_seed(seed)
-        x = torch.randn(m, self.k, device="cuda", generator=g).to(DTYPE)
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+        x = torch.randn(m, self.k, device=DEVICE, generator=g).to(DTYPE)
         truth = x.float() @ self.W.T
         if self.bias is not None:
             truth += self.bias.float()
-        return x, torch.empty(m, self.n, device="cuda", dtype=DTYPE), truth
+        return x, torch.empty(m, self.n, device=DEVICE, dtype=DTYPE), truth
 
     def moved(self, impl: str, m: int) -> int:
         return self.bytes[impl] + 2 * m * (self.k + self.n) + (2 * self.n if self.bias is not None else 0)
@@ -134,8 +135,13 @@ def _row(layer: _Layer, impl: str, m: int, seconds: float, peak: float) -> dict:
     return {"us": round(seconds * 1e6, 2), "pct_bw": round(pct_of_bandwidth(layer.moved(impl, m), seconds, peak), 1)}
 
 
+def _free() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run(peak_bytes_per_s: float, budget_s: float) -> dict:
-    if not torch.cuda.is_available():
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("benchmarks/gpu_sections/awq.py needs a CUDA device (plan() describes it)")
     from llm_infer.kernels.cuda_extension import load_cuda_extension
 
@@ -143,7 +149,7 @@ def run(peak_bytes_per_s: float, budget_s: float) -> dict:
     peak = peak_bytes_per_s
     report: dict = {"peak_gb_s": round(peak / 1e9, 1), "budget_s": budget_s, "rows": [], "sweep": [],
                     "tiles_py": [], "skipped": []}
-    ext = load_cuda_extension(torch.cuda.current_device())
+    ext = load_cuda_extension(torch.cuda.current_device()) if DEVICE == "cuda" else None
     if ext is None:
         report["skipped"].append("cuda_ext: the CUDA extension did not build")
 
@@ -174,7 +180,7 @@ def run(peak_bytes_per_s: float, budget_s: float) -> dict:
                 row["vs_cuda_ext"] = round(ours / old, 3)
             report["rows"].append(row)
         del layer
-        torch.cuda.empty_cache()
+        _free()
 
     # 2. candidate sweep per shape class
     for m in MS:
@@ -197,7 +203,7 @@ def run(peak_bytes_per_s: float, budget_s: float) -> dict:
                 result["sum_us"] = round(sum(result["us"].values()), 2)
                 entry["tiles"].append(result)
             layers.clear()
-            torch.cuda.empty_cache()
+            _free()
             ok = [t for t in entry["tiles"] if len(t["us"]) == len(shapes)
                   and all(c["rel_err"] <= CHECK_TOL and c["repeatable"] for c in t["checks"].values())]
             if ok:
