@@ -25,6 +25,7 @@ import torch
 from llm_infer.kernels.awq_torch import AWQWeights, awq_linear_ref, dequantize_awq, pack_awq, prepare_ref
 from llm_infer.kernels.triton import awq_gemm as GEMM
 from llm_infer.kernels.triton import awq_gemv as GEMV
+from llm_infer.kernels.triton import awq_moe as MOE
 from llm_infer.kernels.triton.awq_linear import awq_linear
 from llm_infer.kernels.triton.awq_pack import repack_for_triton, supports, unpack_triton
 from tests.triton_interpreter import interpreter_scalar_index  # noqa: F401  (autouse: runtime loop bounds)
@@ -243,8 +244,38 @@ def test_bad_arguments_name_the_argument():
             call()
 
 
+# ---- mixture of experts: rows grouped by expert --------------------------------------------------
+
+def moe_case(R, E, K, N, group, dtype, bias, seed=0):
+    experts = [case(1, K, N, group, dtype, bias=False, seed=seed + 10 * e) for e in range(E)]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(R, K, generator=g).to(DEVICE, dtype)
+    ids = torch.randint(0, E - 1, (R,), generator=g).to(DEVICE)  # expert E - 1 gets no rows
+    b = torch.randn(E, N, generator=g).to(DEVICE, dtype) if bias else None
+    return x, MOE.stack_experts([e[1] for e in experts]), ids, b, [e[3] for e in experts]
+
+
+@pytest.mark.parametrize("R,E,K,N,group", [(1, 3, 128, 40, 32), (7, 4, 192, 24, 64), (40, 3, 256, 72, 128)])
+@pytest.mark.parametrize("scaled,swap", [(False, True), (True, False)], ids=["exact-w_first", "scaled"])
+@pytest.mark.parametrize("dtype", [F16, BF16] if CUDA else [F16])
+def test_moe_rows_use_their_own_expert(R, E, K, N, group, scaled, swap, dtype):
+    x, w, ids, b, Ws = moe_case(R, E, K, N, group, dtype, bias=R % 2 == 1, seed=R)
+    tile = GEMM.Tile(16, 16, 64, 4, 2, scaled=scaled, swap=swap)
+    y = MOE.awq_moe(x, w, ids, b, out=poisoned(R, N, dtype), tile=tile)
+    ref = torch.stack([truth(x[r : r + 1], Ws[int(ids[r])], None if b is None else b[int(ids[r])],
+                             round_weights=scaled)[0] for r in range(R)])
+    assert_close(y, ref, dtype)
+
+
+def test_moe_grouping_counts_blocks_per_expert():
+    ids = torch.tensor([2, 0, 2, 2, 0, 3, 2], device=DEVICE)
+    order, counts, starts, block_end = MOE.group_rows(ids, 5, block_m=2)
+    assert order.tolist() == [1, 4, 0, 2, 3, 6, 5] and counts.tolist() == [2, 0, 4, 1, 0]
+    assert starts.tolist() == [0, 2, 2, 6, 7] and block_end.tolist() == [1, 1, 3, 4, 4]
+
+
 def compile_tiles(capability: int, dtype: str) -> list[str]:
-    """Compile (no GPU needed: Triton's own ptxas) every TILES entry of the GEMV and the GEMM for
+    """Compile (no GPU needed: Triton's own ptxas) every TILES entry of the GEMV, GEMM and MoE kernels for
     sm_<capability> with <dtype> activations, with and without split-K; the failures, as text.
     Run in a process without TRITON_INTERPRET (see the test below)."""
     import triton
@@ -261,16 +292,25 @@ def compile_tiles(capability: int, dtype: str) -> list[str]:
                 for t in GEMV.TILES.values()]
     launches += [(GEMM._awq_gemm_kernel, t, dict(SCALED=t.scaled, SWAP=t.swap, BLOCK_M=t.block_m, GROUP_M=t.group_m))
                  for t in GEMM.TILES.values()]
+    moe_args = {"x_ptr": f"*{dtype}", **{name: "*i32" for name in ("order_ptr", "counts_ptr", "starts_ptr",
+                                                                     "block_end_ptr", "q4_ptr")},
+                "s_ptr": "*fp16", "z_ptr": "*u8", "bias_ptr": f"*{dtype}", "y_ptr": f"*{dtype}",
+                **{name: "i32" for name in ("N", "K", "k_words", "E", "stride_xm", "stride_ym", "magic")}}
+    launches += [(MOE._awq_moe_kernel, t, dict(SCALED=t.scaled, SWAP=t.swap, BLOCK_M=t.block_m, E_P2=64))
+                 for t in MOE.TILES.values()]
     done = set()
     for kernel, tile, extra in launches:
-        for split_p2 in (1, 8):
-            consts = dict(GROUP=128, HAS_BIAS=split_p2 == 1, SPLIT_P2=split_p2, BLOCK_N=tile.block_n,
-                          BLOCK_K=tile.block_k, STAGES=tile.stages, **extra)
+        for split_p2 in ((1,) if kernel is MOE._awq_moe_kernel else (1, 8)):
+            consts = dict(GROUP=128, HAS_BIAS=split_p2 == 1, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k,
+                          STAGES=tile.stages, **extra)
+            if kernel is not MOE._awq_moe_kernel:
+                consts["SPLIT_P2"] = split_p2
             key = (kernel.__name__, tuple(sorted(consts.items())), tile.warps)
             if key in done:
                 continue
             done.add(key)
-            source = ASTSource(kernel, {**args, **{k: "constexpr" for k in consts}}, consts, aligned)
+            signature = moe_args if kernel is MOE._awq_moe_kernel else args
+            source = ASTSource(kernel, {**signature, **{k: "constexpr" for k in consts}}, consts, aligned)
             try:
                 compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
                                           options={"num_warps": tile.warps, "num_stages": tile.stages})
