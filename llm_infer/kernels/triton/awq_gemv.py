@@ -164,9 +164,13 @@ def split_k_epilogue(acc, m0, n0, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_
         tl.debug_barrier()  # every thread's partial is written before the release below
         arrived = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel", scope="gpu")
         if arrived == split - 1:  # the last of the tile's programs: all partials are visible
-            CHUNK: tl.constexpr = min(TILE, max(16, 4096 // SPLIT_P2))
+            # all partials of up to 8192 outputs loaded at once; only the tile's rows below M
+            CHUNK: tl.constexpr = min(TILE, max(BLOCK_N, 8192 // SPLIT_P2))
             parts = tl.arange(0, SPLIT_P2)[:, None] * TILE
-            for c in tl.range(0, TILE, CHUNK):
+            valid_rows = M - m0
+            if valid_rows > BLOCK_M:
+                valid_rows = BLOCK_M
+            for c in tl.range(0, valid_rows * BLOCK_N, CHUNK):
                 f = c + tl.arange(0, CHUNK)
                 r = m0 + f // BLOCK_N
                 ok = (tl.arange(0, SPLIT_P2)[:, None] < split) & (r[None, :] < M)
