@@ -1,4 +1,4 @@
-"""Triton AWQ int4 kernels (`llm_infer/kernels/triton/awq_*.py`) against the dequantized reference.
+"""Triton AWQ int4 kernels (`llm_infer/kernels/triton/awq_*.py`: GEMV, GEMM, MoE) against the dequantized reference.
 
 Oracle: W = `awq_torch.dequantize_awq` in fp32, y = x.float() @ W.T (+ bias). The GEMV (both
 modes) and the unscaled GEMM multiply the exact q - z and scale each group's sum in fp32, so they
@@ -11,6 +11,8 @@ On CPU the kernels run under Triton's interpreter, which computes a bf16 `tl.dot
 the raw uint16 bit patterns (triton 3.6 `interpreter.create_dot`): the tensor-core paths (the
 GEMV's dot mode, every GEMM) are checked in fp16 there and in both dtypes on CUDA; the GEMV's FMA
 mode (M = 1) is checked in bf16 everywhere. Outputs are poisoned with NaN before every call.
+The interpreter does not run Triton's compiler: the committed tiles are also compiled for sm_90 and
+sm_80 with Triton's own ptxas (no GPU needed), in a process without TRITON_INTERPRET.
 """
 
 from __future__ import annotations
@@ -199,8 +201,10 @@ def test_awq_linear_with_the_default_tiles(M):
     assert y.shape == (1, M, 200) and y.dtype == dtype
     scaled = M > GEMV.MAX_M and GEMM.TILES[GEMM.shape_class(M, 200, 256)].scaled
     assert_close(y.view(M, 200), truth(x, W, b, round_weights=scaled), dtype)
+    # ... and the dispatcher's reference: both round y to the dtype (one ulp apart at most) and the
+    # reference rounds every weight too; up to 1.24 x tolerance() seen over 4 seeds per M
     ref = awq_linear_ref(x, prepare_ref(*unpack_triton(w), 128), b)
-    assert (y.view(M, 200).float() - ref.float()).abs().max() <= 4 * tolerance(dtype) * ref.float().abs().max()
+    assert (y.view(M, 200).float() - ref.float()).abs().max() <= 2 * tolerance(dtype) * ref.float().abs().max()
 
 
 QWEN_SHAPES = [(1536, 2048), (1536, 1536), (1536, 17920), (8960, 1536),

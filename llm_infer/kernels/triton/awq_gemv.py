@@ -4,12 +4,15 @@ one launch whatever the split of K (`awq_torch.awq_linear_ref` is the reference)
 Grid (N / BLOCK_N, SPLIT). Program (n, s) streams the `q4` words of BLOCK_N outputs over its
 contiguous share of K (whole BLOCK_K steps; BLOCK_K divides the group, so a step lies in one group
 and loads one row of scales and zeros), dequantises in registers and accumulates in fp32:
-- FMA mode (M <= 4 by default): each word's 8 nibbles are masked in place, converted exactly by the
-  2^23 trick with the zero point folded into the subtracted bias (`awq_pack`), and multiplied by
-  activations pre-scaled by 16^-i; the scale multiplies once per word. About 3 instructions per
-  weight, with no int->float conversion; the per-thread sums are reduced across K once, at the end.
-- Dot mode (larger M): the tile is dequantised to the activation dtype, exactly as the reference
-  rounds it, and multiplied on tensor cores with x padded to 16 rows (`tl.dot`).
+- FMA mode (`Tile.dot=False`, M = 1 only): each word's 8 nibbles become the exact q - z
+  (`awq_pack.nibble_minus_zero`: one LOP3 and one FADD, no int->float conversion), one FFMA each
+  with x, one FFMA per word with the scale: about 4.6 instructions per weight in sm_90 SASS
+  (BLOCK_N = BLOCK_K = 128), 127 registers. The accumulator keeps the words' register layout
+  (nothing moves through shared memory in the loop) and is reduced over K once at the end.
+- Dot mode (any M): the exact q - z in x's dtype on tensor cores with x padded to 16 rows, each
+  step's products scaled by s in fp32 (`awq_pack.dot_rows`); with `swap`, W is the first operand,
+  which on sm_90 is a register-sourced wgmma 64 x 16 (about 4.5 instructions per weight).
+Both are more exact than the reference, which rounds every weight to x's dtype.
 
 When N / BLOCK_N programs cannot fill the GPU, K is split so that about `per_sm` programs run per
 SM (`TILES`). The split-K reduction stays in the same launch (`split_k_epilogue`): each program
@@ -44,7 +47,7 @@ class Tile:
     block_n: int  # outputs per program
     block_k: int  # inputs per step (clamped to the group size)
     warps: int
-    dot: bool  # tensor cores (x padded to 16 rows) instead of FMAs (M = 1 only)
+    dot: bool  # tensor cores (x padded to 16 rows); False: FMAs (M = 1 only)
     per_sm: int  # split K until about per_sm programs per SM (at most one split per step)
     stages: int = 1  # loads in flight along K: Triton's pipeliner (dot), or prefetch of the next step (FMA: > 1)
     swap: bool = False  # dot mode: W as the first operand (64+ rows), x^T as the second
