@@ -359,7 +359,8 @@ def test_benchmark_section_runs_end_to_end_on_a_tiny_shape(monkeypatch):
     monkeypatch.setattr(section, "graph_time", lambda call, copies: (call(copies - 1), 1e-6)[1])
     tiny = [GEMV.Tile(16, 64, 4, dot=False, per_sm=4), GEMV.Tile(16, 64, 4, dot=True, per_sm=4, swap=True),
             GEMM.Tile(16, 16, 64, 4, 2, scaled=False, swap=True, per_sm=2)]
-    monkeypatch.setattr(section, "_class_candidates", lambda m, shapes: [tiny[2]] if m > 16 else tiny[0 if m == 1 else 1:2])
+    monkeypatch.setattr(section, "_class_candidates",
+                        lambda m, shapes: [tiny[2]] if m > 16 else tiny[0 if m == 1 else 1:2])
     for table, key in ((GEMV.TILES, "m1_small"), (GEMV.TILES, "m4_small"), (GEMM.TILES, "m32")):
         monkeypatch.setitem(table, key, tiny[0] if key == "m1_small" else tiny[1] if key == "m4_small" else tiny[2])
     report = section.run(4.25e12, budget_s=600)

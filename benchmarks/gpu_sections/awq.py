@@ -87,7 +87,8 @@ class _Layer:
         self.W = dequantize_awq(qweight, qzeros, scales, GROUP)  # fp32 [N, K]: the truth's weight
         self.bias = torch.randn(n, device=DEVICE, generator=g).to(DTYPE) if bias else None
         groups = k // GROUP * n
-        self.bytes = {"ours": k * n // 2 + 3 * groups, "ext": k * n // 2 + 2 * groups + groups // 2, "cublas": 2 * k * n}
+        self.bytes = {"ours": k * n // 2 + 3 * groups, "ext": k * n // 2 + 2 * groups + groups // 2,
+                      "cublas": 2 * k * n}
         one = repack_for_triton(qweight, qzeros, scales, GROUP)
         self.ours = [one] + [type(one)(GROUP, q4=one.q4.clone(), s_gn=one.s_gn.clone(), z_gn=one.z_gn.clone())
                              for _ in range(copies_to_exceed_l2(self.bytes["ours"]) - 1)]

@@ -55,7 +55,8 @@ def repack_for_triton(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch
         return prepare_ref(qweight, qzeros, scales, group)
     if tuple(qzeros.shape) != (K // group, N // 8) or tuple(scales.shape) != (K // group, N):
         raise ValueError(f"qzeros/scales: expected [{K // group}, {N // 8}] and [{K // group}, {N}] for qweight "
-                         f"{tuple(qweight.shape)} and group {group}, got {tuple(qzeros.shape)} and {tuple(scales.shape)}")
+                         f"{tuple(qweight.shape)} and group {group}, got {tuple(qzeros.shape)} and "
+                         f"{tuple(scales.shape)}")
     shifts = 4 * torch.arange(8, dtype=torch.int32, device=qweight.device)
     q4 = torch.empty(N, K // 8, dtype=torch.int32, device=qweight.device)
     for c0 in range(0, N // 8, _REPACK_ROWS // 8):
