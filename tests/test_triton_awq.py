@@ -278,6 +278,27 @@ def test_moe_grouping_counts_blocks_per_expert():
     assert starts.tolist() == [0, 2, 2, 6, 7] and block_end.tolist() == [1, 1, 3, 4, 4]
 
 
+def test_an_autoawq_checkpoint_goes_through_the_same_entry():
+    """The experts of AutoAWQ's own tiny Qwen3-MoE (tests/data, group 64): each through awq_linear,
+    all of layer 0's gate projections stacked through awq_moe."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(__file__).parent / "data" / "awq_tiny_qwen3_moe" / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        layers = [[f.get_tensor(f"model.layers.0.mlp.experts.{e}.gate_proj.{t}").to(DEVICE)
+                   for t in ("qweight", "qzeros", "scales")] for e in range(8)]
+    x = torch.randn(5, layers[0][0].shape[0], generator=torch.Generator().manual_seed(0)).to(DEVICE, F16)
+    repacked = [repack_for_triton(*layer, 64) for layer in layers]
+    Ws = [dequantize_awq(*layer, 64) for layer in layers]
+    for w, W in zip(repacked[:2], Ws):
+        assert_close(awq_linear(x, w), truth(x, W, None), F16)
+    ids = torch.tensor([3, 0, 7, 3, 5], device=DEVICE)
+    y = MOE.awq_moe(x, MOE.stack_experts(repacked), ids, out=poisoned(5, Ws[0].shape[0], F16))
+    assert_close(y, torch.stack([truth(x[r : r + 1], Ws[int(ids[r])], None)[0] for r in range(5)]), F16)
+
+
 def compile_tiles(capability: int, dtype: str) -> list[str]:
     """Compile (no GPU needed: Triton's own ptxas) every TILES entry of the GEMV, GEMM and MoE kernels for
     sm_<capability> with <dtype> activations, with and without split-K; the failures, as text.
