@@ -30,7 +30,6 @@ from llm_infer.kernels.triton import awq_gemv as GEMV
 from llm_infer.kernels.triton import awq_moe as MOE
 from llm_infer.kernels.triton.awq_linear import awq_linear
 from llm_infer.kernels.triton.awq_pack import repack_for_triton, supports, unpack_triton
-from tests.triton_interpreter import interpreter_scalar_index  # noqa: F401  (autouse: runtime loop bounds)
 from tests.test_triton_gemv import poisoned  # NaN-filled [M, N] on the test device
 
 CUDA = torch.cuda.is_available()
