@@ -29,8 +29,8 @@ baseline's timed runs). Each test has its own time limit (`PER_TEST_S`, pytest-t
 Writes two files into DIR, named as they are committed under `benchmarks/results/`:
 `gpu_check-<device>-<date>.json` (a top-level `summary` with the figures `SUMMARY_KEYS` names,
 then every step's status, timings and results, the tests' outcomes included) and
-`gpu_check-<device>-<date>.log` (all output). The commit measured is `git rev-parse HEAD` where
-the checkout has its .git, else the `COMMIT` file at the checkout's root, else `$LLM_INFER_COMMIT`.
+`gpu_check-<device>-<date>.log` (all output). The commit measured is `$LLM_INFER_COMMIT` when set,
+else `git rev-parse HEAD` where the checkout has its .git, else the `COMMIT` file at its root.
 `--dry-run` walks the same plan without CUDA: imports, paths and arguments are checked (tests
 collected, every benchmark's plan printed).
 """
@@ -122,8 +122,11 @@ def device_slug(dry_run: bool) -> str:
 
 
 def commit_id() -> str:
-    """The commit measured: git where there is a .git (`+dirty` with uncommitted changes to tracked
-    files), else the COMMIT file, else $LLM_INFER_COMMIT, else "unknown"."""
+    """The commit measured: $LLM_INFER_COMMIT when set (the device machine's copy of the checkout
+    may carry a stale .git), else git where there is a .git (`+dirty` with uncommitted changes to
+    tracked files), else the COMMIT file, else "unknown"."""
+    if os.environ.get("LLM_INFER_COMMIT"):
+        return os.environ["LLM_INFER_COMMIT"]
     if (ROOT / ".git").exists() and shutil.which("git"):
         head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         if head.returncode == 0:
@@ -132,7 +135,7 @@ def commit_id() -> str:
             return head.stdout.strip() + ("+dirty" if dirty else "")
     if (ROOT / "COMMIT").is_file():
         return (ROOT / "COMMIT").read_text().strip() or "unknown"
-    return os.environ.get("LLM_INFER_COMMIT", "unknown")
+    return "unknown"
 
 
 def ensure_carried_packages(run: Run) -> dict[str, str]:
@@ -230,9 +233,11 @@ def pytest_step(run: Run, test_files: list[str], name: str, max_s: float, gpu_ma
         return {"tests": 0, "note": f"no files match {test_files}"}
     junit = run.work / f"junit-{name}.xml"
     # -v: one line per finished test, so a step cut short still says what passed (see verbose_summary)
+    # Triton's kernels compile per test (about 100 compiles): spread them over the machine's cores.
+    parallel = ["-n", "8"] if not gpu_marker and importlib.util.find_spec("xdist") and not run.dry_run else []
     cmd = [sys.executable, "-m", "pytest", "-q" if run.dry_run else "-v", "-rfE", "--durations=15",
-           *(["-m", "gpu"] if gpu_marker else []), *files, "-p", "no:cacheprovider", f"--junitxml={junit}",
-           "-o", "addopts=", f"--timeout={PER_TEST_S}"]
+           *(["-m", "gpu"] if gpu_marker else []), *parallel, *files, "-p", "no:cacheprovider",
+           f"--junitxml={junit}", "-o", "addopts=", f"--timeout={PER_TEST_S}"]
     if run.dry_run:
         cmd.append("--collect-only")
     code, output = run.sh(cmd, timeout=min(max_s, run.left() - 30))

@@ -118,13 +118,14 @@ def test_a_test_step_cut_short_still_says_what_passed():
     assert gpu_check.verbose_summary("(timed out after 120 s)") == {}
 
 
-def test_the_commit_comes_from_git_else_a_commit_file_else_the_environment(tmp_path, monkeypatch):
-    assert re.fullmatch(r"[0-9a-f]{7}(\+dirty)?", gpu_check.commit_id())  # this checkout has its .git
-    monkeypatch.setattr(gpu_check, "ROOT", tmp_path)  # a working tree copied without .git
+def test_the_commit_comes_from_the_environment_else_git_else_a_commit_file(tmp_path, monkeypatch):
     monkeypatch.delenv("LLM_INFER_COMMIT", raising=False)
-    assert gpu_check.commit_id() == "unknown"
-    monkeypatch.setenv("LLM_INFER_COMMIT", "1234abc")
+    assert re.fullmatch(r"[0-9a-f]{7}(\+dirty)?", gpu_check.commit_id())  # this checkout has its .git
+    monkeypatch.setenv("LLM_INFER_COMMIT", "1234abc")  # the device's copy may carry a stale .git
     assert gpu_check.commit_id() == "1234abc"
+    monkeypatch.delenv("LLM_INFER_COMMIT")
+    monkeypatch.setattr(gpu_check, "ROOT", tmp_path)  # a working tree copied without .git
+    assert gpu_check.commit_id() == "unknown"
     (tmp_path / "COMMIT").write_text("feedbee\n")
     assert gpu_check.commit_id() == "feedbee"
 

@@ -387,3 +387,25 @@ def test_benchmark_section_runs_end_to_end_on_a_tiny_shape(monkeypatch):
     assert len(report["rows"]) == 6 and not report["skipped"][1:]
     assert all(r["repeatable"] and r["rel_err"] < 2**-9 and r["vs_cublas"] == 1.0 for r in report["rows"])
     assert [e["m"] for e in report["sweep"]] == [1, 3, 17] and len(report["tiles_py"]) == 3
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dequantize_gives_the_reference_weights(group, dtype):
+    """The dense weight for large-M matmuls equals the reference's dequantized weight bit for bit
+    (both compute (q - z) * s in fp32 and round once; 72 outputs: a partial block of rows)."""
+    from llm_infer.kernels.triton.awq_dequant import dequantize
+
+    g = torch.Generator().manual_seed(group)
+    K, N = 2 * group, 72
+    qweight = pack_awq(torch.randint(0, 16, (K, N), generator=g))
+    qzeros = pack_awq(torch.randint(0, 16, (K // group, N), generator=g))
+    scales = (torch.rand(K // group, N, generator=g) * 0.02 + 0.001).half()
+    w = repack_for_triton(qweight.to(DEVICE), qzeros.to(DEVICE), scales.to(DEVICE), group)
+    ours = dequantize(w, dtype)
+    ref = dequantize_awq(qweight, qzeros, scales, group).to(dtype)
+    assert ours.shape == (N, K)
+    if DEVICE == "cpu" and dtype == torch.bfloat16:  # the interpreter truncates fp32 -> bf16
+        torch.testing.assert_close(ours.float().cpu(), ref.float(), atol=0, rtol=2**-7)
+    else:
+        assert torch.equal(ours.cpu(), ref)

@@ -1,12 +1,13 @@
 """CUDA attention over the paged cache.
 
-- Decode steps (one query token per sequence): the Triton GQA decode kernel
-  (`triton/decode_attention.py`), split over the context by `choose_splits`.
-- Short queries (speculative verification, up to `SHORT_QUERY` tokens): our CUDA
-  flash-decoding kernel (`csrc/cuda/decode_attention.cu`).
+- Decode steps captured in CUDA graphs (one query token per sequence): the Triton GQA decode
+  kernel (`triton/decode_attention.py`), split over the context by its `choose_splits`; there
+  the step's keys and values reach the cache through `rotary_write_kv` (Triton: q/k norms,
+  rotation and the cache write in one kernel).
+- Eager steps (`use_triton()` false, see `cuda_set.py`), and short queries (speculative
+  verification, up to `SHORT_QUERY` tokens): our CUDA flash-decoding kernel
+  (`csrc/cuda/decode_attention.cu`); the layers rotate and call `write_kv`.
 - Long queries (prefill): our CUDA flash-style kernel (`csrc/cuda/prefill_attention.cu`).
-- The step's keys and values reach the cache through `rotary_write_kv` (Triton: q/k norms,
-  rotation and the cache write in one kernel), or `write_kv` where a caller rotates itself.
 
 Metadata becomes int32 device tensors once per step (`prepare`); a CUDA-graph runner fills a
 `CudaPrepared` with its own static buffers instead (`runtime/cuda_graphs.py`)."""
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -47,14 +48,15 @@ class CudaAttentionBackend:
     name = "cuda"
     capturable = True
 
-    def __init__(self, ext: Any, triton: dict[str, ModuleType] | None = None):
+    def __init__(self, ext: Any, triton: dict[str, ModuleType] | None = None,
+                 use_triton: Callable[[], bool] = lambda: True):
         """`ext`: the CUDA extension; `triton`: the Triton modules (`decode_attention`, `rope_kv`),
-        or None to use the CUDA kernels and a separate `write_kv` only."""
+        or None to use the CUDA kernels and a separate `write_kv` only; `use_triton()`: whether
+        this step takes them (true while CUDA graphs are captured)."""
         self.ext = ext
         self.triton_decode = triton["decode_attention"] if triton else None
         self._rope_kv = triton["rope_kv"] if triton else None
-        if self._rope_kv is None:
-            self.rotary_write_kv = None  # layers rotate with `rotary_` and call `write_kv`
+        self._use_triton = use_triton
         self._workspace = torch.empty(0, dtype=torch.uint8)
         self.sm_count = 0
 
@@ -74,8 +76,8 @@ class CudaAttentionBackend:
             max_seq_len=meta.max_seq_len, splits=None, workspace=None)
 
     def decode_splits(self, num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device) -> int:
-        """Splits of a decode step: the Triton kernel's choice (SM count, batch, context), else the
-        CUDA kernel's fixed chunking."""
+        """Splits of a captured decode step: the Triton kernel's choice (SM count, batch, context),
+        else the CUDA kernel's fixed chunking."""
         if self.triton_decode is None:
             return decode_splits(max_seq_len)
         if not self.sm_count:
@@ -91,11 +93,16 @@ class CudaAttentionBackend:
                  meta: AttentionMetadata) -> None:
         self.ext.write_kv(k, v, k_cache, v_cache, meta.prepared.slots)
 
-    def rotary_write_kv(self, qkv: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
-                        sin_cache: torch.Tensor, heads: int, kv_heads: int, head_dim: int, k_cache: torch.Tensor,
-                        v_cache: torch.Tensor, meta: AttentionMetadata, q_norm: torch.Tensor | None,
-                        k_norm: torch.Tensor | None, eps: float) -> None:
-        """See `AttentionBackend`: one Triton kernel (`triton/rope_kv.py`)."""
+    @property
+    def rotary_write_kv(self) -> Callable[..., None] | None:
+        """See `AttentionBackend`: one Triton kernel (`triton/rope_kv.py`) in captured steps, None
+        (the layers rotate and call `write_kv`) in eager ones."""
+        return self._fused_rotary_write_kv if self._rope_kv is not None and self._use_triton() else None
+
+    def _fused_rotary_write_kv(self, qkv: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
+                               sin_cache: torch.Tensor, heads: int, kv_heads: int, head_dim: int,
+                               k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                               q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float) -> None:
         self._rope_kv.rotary_write_kv(qkv, positions, cos_cache, sin_cache, heads, kv_heads, head_dim, k_cache,
                                       v_cache, meta.prepared.slots, q_norm, k_norm, eps)
 
@@ -108,7 +115,7 @@ class CudaAttentionBackend:
                                        scale, p.max_q_len)
             return out
         num_seqs, head_dim = p.seq_lens.shape[0], k_cache.shape[3]
-        triton = self.triton_decode is not None and p.max_q_len == 1
+        triton = self.triton_decode is not None and p.max_q_len == 1 and self._use_triton()
         splits = p.splits
         if splits is None:
             splits = (self.decode_splits(num_seqs, k_cache.shape[2], p.max_seq_len, q.device) if triton

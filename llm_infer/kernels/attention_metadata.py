@@ -28,7 +28,8 @@ class AttentionBackend(Protocol):
     A backend may also offer `rotary_write_kv(qkv, positions, cos_cache, sin_cache, heads, kv_heads,
     head_dim, k_cache, v_cache, meta, q_norm_weight, k_norm_weight, eps)`: the per-head q/k norms
     (when given), the rotation of q and k in place in the fused projection's output, and the
-    write of k and v into the cache, as one kernel; layers then skip `write_kv`."""
+    write of k and v into the cache, as one kernel; layers then skip `write_kv`. The attribute
+    may be None for a step (the CUDA backend offers it only inside CUDA graphs)."""
 
     name: str
     capturable: bool  # a step's prepare + attend can be replayed from a CUDA graph over static buffers

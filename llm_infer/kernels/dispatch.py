@@ -5,11 +5,8 @@
 CPU for bf16/fp32; CUDA on GPUs for fp16/bf16) and the torch reference
 otherwise; the CUDA attention kernels take head_dim 64 or 128 (`CUDA_HEAD_DIMS`),
 so other models get the CUDA set with torch attention (and no CUDA graphs).
-On GPUs the CUDA set takes its decode-step kernels from Triton (`kernels/triton/`:
-GEMV for up to `GEMV_MAX_ROWS` rows with the SwiGLU gate fused into the down
-projection, RMSNorm, SiLU-and-mul, RoPE fused with the KV-cache write, GQA decode
-attention) when triton imports; `LLM_INFER_NO_TRITON=1` keeps the CUDA extension's
-kernels and torch for them instead (an A/B switch for benchmarks).
+On GPUs the CUDA set (`cuda_set.py`) takes its decode-step kernels from Triton inside
+CUDA graphs (`kernels/triton/`) and the CUDA extension, cuBLAS and torch elsewhere.
 `cuda` insists on the CUDA kernels: an error if they cannot run.
 `deterministic: true` takes the batch-invariant C++ set (`_cpu_kernels(ext, True)`):
 every matmul through the GEMV tiles whatever the row count (`linear_invariant`),
@@ -87,7 +84,9 @@ def select_kernels(setting: str, device: torch.device, dtype: torch.dtype, deter
                 raise UserError(f"kernels: cuda: the CUDA attention kernels take head_dim "
                                 f"{' or '.join(map(str, CUDA_HEAD_DIMS))}, this model's is {head_dim}; "
                                 "use kernels: auto (CUDA kernels with torch attention)")
-            return _cuda_kernels(ext, head_dim is None or head_dim in CUDA_HEAD_DIMS)
+            from llm_infer.kernels.cuda_set import cuda_kernels
+
+            return cuda_kernels(ext, head_dim is None or head_dim in CUDA_HEAD_DIMS)
         if setting == "cuda":
             raise UserError("kernels: cuda needs float16/bfloat16 and CUDA kernels that build on this GPU "
                             "(see the warning above), or use kernels: auto")
@@ -101,90 +100,6 @@ def select_kernels(setting: str, device: torch.device, dtype: torch.dtype, deter
         if ext is not None:
             return _cpu_kernels(ext)
     return TORCH
-
-
-# Rows up to which the Triton GEMV replaces cuBLAS (benchmarks/gpu_sections/gemv.py measures the crossover).
-GEMV_MAX_ROWS = 8
-
-
-def _triton_modules() -> dict[str, Any] | None:
-    """The Triton kernel modules, or None when triton is unavailable or switched off."""
-    import os
-
-    if os.environ.get("LLM_INFER_NO_TRITON"):
-        return None
-    try:
-        from llm_infer.kernels.triton import (activation, awq_linear, awq_pack, decode_attention, gemv, rms_norm,
-                                              rope_kv)
-    except ImportError as e:
-        import warnings
-
-        warnings.warn(f"llm-infer: Triton kernels unavailable ({e}); using the CUDA extension and torch")
-        return None
-    return {"activation": activation, "awq_linear": awq_linear, "awq_pack": awq_pack,
-            "decode_attention": decode_attention, "gemv": gemv, "rms_norm": rms_norm, "rope_kv": rope_kv}
-
-
-def _cuda_kernels(ext: Any, cuda_attention: bool = True) -> Kernels:
-    from llm_infer.kernels.attention_cuda import CudaAttentionBackend
-
-    triton = _triton_modules()
-    if triton is not None:
-        return _triton_kernels(ext, triton, cuda_attention)
-
-    def rms_norm(x, weight, eps):
-        return ext.rms_norm(x.contiguous(), None, weight, eps)
-
-    def add_rms_norm(x, residual, weight, eps):
-        return ext.rms_norm(x.contiguous(), residual, weight, eps), residual
-
-    return Kernels(name="cuda", linear=torch_ref.linear, rms_norm=rms_norm, add_rms_norm=add_rms_norm,
-                   rotary_=torch_ref.rotary_, silu_and_mul=torch_ref.silu_and_mul,
-                   attention=CudaAttentionBackend(ext) if cuda_attention else TorchAttentionBackend(),
-                   awq_prepare=awq_torch.prepare_ref, awq_linear=_cuda_awq_linear(ext),
-                   int8_linear=torch_ref.int8_linear)
-
-
-def _cuda_awq_linear(ext: Any) -> Callable[..., torch.Tensor]:
-    def awq_linear(x, w, bias):
-        if w.group not in (64, 128) or w.qweight.shape[1] % 8:  # shapes the kernels do not take (N % 64)
-            return awq_torch.awq_linear_ref(x, w, bias)
-        return ext.awq_linear(x, w.qweight, w.qzeros, w.scales, w.group, bias)
-    return awq_linear
-
-
-def _triton_kernels(ext: Any, triton: dict[str, Any], cuda_attention: bool) -> Kernels:
-    """The GPU set: Triton for the decode step's kernels and AWQ int4 (weights repacked at load;
-    shapes the kernels refuse keep the reference), cuBLAS for larger dense matmuls, the CUDA
-    extension for prefill and short-query attention."""
-    from llm_infer.kernels.attention_cuda import CudaAttentionBackend
-
-    gemv, norm, act = triton["gemv"].gemv, triton["rms_norm"].rms_norm, triton["activation"].silu_and_mul
-
-    def small(x: torch.Tensor) -> bool:
-        return x.dim() == 2 and x.shape[0] <= GEMV_MAX_ROWS and x.stride(-1) == 1
-
-    def linear(x, weight, bias):
-        return gemv(x, weight, bias) if small(x) else torch_ref.linear(x, weight, bias)
-
-    def gated_linear(x, weight, bias):
-        return gemv(x, weight, bias, gate_up=True) if small(x) else torch_ref.linear(act(x), weight, bias)
-
-    def add_rms_norm(x, residual, weight, eps):
-        return norm(x.contiguous(), weight, eps, residual=residual), residual
-
-    def awq_linear(x, w, bias):
-        if w.q4 is None:  # a shape or group size the Triton kernels refuse (awq_pack.supports)
-            return awq_torch.awq_linear_ref(x, w, bias)
-        return triton["awq_linear"].awq_linear(x, w, bias)
-
-    attention = (CudaAttentionBackend(ext, {"decode_attention": triton["decode_attention"], "rope_kv": triton["rope_kv"]})
-                 if cuda_attention else TorchAttentionBackend())
-    return Kernels(name="cuda", linear=linear, gated_linear=gated_linear,
-                   rms_norm=lambda x, weight, eps: norm(x.contiguous(), weight, eps),
-                   add_rms_norm=add_rms_norm, rotary_=torch_ref.rotary_, silu_and_mul=act, attention=attention,
-                   awq_prepare=triton["awq_pack"].repack_for_triton, awq_linear=awq_linear,
-                   int8_linear=torch_ref.int8_linear)
 
 
 def _deterministic_kernels(device: torch.device, dtype: torch.dtype) -> Kernels:

@@ -4,12 +4,14 @@ Used with our CUDA kernels in a one-process layout: a step of n <= max_num_seqs
 sequences with one new token each runs the graph of the smallest bucket >= n. The
 graph holds the whole forward pass and the LM head, so a step is: fill one pinned host
 buffer, one host-to-device copy, one graph launch. Inputs live in one static int32 device
-buffer the graphs were captured on (token ids, positions, slots, context lengths, the row
-of `sampled` that replaces a placeholder id or -1, block tables); padding rows write no KV
-(slot -1) and their outputs are dropped. `sampled` is the model runner's static buffer of
-the last step's tokens (overlapped scheduling), read inside the graph. Attention
-metadata points at that buffer directly (no per-step `prepare`), with a fixed number of
-decode splits per bucket, so the graph needs no host decision. Sampling stays outside.
+buffer the graphs were captured on: FIELDS vectors of `top` entries (token ids, positions,
+slots, context lengths, and the row of `sampled` that replaces a placeholder id, or -1),
+then the block tables `[top, max_blocks]`; each vector is contiguous, as the kernels want
+them. Padding rows write no KV (slot -1) and their outputs are dropped. `sampled` is the
+model runner's static buffer of the last step's tokens (overlapped scheduling), read
+inside the graph. Attention metadata points at that buffer directly (no per-step
+`prepare`), with a fixed number of decode splits per bucket, so the graph needs no host
+decision. Sampling stays outside.
 """
 
 from __future__ import annotations
@@ -22,32 +24,38 @@ import torch
 
 from llm_infer.kernels.attention_cuda import CudaPrepared
 from llm_infer.kernels.attention_metadata import AttentionMetadata
+from llm_infer.kernels.cuda_set import graph_capture
 from llm_infer.runtime.step_inputs import Placeholders
 from llm_infer.runtime.step_plan import StepPlan
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-TABLE = 5  # first column of the block tables in the input buffer
-PADDING_ROW = (0, 0, -1, 1, -1)  # id, position, slot (-1: write nothing), context length, placeholder source
+FIELDS = 5  # ids, positions, slots, context lengths, placeholder sources
+PADDING = (0, 0, -1, 1, -1)  # a padding row's fields: slot -1 writes nothing, context length 1
 
 
-def fill_decode_rows(rows: np.ndarray, plan: StepPlan, block_size: int, fill: Placeholders | None) -> int:
-    """Write a one-token-per-sequence step into `rows` (int32 `[bucket, TABLE + max_blocks]`, the
-    host side of the graphs' input buffer), padding rows after the plan's; returns the columns in
-    use (entries past a row's block table are never read, so they are left as they were)."""
+def split_buffer(buffer: Any, top: int, max_blocks: int) -> tuple[Any, Any]:
+    """(fields `[FIELDS, top]`, tables `[top, max_blocks]`): views of a flat input buffer (numpy or torch)."""
+    return buffer[: FIELDS * top].reshape(FIELDS, top), buffer[FIELDS * top :].reshape(top, max_blocks)
+
+
+def fill_decode_rows(fields: np.ndarray, tables: np.ndarray, plan: StepPlan, block_size: int,
+                     fill: Placeholders | None) -> None:
+    """Write a one-token-per-sequence step into the host views of the input buffer (`split_buffer`),
+    padding rows after the plan's up to the bucket (`fields.shape[1]`). Table entries past a
+    row's length are never read, so they are left as they were."""
     n = plan.num_seqs
     seq_lens = np.asarray(plan.seq_lens, dtype=np.int64)
     positions = seq_lens - 1
     for i, t in enumerate(plan.block_tables):
-        rows[i, TABLE : TABLE + len(t)] = t
-    rows[:n, 0] = plan.input_ids
-    rows[:n, 1] = positions
-    rows[:n, 2] = rows[np.arange(n), TABLE + positions // block_size] * block_size + positions % block_size
-    rows[:n, 3] = seq_lens
-    rows[:n, 4] = -1
+        tables[i, : len(t)] = t
+    fields[0, :n] = plan.input_ids
+    fields[1, :n] = positions
+    fields[2, :n] = tables[np.arange(n), positions // block_size] * block_size + positions % block_size
+    fields[3, :n] = seq_lens
+    fields[4, :n] = -1
     if fill is not None:
-        rows[fill.token_index, 4] = fill.src
-    rows[n:, :TABLE] = PADDING_ROW
-    return TABLE + max(len(t) for t in plan.block_tables)
+        fields[4, fill.token_index] = fill.src
+    fields[:, n:] = np.asarray(PADDING, dtype=np.int32)[:, None]
 
 
 class DecodeGraphs:
@@ -57,18 +65,18 @@ class DecodeGraphs:
         self.sampled = sampled
         self.block_size = block_size
         self.buckets = [b for b in BUCKETS if b < max_num_seqs] + [max_num_seqs]
-        top = self.buckets[-1]
+        self.top = top = self.buckets[-1]
         self.max_blocks = math.ceil(max_model_len / block_size)
         self.max_model_len = max_model_len
-        # Columns of the input buffer: ids, positions, slots, context lengths, placeholder source, block tables.
-        self.width = TABLE + self.max_blocks
+        size = top * (FIELDS + self.max_blocks)
         # Two pinned host buffers, alternating: under overlapped scheduling the next step is filled
         # while the last one's copy may still be queued (each buffer's copy is fenced by an event).
-        self.host = [torch.zeros(top, self.width, dtype=torch.int32).pin_memory() for _ in range(2)]
+        self.host = [torch.zeros(size, dtype=torch.int32).pin_memory() for _ in range(2)]
         self.copied = [torch.cuda.Event(), torch.cuda.Event()]
         self.turn = 0
-        self.inputs = torch.zeros(top, self.width, dtype=torch.int32, device=device)
-        self.inputs[:, :TABLE] = torch.tensor(PADDING_ROW, dtype=torch.int32)
+        self.inputs = torch.zeros(size, dtype=torch.int32, device=device)
+        self.fields, self.tables = split_buffer(self.inputs, top, self.max_blocks)
+        self.fields.copy_(torch.tensor(PADDING, dtype=torch.int32)[:, None].expand(FIELDS, top))
         i32 = dict(dtype=torch.int32, device=device)
         self.q_start = torch.arange(top, **i32)
         self.q_lens = torch.ones(top, **i32)
@@ -81,22 +89,25 @@ class DecodeGraphs:
         self.pool = None
 
     def _meta(self, b: int) -> AttentionMetadata:
-        cols = self.inputs[:b]
-        slots, seq_lens, tables = cols[:, 2], cols[:, 3], cols[:, TABLE:]
+        slots, seq_lens, tables = self.fields[2, :b], self.fields[3, :b], self.tables[:b]
         meta = AttentionMetadata([1] * b, [1] * b, list(range(b + 1)), slots, tables, self.block_size, self.backend)
         meta.prepared = CudaPrepared(slots, tables, self.q_start[:b], self.q_lens[:b], seq_lens, 1,
                                      self.max_model_len, self.splits[b], self.workspace)
         return meta
 
     def _forward(self, b: int, meta: AttentionMetadata) -> torch.Tensor:
-        cols = self.inputs[:b]
-        src = cols[:, 4]
-        ids = torch.where(src >= 0, self.sampled[src.clamp(min=0)], cols[:, 0])
-        hidden = self.model(ids, cols[:, 1], meta)
+        ids, positions, src = self.fields[0, :b], self.fields[1, :b], self.fields[4, :b]
+        ids = torch.where(src >= 0, self.sampled[src.clamp(min=0)], ids)
+        hidden = self.model(ids, positions, meta)
         return self.model.compute_logits(hidden)
 
     @torch.inference_mode()
     def capture(self) -> None:
+        """One graph per bucket, with the kernel set's graph-only kernels (`cuda_set.graph_capture`)."""
+        with graph_capture():
+            self._capture()
+
+    def _capture(self) -> None:
         for b in reversed(self.buckets):  # largest first, so the smaller graphs reuse its memory pool
             meta = self._meta(b)
             for _ in range(2):  # warm up (lazy allocations, kernel compilation) outside the capture
@@ -120,8 +131,10 @@ class DecodeGraphs:
         host, copied = self.host[self.turn], self.copied[self.turn]
         self.turn ^= 1
         copied.synchronize()  # its previous copy (two steps ago) has left the buffer
-        width = fill_decode_rows(host.numpy()[:b], plan, self.block_size, fill)
-        self.inputs[:b, :width].copy_(host[:b, :width], non_blocking=True)
+        fields, tables = split_buffer(host.numpy(), self.top, self.max_blocks)
+        fill_decode_rows(fields[:, :b], tables, plan, self.block_size, fill)
+        used = FIELDS * self.top + b * self.max_blocks  # the fields and the bucket's table rows
+        self.inputs[:used].copy_(host[:used], non_blocking=True)
         copied.record()
         self.graphs[b].replay()
         return self.outputs[b][:n]
