@@ -330,7 +330,7 @@ def test_decode_attention_rejects_bad_arguments():
 def test_choose_splits_fills_the_gpu_but_keeps_splits_long():
     assert attn.choose_splits(1, 2, 100, 132) == 1  # too short to split
     assert attn.choose_splits(1, 2, 16384, 132) == attn.MAX_SPLITS
-    assert attn.choose_splits(32, 2, 4096, 132) == math.ceil(4 * 132 / 64)
+    assert attn.choose_splits(32, 2, 4096, 132) == math.ceil(attn.WAVES * 132 / 64)
     assert attn.choose_splits(256, 8, 32768, 132) == 1  # 2048 programs already
     assert attn.choose_splits(1, 2, 1024, 132) == 1024 // attn.MIN_SPLIT_POSITIONS
     assert attn.workspace_bytes(3, 12, 128, 1) == 0

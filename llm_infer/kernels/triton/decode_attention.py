@@ -52,9 +52,11 @@ CANDIDATES = [Tile(n, w, s) for n in (16, 32, 64, 128) for w in (2, 4, 8) for s 
 MERGE_WARPS = 4
 SPLIT_BLOCK = 16  # splits the merge kernel combines per step
 
-# choose_splits: aim for WAVES programs per SM, never below MIN_SPLIT_POSITIONS per split.
-WAVES = 4
-MIN_SPLIT_POSITIONS = 256
+# choose_splits: aim for WAVES programs per SM, never below MIN_SPLIT_POSITIONS per split. Set from the
+# H200 comparison of split counts (gpu_check-h200-2026-12-04-4c36cfb.json): batch 1 x 1024 tokens took
+# 8.1 us at 8 splits (128 positions each) against 11.0 us at 4; batch 128 x 2048 was fastest unsplit.
+WAVES = 2
+MIN_SPLIT_POSITIONS = 128
 MAX_SPLITS = 64
 
 
