@@ -1,5 +1,6 @@
-"""End to end on a GPU (`pytest -m gpu`; skipped without CUDA): our CUDA kernels on vs off,
-CUDA graphs on vs off, AWQ through the CUDA kernels, against the torch reference path."""
+"""End to end on a GPU (`pytest -m gpu`; skipped without CUDA): our kernels in eager steps (the
+CUDA extension) and in CUDA graphs (Triton), and AWQ through them, against the torch reference
+path and its float32 truth."""
 
 from __future__ import annotations
 
@@ -95,13 +96,23 @@ def test_logits_and_greedy_text_with_our_kernels_match_the_torch_path(qwen2_05b)
           f" of {sum(map(len, ref))}")
 
 
-def test_cuda_graphs_give_the_same_tokens(qwen2_05b):
-    # One bucket per batch size up to the batch (max_num_seqs = 3: buckets 1, 2, 3), so the graphed
-    # and eager decode steps run the same matrix shapes and cuBLAS picks the same kernels.
-    same_rows = {"scheduler": {"max_model_len": 512, "max_num_seqs": len(PROMPTS)}}
-    _, eager, _, _ = run(qwen2_05b, PROMPTS, 24, kernels="cuda", cuda_graphs=False, **same_rows)
-    _, graphed, _, _ = run(qwen2_05b, PROMPTS, 24, kernels="cuda", cuda_graphs=True, **same_rows)
-    assert graphed == eager
+def test_graphed_decode_stays_as_close_to_float32_as_the_torch_path(qwen2_05b):
+    """Decode steps replayed from CUDA graphs run the Triton kernels, eager steps the CUDA extension
+    (kernels/cuda_set.py), so graphed tokens need not equal eager ones: on the H200 (2026-12-04,
+    ee8079a) they parted at step 7 of one prompt, which an exact comparison failed. As for the eager
+    path above, each graphed token must be one the float32 truth scores within 6 sigma of its best,
+    sigma being the torch path's bf16 RMS error on the prompt: in a batch of three (bucket 4:
+    cuBLAS matmuls) and alone (bucket 1: the one-row Triton GEMV with SwiGLU fused)."""
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    with LLM(config(qwen2_05b, kernels="cuda"), progress=False) as llm:
+        assert llm.worker_info()["forward"] == "cuda-graphs"
+        tokens = [o.token_ids for o in llm.generate(PROMPTS, params)] + [llm.generate(PROMPTS[:1], params)[0].token_ids]
+    prompts = PROMPTS + PROMPTS[:1]
+    _, _, ref_logits, _ = run(qwen2_05b, PROMPTS[:1], 1, kernels="torch")
+    _, _, truth, truth_scored = run(qwen2_05b, prompts, 1, score=tokens, kernels="torch", dtype="float32")
+    sigma = float(rms(ref_logits - truth))
+    assert sigma < 0.1 * float(rms(truth))
+    assert_near_greedy(tokens, truth_scored, 6 * sigma)
 
 
 def test_awq_checkpoint_through_the_cuda_kernels():

@@ -38,13 +38,13 @@ def paged_attention(out, q, k_cache, v_cache, tables, q_start, q_lens, seq_lens,
     group = heads // k_cache.shape[2]
     for b in range(seq_lens.shape[0]):
         n, length, start = int(q_lens[b]), int(seq_lens[b]), int(q_start[b])
-        pos = torch.arange(length)
+        pos = torch.arange(length, device=k_cache.device)
         slots = tables[b, pos // BLOCK].long() * BLOCK + pos % BLOCK
         keys = k_cache.reshape(-1, *k_cache.shape[2:])[slots].float().repeat_interleave(group, 1)
         values = v_cache.reshape(-1, *v_cache.shape[2:])[slots].float().repeat_interleave(group, 1)
         queries = q[start : start + n].float().view(n, heads, d)
         scores = torch.einsum("qhd,khd->hqk", queries, keys) * scale
-        allowed = pos[None, :] <= (length - n + torch.arange(n))[:, None]
+        allowed = pos[None, :] <= (length - n + torch.arange(n, device=pos.device))[:, None]
         probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
         out[start : start + n] = torch.einsum("hqk,khd->qhd", probs, values).reshape(n, -1).to(out.dtype)
 

@@ -75,8 +75,18 @@ class Tile:
 
 # (M bucket, N bucket, K bucket) -> Tile; buckets are powers of two (see shape_class).
 # Filled from the winners of benchmarks/gpu_sections/gemv.py on a GPU; empty classes use
-# default_tile(). Example entry: (1, 2048, 2048): Tile(16, 256, 2, 4, 2),
-TILES: dict[tuple[int, int, int], Tile] = {}
+# default_tile(). One-row winners of the H200 sweep of 2026-12-04 (gpu_check-h200-2026-12-04.json,
+# graph-timed, summed over the class's shapes; the defaults' time beside each):
+TILES: dict[tuple[int, int, int], Tile] = {
+    (1, 2048, 2048): Tile(4, 512, 1, 4, 1),  # qwen2-1.5b qkv + o: 8.07 us (defaults 10.59 us)
+    (1, 32768, 2048): Tile(8, 256, 1, 4, 1),  # qwen2-1.5b gate_up: 15.65 us (16.42 us)
+    (1, 2048, 16384): Tile(8, 256, 4, 4, 1),  # qwen2-1.5b down: 10.51 us (12.98 us)
+    (1, 262144, 2048): Tile(8, 256, 1, 4, 1),  # qwen2-1.5b lm_head: 107.94 us (112.48 us)
+    (1, 8192, 4096): Tile(4, 512, 1, 4, 1),  # qwen2.5-7b qkv: 10.24 us (11.86 us)
+    (1, 4096, 4096): Tile(4, 512, 1, 4, 1),  # qwen2.5-7b o: 8.6 us (11.26 us)
+    (1, 65536, 4096): Tile(8, 256, 1, 4, 1),  # qwen2.5-7b gate_up: 64.38 us (66.85 us)
+    (1, 4096, 32768): Tile(4, 512, 1, 4, 1),  # qwen2.5-7b down: 35.25 us (41.21 us)
+}
 
 _TARGET_PROGRAMS = 512  # enough programs to give each SM of a 132-SM GPU about four
 
