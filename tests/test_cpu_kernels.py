@@ -164,9 +164,9 @@ def test_a_lock_left_by_an_interrupted_build_does_not_hang_the_next_run():
     import subprocess
     import sys
 
-    from llm_infer.kernels.cpu_extension import _build_key, cache_home
+    from llm_infer.kernels.cpu_extension import build_path
 
-    lock = cache_home() / "build" / f"cpu-{_build_key()}" / "lock"
+    lock = build_path() / "lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.touch()  # what a killed compiler leaves behind
     code = "from llm_infer.kernels.cpu_extension import load_cpu_extension as l; assert l() is not None"

@@ -12,6 +12,7 @@ import torch
 
 import llm_infer
 from llm_infer.entrypoints import cli
+from llm_infer.kernels import cpu_extension
 from tests.conftest import cpu_extension_or_skip
 
 
@@ -25,7 +26,9 @@ def test_env_report_names_versions_kernels_and_caches(tmp_path: Path, monkeypatc
     assert f"location: {Path(llm_infer.__file__).parent}" in text
     assert f"version: {sys.version.split()[0]}" in text
     assert f"torch: {torch.__version__}" in text
-    assert "set: compiled C++" in text and "attention: C++ for short queries, torch SDPA for prefill" in text
+    assert "set: compiled C++" in text and "attention: C++ for short queries (torch SDPA for prefill): " in text
+    paths = cpu_extension.load_cpu_extension().isa_paths()
+    assert f"linear: C++ GEMV tiles up to" in text and paths["gemv"] in text  # the ISA path each op runs
     assert f"kernel builds: {tmp_path / 'build'}" in text and f"models: {tmp_path / 'models'}" in text
     assert ("ray: available" if importlib.util.find_spec("ray") else "ray: not installed") in text
     assert "SmolLM2-135M-Instruct (not converted yet)" in text  # the fresh home has no converted model
@@ -36,7 +39,7 @@ def test_env_report_says_why_the_cpu_kernels_are_not_used(monkeypatch: pytest.Mo
     from llm_infer.kernels import cpu_extension
 
     monkeypatch.setenv("CXX", "no-such-compiler")
-    monkeypatch.setattr(cpu_extension, "load_cpu_extension", cpu_extension.load_cpu_extension.__wrapped__)
+    monkeypatch.setattr(cpu_extension, "_load", cpu_extension._load.__wrapped__)
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler found"):
         assert cli.main(["env", "--json"]) == 0
     cpu = json.loads(capsys.readouterr().out)["kernels"]["cpu (bf16, fp32)"]

@@ -60,3 +60,43 @@ def test_cuda_graphs_are_chosen_only_with_our_attention_and_a_dense_model(tmp_pa
             forward = choose_forward(model, kernels, 4, torch.device("cpu"), world_size=1, tp_size=1,
                                      cuda_graphs=True, max_model_len=64, max_num_seqs=4)
             assert not isinstance(forward, CudaGraphForward)
+
+
+class _PartlyScalarExt:
+    """A C++ build whose GEMV and attention files have no vector path for this CPU."""
+
+    def __getattr__(self, name):
+        return f"ext.{name}"
+
+    def isa_paths(self):
+        return {"gemv": "scalar", "awq_gemv": "AVX2 + FMA", "int8_gemv": "AVX2 + FMA", "attention": "scalar",
+                "elementwise": "AVX2 + FMA", "moe": "scalar"}
+
+
+def test_ops_whose_cpu_kernel_would_be_a_scalar_loop_run_on_torch():
+    kernels = dispatch._cpu_kernels(_PartlyScalarExt())
+    assert kernels.linear is dispatch.torch_ref.linear and kernels.moe is dispatch.moe_torch.fused_moe
+    assert kernels.attention.name == "torch"
+    assert kernels.rms_norm == "ext.rms_norm" and kernels.int8_linear == "ext.int8_linear"
+    assert kernels.name == "cpu (torch for attention, gemv, moe)"  # not "cpu": no fused C++ decode stack
+
+
+def test_a_cpu_without_avx2_gets_the_torch_path_with_one_warning(monkeypatch):
+    from llm_infer.kernels import cpu_extension
+
+    monkeypatch.setattr(cpu_extension, "cpu_features", lambda: {"sse2", "sse4_2"})
+    monkeypatch.setattr(cpu_extension, "_load", cpu_extension._load.__wrapped__)
+    with pytest.warns(UserWarning, match="this CPU lacks avx2, fma .*slower than torch"):
+        assert cpu_extension.load_cpu_extension() is None
+        assert dispatch.select_kernels("auto", torch.device("cpu"), torch.bfloat16) is dispatch.TORCH
+    assert cpu_extension.host_variants() == []
+
+
+def test_the_build_variant_is_chosen_by_an_environment_variable(monkeypatch):
+    from llm_infer.kernels import cpu_extension
+
+    monkeypatch.setenv("LLM_INFER_CPU_ISA", "avx2")
+    assert cpu_extension.selected_variant() == "avx2" and "cpu-avx2-" in cpu_extension.build_path().name
+    monkeypatch.setenv("LLM_INFER_CPU_ISA", "avx1024")
+    with pytest.raises(ValueError, match="LLM_INFER_CPU_ISA='avx1024': expected one of native, avx2"):
+        cpu_extension.selected_variant()

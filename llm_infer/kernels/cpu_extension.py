@@ -1,9 +1,14 @@
-"""Build (once, cached) and load the C++ CPU kernels.
+"""Build (once, cached) and load the C++ CPU kernels, for the instruction sets of this CPU.
 
-Compiled for the host CPU (`-march=native`) with OpenMP, into
-`$LLM_INFER_HOME/build/`, keyed by the sources, the CPU's flags and the torch
-version. Without a C++ compiler (or on any build failure) a one-line warning is
-printed and the torch reference path is used.
+Variants (`VARIANTS`): `native` is compiled for the host CPU (`-march=native`: its AVX-512
+paths where it has AVX-512, else its AVX2 ones); `avx2` for any x86-64 CPU with AVX2, FMA and
+F16C (`-march=x86-64-v3`), so an AVX-512 machine can build and test the AVX2 paths too. The
+variant used is `$LLM_INFER_CPU_ISA` (`native` or `avx2`), else `native`. Each builds with
+OpenMP into `$LLM_INFER_HOME/build/`, keyed by the sources, the variant, the CPU's flags and the
+torch version. A CPU without AVX2 and FMA gets no build: its scalar loops would be slower than
+torch's own kernels, so the torch path runs, after a one-line warning. Without a C++ compiler
+(or on any build failure) the same. `ext.isa_paths()` names the path each kernel file was
+compiled with.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ SOURCES = ["cpu_bindings.cpp", "gemv.cpp", "awq_gemv.cpp", "elementwise.cpp", "a
 
 cache_home = llm_infer_home  # the kernel builds live under cache_home() / "build"
 
+# Variant -> the compiler's target flags (see the module docstring).
+VARIANTS = {"native": ["-march=native"], "avx2": ["-march=x86-64-v3"]}
+# CPU flags (/proc/cpuinfo) a variant needs beyond what the compiler targets on its own.
+_NEEDS = {"native": {"avx2", "fma"}, "avx2": {"avx2", "fma", "f16c", "bmi2"}}
+
 
 def _cpu_flags() -> str:
     try:
@@ -41,11 +51,36 @@ def _cpu_flags() -> str:
     return ""
 
 
-def _build_key() -> str:
+def cpu_features() -> set[str]:
+    """The host CPU's feature flags (empty where /proc/cpuinfo is not readable)."""
+    flags = _cpu_flags()
+    return set(flags.split(":", 1)[1].split()) if ":" in flags else set()
+
+
+def host_variants() -> list[str]:
+    """The variants this CPU runs, best first: `native`, and `avx2` where it is not the same thing
+    (a CPU with AVX-512 runs the AVX2 build as well, and the tests check both)."""
+    features = cpu_features()
+    found = [v for v in VARIANTS if _NEEDS[v] <= features]
+    if "avx2" in found and "avx512f" not in features:
+        found.remove("avx2")  # native is the AVX2 build here
+    return found
+
+
+def selected_variant() -> str:
+    """`$LLM_INFER_CPU_ISA`, else `native`. Raises ValueError for an unknown name."""
+    name = os.environ.get("LLM_INFER_CPU_ISA", "native")
+    if name not in VARIANTS:
+        raise ValueError(f"LLM_INFER_CPU_ISA={name!r}: expected one of {', '.join(VARIANTS)}")
+    return name
+
+
+def _build_key(variant: str) -> str:
     h = hashlib.sha256()
     for name in SOURCES + ["cpu_kernels.h", "decode_stack.h"]:
         h.update((CSRC / name).read_bytes())
     h.update(str(CSRC).encode())  # torch's build files record source paths
+    h.update(" ".join(VARIANTS[variant]).encode())
     h.update(_cpu_flags().encode())
     h.update(torch.__version__.encode())
     h.update(sys.version.encode())
@@ -56,9 +91,10 @@ def _build_key() -> str:
 unavailable_reason: str | None = None
 
 
-def build_path() -> Path:
-    """Where the kernels of these sources for this CPU and torch are (or would be) built."""
-    return cache_home() / "build" / f"cpu-{_build_key()}"
+def build_path(variant: str | None = None) -> Path:
+    """Where the kernels of these sources for this CPU, variant and torch are (or would be) built."""
+    variant = variant or selected_variant()
+    return cache_home() / "build" / f"cpu-{variant}-{_build_key(variant)}"
 
 
 def ensure_ninja_on_path() -> None:
@@ -79,19 +115,29 @@ def _unavailable(reason: str) -> None:
     warnings.warn(f"llm-infer: {reason}; the CPU kernels fall back to the torch reference (slower decode)")
 
 
+def load_cpu_extension(variant: str | None = None) -> ModuleType | None:
+    """The compiled module of `variant` (None: `selected_variant()`), or None (after a warning,
+    reason in `unavailable_reason`) when it cannot be built or this CPU cannot run it."""
+    return _load(variant or selected_variant())
+
+
 @functools.cache
-def load_cpu_extension() -> ModuleType | None:
-    """The compiled module, or None (after a warning, reason in `unavailable_reason`) when it cannot be built."""
+def _load(variant: str) -> ModuleType | None:
     global unavailable_reason
     if os.environ.get("LLM_INFER_NO_CPU_EXT"):
         unavailable_reason = "disabled by LLM_INFER_NO_CPU_EXT"
+        return None
+    missing = _NEEDS[variant] - cpu_features()
+    if missing:
+        _unavailable(f"this CPU lacks {', '.join(sorted(missing))} (the C++ kernels need AVX2 and FMA: without them "
+                     "they would be slower than torch's)")
         return None
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         _unavailable("no C++ compiler found")
         return None
     ensure_ninja_on_path()
-    build_dir = build_path()
-    key = build_dir.name.removeprefix("cpu-")
+    build_dir = build_path(variant)
+    key = build_dir.name.removeprefix("cpu-").replace("-", "_")
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         from torch.utils.cpp_extension import load
@@ -106,7 +152,7 @@ def load_cpu_extension() -> ModuleType | None:
             return load(
                 name=f"llm_infer_cpu_{key}",
                 sources=[str(CSRC / s) for s in SOURCES],
-                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
+                extra_cflags=["-O3", *VARIANTS[variant], "-fopenmp", "-fno-math-errno"],
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(build_dir),
                 verbose=False,

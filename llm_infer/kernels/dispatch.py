@@ -2,8 +2,11 @@
 
 `kernels: torch` always runs the torch reference (`torch_ref`, `attention_torch`).
 `auto` runs our compiled kernels where they are built for the device (C++ on
-CPU for bf16/fp32; CUDA on GPUs for fp16/bf16) and the torch reference
-otherwise; the CUDA attention kernels take head_dim 64 or 128 (`CUDA_HEAD_DIMS`),
+CPU for bf16/fp32, in the build variant `cpu_extension.selected_variant()` names;
+CUDA on GPUs for fp16/bf16) and the torch reference otherwise, op by op: a C++
+kernel file built without a vector path for this CPU (`ext.isa_paths()` says
+"scalar") leaves its ops to torch, and each op's row limits (beyond them oneDNN)
+are the build's own (`ext.row_limits()`); the CUDA attention kernels take head_dim 64 or 128 (`CUDA_HEAD_DIMS`),
 so other models get the CUDA set with torch attention (and no CUDA graphs).
 On GPUs the CUDA set (`cuda_set.py`) takes its decode-step kernels from Triton inside
 CUDA graphs (`kernels/triton/`) and the CUDA extension, cuBLAS and torch elsewhere.
@@ -141,7 +144,21 @@ def _cpu_kernels(ext: Any, deterministic: bool = False) -> Kernels:
             return awq_torch.awq_linear_ref(x, w, bias)
         return ext.awq_linear(x, w.packed, w.scales_nk, w.zeros_nk, w.group, bias)
 
-    return Kernels(name="cpu", linear=ext.linear, rms_norm=ext.rms_norm, add_rms_norm=add_rms_norm,
-                   rotary_=ext.rotary_, silu_and_mul=ext.silu_and_mul, attention=CpuAttentionBackend(ext),
-                   awq_prepare=awq_torch.repack_for_cpu, awq_linear=awq_linear, int8_linear=ext.int8_linear,
-                   moe=ext.fused_moe)
+    # A kernel file built without a vector path for this CPU would be slower than torch: torch runs it.
+    scalar = {kernel for kernel, path in ext.isa_paths().items() if path == "scalar"}
+
+    def pick(kernel: str, compiled: Callable[..., Any], reference: Callable[..., Any]) -> Callable[..., Any]:
+        return reference if kernel in scalar else compiled
+
+    return Kernels(name="cpu" if not scalar else f"cpu (torch for {', '.join(sorted(scalar))})",
+                   linear=pick("gemv", ext.linear, torch_ref.linear),
+                   rms_norm=pick("elementwise", ext.rms_norm, torch_ref.rms_norm),
+                   add_rms_norm=pick("elementwise", add_rms_norm, torch_ref.add_rms_norm),
+                   rotary_=pick("elementwise", ext.rotary_, torch_ref.rotary_),
+                   silu_and_mul=pick("elementwise", ext.silu_and_mul, torch_ref.silu_and_mul),
+                   attention=CpuAttentionBackend(ext) if {"attention", "elementwise"}.isdisjoint(scalar)
+                   else TorchAttentionBackend(),
+                   awq_prepare=pick("awq_gemv", awq_torch.repack_for_cpu, awq_torch.prepare_ref),
+                   awq_linear=pick("awq_gemv", awq_linear, awq_torch.awq_linear_ref),
+                   int8_linear=pick("int8_gemv", ext.int8_linear, torch_ref.int8_linear),
+                   moe=pick("moe", ext.fused_moe, moe_torch.fused_moe))

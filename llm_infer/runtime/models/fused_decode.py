@@ -48,7 +48,7 @@ class FusedDecode:
 
     @staticmethod
     def supported(model: Any, kernels_name: str, tp_size: int) -> bool:
-        if (not kernels_name.startswith("cpu") or tp_size != 1 or not model.model.layer_range or model.model.rotary.dynamic
+        if (kernels_name not in ("cpu", "cpu-deterministic") or tp_size != 1 or not model.model.layer_range or model.model.rotary.dynamic
                 or model.config.moe is not None):
             return False
         for i in model.model.layer_range:

@@ -242,4 +242,12 @@ template void paged_attention<uint16_t>(uint16_t*, const uint16_t*, const uint16
                                         const int64_t*, const int64_t*, const int64_t*, const int64_t*, int64_t,
                                         int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, int64_t);
 
+const char* attention_isa() {
+#if defined(__AVX512F__)
+  return "AVX-512F";
+#else
+  return "scalar";
+#endif
+}
+
 }  // namespace llm_infer_cpu

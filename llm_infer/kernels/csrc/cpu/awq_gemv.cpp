@@ -306,4 +306,12 @@ template void awq_dequantize<float>(const uint8_t*, const float*, const float*, 
 template void awq_dequantize<uint16_t>(const uint8_t*, const float*, const float*, uint16_t*, int64_t, int64_t,
                                        int64_t);
 
+const char* awq_gemv_isa() {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  return "AVX-512 VNNI (W4A8, vpdpbusd)";
+#else
+  return "scalar";
+#endif
+}
+
 }  // namespace llm_infer_cpu

@@ -1,6 +1,9 @@
 // Torch bindings of the CPU kernels: checks shapes and dtypes, hands raw pointers over.
 #include <torch/extension.h>
 
+#include <map>
+#include <string>
+
 #include "cpu_kernels.h"
 #include "decode_stack.h"
 
@@ -360,9 +363,22 @@ torch::Tensor fused_moe_op(torch::Tensor x, torch::Tensor gate_up, torch::Tensor
   return y;
 }
 
+// The row counts up to which the streamed kernels run (torch, oneDNN, beyond), for `llm-infer env`.
+std::map<std::string, int64_t> row_limits() {
+  return {{"linear_bf16", kMaxTiledRowsBf16}, {"linear_fp32", kMaxTiledRowsF32}, {"int8_linear", kMaxInt8GemvRows},
+          {"awq_linear", kMaxAwqGemvRows}};
+}
+
+std::map<std::string, std::string> isa_paths() {
+  return {{"gemv", gemv_isa()}, {"awq_gemv", awq_gemv_isa()}, {"int8_gemv", int8_gemv_isa()},
+          {"attention", attention_isa()}, {"elementwise", elementwise_isa()}, {"moe", moe_isa()}};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("isa_paths", &isa_paths, "kernel file -> the instruction-set path it was compiled with");
+  m.def("row_limits", &row_limits, "op -> rows up to which our streamed kernel runs (torch beyond)");
   m.def("linear", &linear_op, "y = x @ w.T + b; our tiles up to 48 (bf16) / 128 (fp32) rows, oneDNN above");
   m.def("linear_invariant", &linear_invariant_op, "y = x @ w.T + b, each row reduced the same for any row count");
   m.def("rms_norm", &rms_norm_op);

@@ -8,6 +8,16 @@
 
 namespace llm_infer_cpu {
 
+// The instruction-set path each kernel file was compiled with, as `llm-infer env` shows it
+// ("AVX-512 BF16", "AVX2 + FMA", ...; "scalar" when the build's flags enable none of its fast
+// paths). `kernels/dispatch.py` sends an op whose path is scalar to torch instead.
+const char* gemv_isa();         // gemv.cpp: bf16/fp32 GEMV and the invariant matmul
+const char* awq_gemv_isa();     // awq_gemv.cpp: AWQ int4 GEMV (W4A8) and dequantization
+const char* int8_gemv_isa();    // int8_gemv.cpp: the int8 LM head
+const char* attention_isa();    // attention.cpp: paged attention
+const char* elementwise_isa();  // elementwise.cpp: RMSNorm, RoPE, SiLU x mul, KV write
+const char* moe_isa();          // moe.cpp: the fused MoE MLP
+
 inline float bf16_to_f32(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;
   float f;

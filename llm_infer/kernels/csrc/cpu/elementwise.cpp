@@ -73,4 +73,14 @@ void silu_and_mul(T* out, const T* x, int64_t tokens, int64_t inter) {
 LLM_INFER_INSTANTIATE(float)
 LLM_INFER_INSTANTIATE(uint16_t)
 
+const char* elementwise_isa() {  // plain loops, vectorised by the compiler for the build's flags
+#if defined(__AVX512F__)
+  return "AVX-512F (compiler-vectorised)";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "AVX2 + FMA (compiler-vectorised)";
+#else
+  return "scalar";
+#endif
+}
+
 }  // namespace llm_infer_cpu

@@ -263,4 +263,14 @@ void gemv_f32(const float* x, const float* w, const float* bias, float* y, int64
   else gemv<F32Tiles, 4, 4>(x, w, bias, y, M, N, K);
 }
 
+const char* gemv_isa() {
+#if defined(__AVX512BF16__)
+  return "AVX-512 BF16 (vdpbf16ps)";
+#elif defined(__AVX512F__)
+  return "AVX-512F";
+#else
+  return "scalar";
+#endif
+}
+
 }  // namespace llm_infer_cpu

@@ -92,4 +92,12 @@ template void int8_gemv<float>(const float*, const int8_t*, const float*, float*
 template void int8_gemv<uint16_t>(const uint16_t*, const int8_t*, const float*, uint16_t*, int64_t, int64_t,
                                   int64_t);
 
+const char* int8_gemv_isa() {
+#if defined(__AVX512F__)
+  return "AVX-512F";
+#else
+  return "scalar";
+#endif
+}
+
 }  // namespace llm_infer_cpu

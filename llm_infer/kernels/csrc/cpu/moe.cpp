@@ -72,4 +72,6 @@ void fused_moe(const T* x, const T* gate_up, const T* down, const float* weights
 INSTANTIATE(float)
 INSTANTIATE(uint16_t)
 
+const char* moe_isa() { return gemv_isa(); }  // its matmuls are the GEMV tiles
+
 }  // namespace llm_infer_cpu
