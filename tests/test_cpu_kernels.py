@@ -1,4 +1,5 @@
-"""Each C++ CPU kernel against its torch reference, on random data across shapes."""
+"""Each C++ CPU kernel against its torch reference, on seeded random data across shapes, once per
+build variant this CPU runs (`cpu_ext`: native, and the AVX2 build on an AVX-512 CPU)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,21 @@ import torch
 from llm_infer.kernels import torch_ref
 from llm_infer.kernels.attention_metadata import AttentionMetadata, query_start_loc
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
-from tests.conftest import cpu_extension_or_skip
 
-ext = cpu_extension_or_skip()
 DTYPES = [torch.float32, torch.bfloat16]
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+
+
+@pytest.fixture
+def ext(cpu_ext):
+    return cpu_ext
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 12, 48, 49, 129])
 @pytest.mark.parametrize("n,k", [(96, 64), (37, 50), (1000, 576)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_matches_torch(dtype, m, n, k, bias):
+def test_linear_matches_torch(dtype, m, n, k, bias, ext):
     g = torch.Generator().manual_seed(m * 1000 + n + k)
     x = torch.randn(m, k, generator=g).to(dtype)
     w = torch.randn(n, k, generator=g).to(dtype)
@@ -29,7 +33,7 @@ def test_linear_matches_torch(dtype, m, n, k, bias):
                                rtol=2e-2)
 
 
-def test_a_bias_of_the_wrong_length_is_refused():
+def test_a_bias_of_the_wrong_length_is_refused(ext):
     w, x = torch.randn(30, 16), torch.randn(3, 16)
     for op in (ext.linear, ext.linear_invariant):
         with pytest.raises(RuntimeError, match="bias has 5 values for 30 outputs"):
@@ -37,7 +41,7 @@ def test_a_bias_of_the_wrong_length_is_refused():
 
 
 @pytest.mark.parametrize("dtype,most", [(torch.bfloat16, 48), (torch.float32, 128)])
-def test_linear_dispatch_tiles_up_to_a_row_count_then_onednn(dtype, most):
+def test_linear_dispatch_tiles_up_to_a_row_count_then_onednn(dtype, most, ext):
     """The one dispatch point: up to `most` rows our tiles (bitwise what deterministic mode's
     `linear_invariant` computes), above that oneDNN (`F.linear`, bitwise)."""
     g = torch.Generator().manual_seed(5)
@@ -50,7 +54,7 @@ def test_linear_dispatch_tiles_up_to_a_row_count_then_onednn(dtype, most):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k", [(37, 50), (1000, 576)])
-def test_int8_linear_matches_torch_and_rows_do_not_depend_on_the_batch(dtype, n, k):
+def test_int8_linear_matches_torch_and_rows_do_not_depend_on_the_batch(dtype, n, k, ext):
     """The int8 head kernel (streamed tiles up to 256 rows, dequantise + oneDNN above) against
     `torch_ref.int8_linear`; within the tiles a row's bits are the same alone or in any batch."""
     g = torch.Generator().manual_seed(n + k)
@@ -68,7 +72,7 @@ def test_int8_linear_matches_torch_and_rows_do_not_depend_on_the_batch(dtype, n,
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,dim", [(1, 64), (7, 576), (33, 100)])
-def test_rms_norm_and_fused_residual(dtype, rows, dim):
+def test_rms_norm_and_fused_residual(dtype, rows, dim, ext):
     x = torch.randn(rows, dim).to(dtype)
     res = torch.randn(rows, dim).to(dtype)
     w = (torch.rand(dim) + 0.5).to(dtype)
@@ -82,7 +86,7 @@ def test_rms_norm_and_fused_residual(dtype, rows, dim):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_rotary_in_place(dtype, head_dim):
+def test_rotary_in_place(dtype, head_dim, ext):
     tokens, heads, extra = 5, 3, 2
     x = torch.randn(tokens, (heads + extra) * head_dim).to(dtype)
     positions = torch.tensor([0, 3, 7, 100, 2])
@@ -98,7 +102,7 @@ def test_rotary_in_place(dtype, head_dim):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_silu_and_mul(dtype):
+def test_silu_and_mul(dtype, ext):
     x = (torch.randn(9, 2 * 300) * 4).to(dtype)
     torch.testing.assert_close(ext.silu_and_mul(x), torch_ref.silu_and_mul(x), **TOL[dtype])
 
@@ -131,7 +135,7 @@ def _paged_case(q_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (14, 2), (8, 1)])
 @pytest.mark.parametrize("head_dim,block_size", [(64, 16), (128, 32), (64, 4)])
-def test_paged_attention_matches_reference(dtype, heads, kv_heads, head_dim, block_size):
+def test_paged_attention_matches_reference(dtype, heads, kv_heads, head_dim, block_size, ext):
     q_lens, seq_lens = [1, 1, 5, 16, 1], [1, 37, 9, 40, 300]
     q, kc, vc, meta = _paged_case(q_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype)
     ref = TorchAttentionBackend()
@@ -147,7 +151,7 @@ def test_paged_attention_matches_reference(dtype, heads, kv_heads, head_dim, blo
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_write_kv_scatters_rows(dtype):
+def test_write_kv_scatters_rows(dtype, ext):
     kv_heads, head_dim, block_size = 2, 8, 4
     k_cache = torch.zeros(6, block_size, kv_heads, head_dim, dtype=dtype)
     v_cache = torch.zeros_like(k_cache)
