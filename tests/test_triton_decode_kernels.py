@@ -362,14 +362,11 @@ def compile_for_sm90() -> dict[str, dict]:
     t = attn.TILES[attn.shape_class(128)]
     decode_types = dict(q_ptr=bf, q_stride=i32, kc_ptr=bf, vc_ptr=bf, tables_ptr="*i32", table_stride=i32,
                         seq_lens_ptr="*i32", out_ptr=bf, acc_ptr="*fp32", m_ptr="*fp32", l_ptr="*fp32",
-                        qk_scale=f32, splits=i32)
+                        cnt_ptr="*i32", qk_scale=f32, splits=i32)
     decode = dict(H=12, KVH=2, GROUP=6, GROUP_PAD=16, D=128, BLOCK_SIZE=16, BLOCK_N=t.block_n, STAGES=t.stages)
     report = {f"decode_attention direct={direct}": build(attn._decode_kernel, decode_types, {**decode, "DIRECT": direct},
                                                          t.warps, ("q_stride",))
               for direct in (True, False)}
-    report["merge"] = build(attn._merge_kernel, dict(acc_ptr="*fp32", m_ptr="*fp32", l_ptr="*fp32", seq_lens_ptr="*i32",
-                                                     out_ptr=bf, splits=i32),
-                            dict(H=12, D=128, BLOCK_N=t.block_n, SPLIT_BLOCK=attn.SPLIT_BLOCK), attn.MERGE_WARPS)
     r = rms.TILES[rms.shape_class(1, 1536)]
     report["rms_norm"] = build(rms._rms_norm_kernel, dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, rows=i32, dim=i32,
                                                           eps=f32), dict(HAS_RESIDUAL=True, ROWS=r.rows, BLOCK=2048),
@@ -399,7 +396,7 @@ def test_kernels_compile_for_sm90_and_the_attention_gathers_are_pipelined(tmp_pa
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(report) == {"decode_attention direct=True", "decode_attention direct=False", "merge", "rms_norm",
+    assert set(report) == {"decode_attention direct=True", "decode_attention direct=False", "rms_norm",
                            "rotary_write_kv", "silu_and_mul"}
     for direct in (True, False):
         kernel = report[f"decode_attention direct={direct}"]

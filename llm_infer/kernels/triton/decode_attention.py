@@ -14,7 +14,16 @@ device from seq_lens[b] (so the launch, grid included, depends only on host-know
 CUDA graph can capture it). A split past the end of its sequence is empty: it loads only its query
 and stores nothing, so `splits` may be sized for the longest context. With splits == 1 the
 program writes the output; otherwise each writes its partial (running max m, sum l, unnormalised
-output acc, fp32) to the workspace and a merge kernel rescales them to the common maximum.
+output acc, fp32) to the workspace and counts itself in on a per-(sequence, KV head) counter
+(store, barrier, one acq_rel atomic: the GEMV's protocol, `gemv.py`); the last of the `splits`
+programs to arrive rescales the non-empty partials to their common maximum in split order (the
+same bits whatever the arrival order), writes the group's output and resets the counter. One
+launch per call: a decode step's attention is one kernel per layer.
+
+Counters: int32, one per (sequence, KV head), owned by this module (zeroed once per device and
+size, left at zero by every call); they are allocated on the first call that needs them, which
+must not be inside CUDA-graph capture (the warm-up before capture makes it), and calls sharing
+them must be ordered on one stream.
 
 Workspace (fp32), with r = (b * heads + h) * splits + s and R = seqs * heads * splits:
     acc [R, D] | m [R] | l [R]
@@ -49,8 +58,6 @@ TILES: dict[str, Tile] = {
     "default": Tile(block_n=32, warps=4, stages=3),
 }
 CANDIDATES = [Tile(n, w, s) for n in (16, 32, 64, 128) for w in (2, 4, 8) for s in (2, 3) if (n, w) != (128, 2)]
-MERGE_WARPS = 4
-SPLIT_BLOCK = 16  # splits the merge kernel combines per step
 
 # choose_splits: aim for WAVES programs per SM, never below MIN_SPLIT_POSITIONS per split. Set from the
 # H200 comparison of split counts (gpu_check-h200-2026-12-04-4c36cfb.json): batch 1 x 1024 tokens took
@@ -90,9 +97,49 @@ def _chunk(seq_len, splits, BLOCK_N: tl.constexpr):
     return tl.maximum(tl.cdiv(tl.cdiv(seq_len, splits), BLOCK_N), 1) * BLOCK_N
 
 
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def _counters(device: torch.device, numel: int) -> torch.Tensor:
+    """The zeroed split counters of a device, grown to `numel` (never during graph capture)."""
+    key = (device.type, device.index)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < numel:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"decode_attention: {numel} split counters would be allocated during CUDA-graph "
+                               "capture; call it once with this many sequences before capturing")
+        buf = torch.zeros(max(numel, 256), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
+@triton.jit
+def _merge_group(acc_ptr, m_ptr, l_ptr, out_ptr, b, heads, in_group, seq_len, splits,
+                 H: tl.constexpr, D: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The output rows `heads` of sequence b from the partials of its non-empty splits, rescaled to
+    their common maximum and summed in split order (padded rows of the group compute zeros)."""
+    used = tl.cdiv(seq_len, _chunk(seq_len, splits, BLOCK_N))
+    base = (b * H + heads) * splits
+    d = tl.arange(0, D)
+    m_max = tl.load(m_ptr + base, mask=in_group, other=0.0, cache_modifier=".cg")
+    for i in range(1, used):
+        m_max = tl.maximum(m_max, tl.load(m_ptr + base + i, mask=in_group, other=0.0, cache_modifier=".cg"))
+    acc = tl.zeros([GROUP_PAD, D], tl.float32)
+    l_tot = tl.zeros([GROUP_PAD], tl.float32)
+    for i in range(0, used):
+        w = tl.exp2(tl.load(m_ptr + base + i, mask=in_group, other=0.0, cache_modifier=".cg") - m_max)
+        l_tot += w * tl.load(l_ptr + base + i, mask=in_group, other=0.0, cache_modifier=".cg")
+        part = tl.load(acc_ptr + (base + i)[:, None] * D + d[None, :], mask=in_group[:, None], other=0.0,
+                       cache_modifier=".cg")
+        acc += part * w[:, None]
+    o = acc / tl.where(l_tot > 0, l_tot, 1.0)[:, None]
+    tl.store(out_ptr + b * (H * D) + heads[:, None] * D + d[None, :], o.to(out_ptr.dtype.element_ty),
+             mask=in_group[:, None])
+
+
 @triton.jit
 def _decode_kernel(q_ptr, q_stride, kc_ptr, vc_ptr, tables_ptr, table_stride, seq_lens_ptr, out_ptr,
-                   acc_ptr, m_ptr, l_ptr, qk_scale, splits,
+                   acc_ptr, m_ptr, l_ptr, cnt_ptr, qk_scale, splits,
                    H: tl.constexpr, KVH: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                    D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr,
                    STAGES: tl.constexpr):
@@ -139,33 +186,12 @@ def _decode_kernel(q_ptr, q_stride, kc_ptr, vc_ptr, tables_ptr, table_stride, se
         tl.store(acc_ptr + r[:, None] * D + d[None, :], acc, mask=store[:, None])
         tl.store(m_ptr + r, m, mask=store)
         tl.store(l_ptr + r, l, mask=store)
-
-
-@triton.jit
-def _merge_kernel(acc_ptr, m_ptr, l_ptr, seq_lens_ptr, out_ptr, splits,
-                  H: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
-    seq_len = tl.load(seq_lens_ptr + b)
-    used = tl.cdiv(seq_len, _chunk(seq_len, splits, BLOCK_N))  # the non-empty splits
-    base = (b * H + h) * splits
-    s = tl.arange(0, SPLIT_BLOCK)
-    d = tl.arange(0, D)
-    m_all = tl.full([SPLIT_BLOCK], float("-inf"), tl.float32)
-    for s0 in range(0, used, SPLIT_BLOCK):
-        m_all = tl.maximum(m_all, tl.load(m_ptr + base + s0 + s, mask=s0 + s < used, other=float("-inf")))
-    m_max = tl.max(m_all, axis=0)
-    acc = tl.zeros([D], tl.float32)
-    l_sum = tl.zeros([SPLIT_BLOCK], tl.float32)
-    for s0 in range(0, used, SPLIT_BLOCK):
-        ok = s0 + s < used
-        w = tl.exp2(tl.load(m_ptr + base + s0 + s, mask=ok, other=float("-inf")) - m_max)
-        l_sum += w * tl.load(l_ptr + base + s0 + s, mask=ok, other=0.0)
-        part = tl.load(acc_ptr + (base + s0 + s)[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
-        acc += tl.sum(part * w[:, None], axis=0)
-    l_tot = tl.sum(l_sum, axis=0)
-    o = acc / tl.where(l_tot > 0, l_tot, 1.0)
-    tl.store(out_ptr + (b * H + h) * D + d, o.to(out_ptr.dtype.element_ty))
+        tl.debug_barrier()  # every thread's partial is stored before the (single-thread) release
+        arrived = tl.atomic_add(cnt_ptr + b * KVH + kvh, 1, sem="acq_rel", scope="gpu")
+        if arrived == splits - 1:
+            _merge_group(acc_ptr, m_ptr, l_ptr, out_ptr, b, heads, in_group, seq_len, splits, H, D, GROUP_PAD,
+                         BLOCK_N)
+            tl.atomic_xchg(cnt_ptr + b * KVH + kvh, 0, sem="relaxed", scope="gpu")
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -216,16 +242,15 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         ws = raw.reshape(-1).view(torch.uint8)[:nbytes].view(torch.float32)
         r = seqs * heads * splits
         acc, m, l = ws[: r * head_dim], ws[r * head_dim : r * (head_dim + 1)], ws[r * (head_dim + 1) :]
+        counters = _counters(dev, seqs * kv_heads)
     else:
         acc = m = l = out  # unused
+        counters = seq_lens
     group = heads // kv_heads
     t = tile or TILES[shape_class(head_dim)]
     _decode_kernel[(seqs, kv_heads, splits)](
-        q, q.stride(0), k_cache, v_cache, block_tables, block_tables.stride(0), seq_lens, out, acc, m, l,
+        q, q.stride(0), k_cache, v_cache, block_tables, block_tables.stride(0), seq_lens, out, acc, m, l, counters,
         float(scale) * math.log2(math.e), splits, H=heads, KVH=kv_heads, GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)), D=head_dim, BLOCK_SIZE=block_size, BLOCK_N=t.block_n,
         DIRECT=splits == 1, STAGES=t.stages, num_warps=t.warps)
-    if splits > 1:
-        _merge_kernel[(seqs, heads)](acc, m, l, seq_lens, out, splits, H=heads, D=head_dim, BLOCK_N=t.block_n,
-                                     SPLIT_BLOCK=SPLIT_BLOCK, num_warps=MERGE_WARPS)
     return out
