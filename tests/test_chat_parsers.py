@@ -62,7 +62,9 @@ CASES = [
      (None, None, [("f", '{"a": 1}')])),
     ('<tool_call>{"name": "f", "arguments": {"city": "Zürich"}}', ANSWERING, True,  # unclosed but complete
      (None, None, [("f", '{"city": "Zürich"}')])),
-    ('<tool_call>{"name": "f", "argu', ANSWERING, True, (None, '<tool_call>{"name": "f", "argu', [])),
+    ('<tool_call>{"name": "f", "argu', ANSWERING, True, (None, None, [])),  # an unfinished call is never content
+    ("Checking.\n" + CALL + '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Os', ANSWERING, True,
+     (None, "Checking.", [OSLO])),
     ("ends with <tool", ANSWERING, True, (None, "ends with <tool", [])),
     ("a <tooling> word\n\nand blanks  ", ANSWERING, True, (None, "a <tooling> word\n\nand blanks  ", [])),
     ("Sure.\n" + CALL, ANSWERING, False, (None, "Sure.\n" + CALL, [])),  # tool_choice none: markup stays
@@ -87,10 +89,10 @@ def test_whole_replies_parse_into_reasoning_content_and_calls(parser, text, prom
     assert summary(parser.parse(text, prompt, parse_tools=tools)) == want
 
 
-def streamed(parser: ChatOutputParser, pieces: list[str], prompt: list[int], tools: bool) -> tuple:
+def streamed(parser: ChatOutputParser, pieces: list[str], prompt: list[int], tools: bool, cut: bool = False) -> tuple:
     stream = parser.stream(prompt, parse_tools=tools)
     reasoning, content, calls = "", "", []
-    deltas = [stream.feed(piece) for piece in pieces] + [stream.finish()]
+    deltas = [stream.feed(piece) for piece in pieces] + [stream.finish(cut)]
     for delta in deltas:
         reasoning += delta.reasoning
         content += delta.content
@@ -108,6 +110,25 @@ def test_a_stream_cut_anywhere_joins_into_the_whole_parse(parser, text, prompt, 
     for cut in range(1, len(text)):
         assert streamed(parser, [text[:cut // 2], text[cut // 2:cut], text[cut:]], prompt, tools) == want, cut
     assert streamed(parser, list(text), prompt, tools) == want
+
+
+# Replies cut by max_tokens (finish reason `length`): the tag being written is dropped, not shown.
+CUT_CASES = [
+    ("ends with <tool", ANSWERING, (None, "ends with", [])),
+    ("Sure." + CALL + "\n<tool_", ANSWERING, (None, "Sure.", [OSLO])),
+    (CALL + '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Os', ANSWERING, (None, None, [OSLO])),
+    ("ends on a partial </thi", THINKING, ("ends on a partial", None, [])),
+    ("<thi", UNDECIDED, (None, None, [])),
+    ("<think>x</think>a <tooling> word  ", UNDECIDED, ("x", "a <tooling> word  ", [])),
+]
+
+
+@pytest.mark.parametrize("text,prompt,want", CUT_CASES)
+def test_a_reply_cut_short_never_shows_the_markup_it_was_writing(parser, text, prompt, want):
+    assert summary(parser.parse(text, prompt, cut=True)) == want
+    for cut in range(len(text) + 1):
+        assert streamed(parser, [text[:cut], text[cut:]], prompt, True, cut=True) == want, cut
+    assert streamed(parser, list(text), prompt, True, cut=True) == want
 
 
 def test_a_stream_never_shows_a_partial_tag_or_markup(parser):
@@ -176,3 +197,11 @@ def test_parsers_are_chosen_from_the_template_or_the_config(parser, tmp_path):
     assert summary(off.parse("<think>a</think>", THINKING)) == (None, "<think>a</think>", [])
     with pytest.raises(UserError, match="unknown reasoning parser 'deepseek'"):
         ChatOutputParser(chatml, reasoning="deepseek")
+
+
+def test_a_thinking_budget_refusal_says_what_is_missing(parser, tmp_path):
+    assert parser.budget_problem() is None
+    write_byte_tokenizer(tmp_path)  # ChatML: no </think> in the template, nor as a token
+    chatml = Tokenizer(tmp_path)
+    assert "no reasoning parser" in ChatOutputParser(chatml).budget_problem()
+    assert "</think> is not a single token" in ChatOutputParser(chatml, reasoning="qwen3").budget_problem()

@@ -309,3 +309,18 @@ def test_tool_choice_that_needs_a_grammar_is_constrained(choice):
 def test_chat_history_mistakes_name_the_message(messages, message):
     got = rejected(chat, {**OK_CHAT, "messages": messages})
     assert (got.param, got.message) == ("messages", message)
+
+
+def test_parallel_tool_calls_false_allows_one_call():
+    """required: the grammar takes one block; auto: the reply stops at the first </tool_call> (the parser
+    takes the unclosed block as the call); without tools it changes nothing."""
+    many = chat({**OK_CHAT, "tools": TOOLS, "tool_choice": "required"}).params.structured_outputs.grammar
+    one = chat({**OK_CHAT, "tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False})
+    assert "call)*" in many and one.params.structured_outputs.grammar.startswith("start: \"<tool_call>")
+    auto = chat({**OK_CHAT, "tools": TOOLS, "parallel_tool_calls": False, "stop": ["END"]})
+    assert auto.params.stop == ["END", "</tool_call>"] and auto.params.structured_outputs is None
+    assert chat({**OK_CHAT, "parallel_tool_calls": False}).params == chat(OK_CHAT).params
+    with pytest.raises(ApiError) as e:
+        parse_chat({**OK_CHAT, "tools": TOOLS, "parallel_tool_calls": False}, ByteTokenizer(), MAX_MODEL_LEN, VOCAB,
+                   tool_parser=False)
+    assert e.value.param == "parallel_tool_calls" and "tool-call parser" in e.value.message

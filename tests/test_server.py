@@ -271,6 +271,7 @@ OK_COMPLETION = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
     (CHAT, {**OK_CHAT, "max_completion_tokens": 600}, 400, "max_tokens", "maximum context length"),
     (CHAT, {**OK_CHAT, "stream": "yes"}, 400, "stream", "true or false"),
     (CHAT, {**OK_CHAT, "seed": 1 << 70}, 400, "seed", "integer"),
+    (CHAT, {**OK_CHAT, "thinking_budget": 4}, 400, "thinking_budget", "this model has no reasoning parser"),
 ])
 def test_bad_requests_get_a_4xx_with_the_openai_error_body(http, path, body, status, param, message):
     if isinstance(body, bytes):

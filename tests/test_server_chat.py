@@ -26,6 +26,7 @@ from llm_infer.entrypoints.server import AsyncEngine, build_app
 from llm_infer.entrypoints.server.serve import ServerThread
 from llm_infer.runtime.detokenizer import IncrementalDetokenizer
 from llm_infer.runtime.outputs import CompletionOutput, RequestOutput
+from llm_infer.runtime.structured_output.tool_calls import tool_call_constraint
 from tests.checkpoints import make_checkpoint
 from tests.conftest import served_engine, tiny_engine_config
 from tests.test_server import json_values
@@ -88,10 +89,10 @@ def http(live):
 
 
 @contextlib.contextmanager
-def scripted(engine: AsyncEngine, *replies: str):
+def scripted(engine: AsyncEngine, *replies: str, finish: str = "stop"):
     """Replace the engine's output: sample i of each request replies `replies[i % len(replies)]`,
     one token per update (every update lists every sample, as the engine's final one does), then
-    finishes with `stop`."""
+    finishes with `finish`."""
     tokenizer = engine.llm.tokenizer
 
     async def generate(prompts, params, request_id=None, reasoning=None):
@@ -107,7 +108,7 @@ def scripted(engine: AsyncEngine, *replies: str):
                         c.new_token_ids = [script[step]]
                         c.new_text = detok.add(script[step]) + (detok.flush() if last else "")
                         c.token_ids, c.text = c.token_ids + c.new_token_ids, c.text + c.new_text
-                        c.finished, c.finish_reason = last, "stop" if last else None
+                        c.finished, c.finish_reason = last, finish if last else None
                 done = all(c.finished for c in samples)
                 yield p, RequestOutput(request_id or "scripted", None, list(prompt),
                                        [CompletionOutput(**vars(c)) for c in samples], done)
@@ -261,6 +262,22 @@ def test_tool_calls_parse_and_stream_as_openai_sends_them(client, engine):
     assert not any("<" in (c.choices[0].delta.content or "") for c in chunks if c.choices)  # no markup leaked
 
 
+def test_a_reply_cut_inside_a_call_keeps_its_complete_calls_and_shows_no_markup(client, engine):
+    """The issue's case: max_tokens ends the reply inside a second call. The first call is a tool call,
+    the unfinished one is dropped (never content), and the finish reason stays `length`."""
+    cut = CALL_REPLY[: CALL_REPLY.rindex('"city": "Bergen"') + len('"city": "Be')]
+    body = dict(model=MODEL, messages=USER, tools=TOOLS, max_tokens=200)
+    for reply in (cut, cut[: cut.rindex("<tool_call>") + len("<tool_")]):
+        with scripted(engine, reply, finish="length"):
+            got = client.chat.completions.create(**body)
+            chunks = list(client.chat.completions.create(stream=True, **body))
+        choice = got.choices[0]
+        assert message_summary(choice.message) == ("Let me look.", "The user wants the weather.", WANT_CALLS[:1])
+        assert choice.finish_reason == "length"
+        streamed = joined_stream(chunks)[0]
+        assert stream_summary(streamed) == message_summary(choice.message) and streamed["finish"] == "length"
+
+
 def test_tool_choice_none_keeps_the_tools_in_the_prompt_and_the_markup_in_the_content(client, engine, offline):
     with scripted(engine, CALL_REPLY):
         got = client.chat.completions.create(model=MODEL, messages=USER, tools=TOOLS, tool_choice="none")
@@ -404,6 +421,29 @@ def test_tool_choice_forces_valid_calls_streamed_like_the_whole_reply(client, ch
         assert got.choices[0].message.content is None
         streamed = joined_stream(client.chat.completions.create(stream=True, **body))[0]
         assert stream_summary(streamed) == (None, None, calls)
+
+
+def test_parallel_tool_calls_false_gives_at_most_one_call(client):
+    """required: the grammar allows one block. auto: a grammar writing two calls stands in for a model
+    that wants several; the reply ends after the first (and has both with parallel calls allowed)."""
+    body = dict(model=MODEL, messages=USER, tools=TWO_TOOLS, max_tokens=200, temperature=1.0, logit_bias=SHORT)
+    for seed in range(2):
+        got = client.chat.completions.create(**body, seed=seed, tool_choice="required", parallel_tool_calls=False,
+                                             extra_body=NO_THINKING)
+        calls = _valid_calls(got.choices[0].message, {"get_weather", "ping"})
+        assert len(calls) == 1 and got.choices[0].finish_reason == "tool_calls"
+    grammar = tool_call_constraint(TWO_TOOLS, "required").grammar
+    two = grammar.replace("start: call (\"\\n\" call)*", "start: call \"\\n\" call")
+    assert two != grammar
+    forced = {**NO_THINKING, "structured_outputs": {"grammar": two}}
+    for parallel, count in ((True, 2), (False, 1)):
+        got = client.chat.completions.create(**body, seed=5, parallel_tool_calls=parallel, extra_body=forced)
+        calls = _valid_calls(got.choices[0].message, {"get_weather", "ping"})
+        assert len(calls) == count and got.choices[0].finish_reason == "tool_calls"
+        assert got.choices[0].message.content is None
+        streamed = joined_stream(client.chat.completions.create(stream=True, **body, seed=5,
+                                                                parallel_tool_calls=parallel, extra_body=forced))[0]
+        assert stream_summary(streamed) == (None, None, calls) and streamed["finish"] == "tool_calls"
 
 
 def test_thinking_budget_caps_the_reasoning_then_the_tool_call_grammar_applies(client, offline):

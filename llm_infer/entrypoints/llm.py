@@ -20,7 +20,7 @@ from llm_infer.runtime.output_parsers import ChatOutputParser
 from llm_infer.runtime.outputs import RequestOutput
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.structured_output.params import ReasoningStart
-from llm_infer.runtime.structured_output.tool_calls import tool_call_constraint
+from llm_infer.runtime.structured_output.tool_calls import one_call_stop, tool_call_constraint
 from llm_infer.runtime.tokenizer import Tokenizer
 
 Prompt = str | list[int]
@@ -78,7 +78,8 @@ class LLM:
              params: SamplingParams | Sequence[SamplingParams] | None = None, *,
              tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
              add_generation_prompt: bool | None = None, continue_final_message: bool = False,
-             tool_choice: str | dict[str, Any] | None = None) -> RequestOutput | list[RequestOutput]:
+             tool_choice: str | dict[str, Any] | None = None,
+             parallel_tool_calls: bool = True) -> RequestOutput | list[RequestOutput]:
         """Render the conversation(s) with the model's chat template and generate the reply.
 
         `tools` (OpenAI's tool list), `chat_template_kwargs` (e.g. `{"enable_thinking": False}`),
@@ -91,9 +92,11 @@ class LLM:
         `tool_calls` reason). A template that does not handle tools gets them in the messages
         (`runtime/tool_prompt.py`). `tool_choice` `"required"` or `{"type": "function",
         "function": {"name": ...}}` constrains the reply to calls of the tools
-        (`structured_output/tool_calls.py`; a UserError without a tool-call parser). With a
+        (`structured_output/tool_calls.py`; a UserError without a tool-call parser);
+        `parallel_tool_calls=False` allows one call (with `auto` the reply ends after it). With a
         reasoning parser the reply's reasoning is unconstrained, and
-        `SamplingParams.thinking_budget` caps it.
+        `SamplingParams.thinking_budget` caps it. A reply cut by max_tokens never shows an
+        unfinished tool call.
         """
         if not isinstance(messages, list) or not messages:
             raise UserError("messages must be a non-empty list of {role, content} objects")
@@ -103,20 +106,26 @@ class LLM:
                                               continue_final_message=continue_final_message,
                                               chat_template_kwargs=chat_template_kwargs) for c in conversations]
         param_list = _as_param_list(params, len(prompts))
-        forced = tool_call_constraint(tools or [], tool_choice)
+        forced = tool_call_constraint(tools or [], tool_choice, parallel_tool_calls)
+        one_call = bool(tools) and tool_choice in (None, "auto") and not parallel_tool_calls
+        if (forced is not None or one_call) and self.chat_parser.tool_calls is None:
+            raise UserError("tool_choice 'required' or a named function, and parallel_tool_calls=False, need a "
+                            "tool-call parser (chat.tool_call_parser is off)")
         if forced is not None:
-            if self.chat_parser.tool_calls is None:
-                raise UserError("tool_choice 'required' or a named function needs a tool-call parser to return the "
-                                "calls (chat.tool_call_parser is off)")
             if any(p.structured_outputs is not None for p in param_list):
                 raise UserError("tool_choice 'required' or a named function cannot be combined with structured_outputs")
             param_list = [dataclasses.replace(p, structured_outputs=forced) for p in param_list]
+        if one_call:
+            param_list = [dataclasses.replace(p, stop=one_call_stop(p.stop)) for p in param_list]
+        if any(p.thinking_budget is not None for p in param_list) and self.chat_parser.budget_problem():
+            raise UserError(f"thinking_budget cannot be enforced: {self.chat_parser.budget_problem()}")
         outputs = self._run([(ids, p, False) for ids, p in zip(prompts, param_list)],
                             [self.chat_parser.reasoning_start(ids) for ids in prompts])
         for out in outputs:
             for sample in out.outputs:
                 sample.message = self.chat_parser.parse(sample.text, out.prompt_token_ids,
-                                                        parse_tools=bool(tools) and tool_choice != "none")
+                                                        parse_tools=bool(tools) and tool_choice != "none",
+                                                        cut=sample.finish_reason == "length")
         return outputs[0] if single else outputs
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:

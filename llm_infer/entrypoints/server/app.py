@@ -64,6 +64,9 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
         responder = Responder(req.chat, served_model_name, token_text, n=req.params.n, top=req.params.logprobs,
                               echo=req.echo, parser=llm.chat_parser, parse_tools=req.parse_tools)
         reasoning = llm.chat_parser.reasoning_start(req.prompts[0]) if req.chat else None
+        if req.chat and req.params.thinking_budget is not None and reasoning is None:
+            raise ApiError(400, f"'thinking_budget': cannot be enforced: {llm.chat_parser.budget_problem()}",
+                           param="thinking_budget")
         outputs = async_engine.generate(req.prompts, req.params, request_id=responder.id, reasoning=reasoning)
         finals = Finals(len(req.prompts), metrics)
         try:

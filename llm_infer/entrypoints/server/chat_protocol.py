@@ -3,7 +3,8 @@ tools and tool_choice, as OpenAI shapes them; and what the chat template receive
 
 Like every nested object of a body, these refuse fields they do not declare (a 400 naming the
 field), so nothing that would change the prompt is dropped silently. A tool_choice of
-`required` or a named function needs a grammar (`with_tool_call_constraint`).
+`required` or a named function needs a grammar, `parallel_tool_calls: false` one call at most
+(`with_tool_choice`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llm_infer.entrypoints.server.errors import ApiError
 from llm_infer.errors import UserError
 from llm_infer.runtime.sampling_params import SamplingParams
-from llm_infer.runtime.structured_output.tool_calls import tool_call_constraint
+from llm_infer.runtime.structured_output.tool_calls import one_call_stop, tool_call_constraint
 
 _NESTED = ConfigDict(strict=True, extra="forbid")
 
@@ -134,19 +135,26 @@ def check_tool_choice(tools: list[Tool] | None, choice: ToolChoice | None) -> st
     return choice
 
 
-def with_tool_call_constraint(params: SamplingParams, tools: list[dict[str, Any]],
-                              choice: str | dict[str, Any], tool_parser: bool = True) -> SamplingParams:
-    """tool_choice `required` or a named function: the reply is constrained to calls of the tools
-    by `structured_output.tool_calls.tool_call_constraint`. A 400 with another output constraint,
-    or without a tool-call parser (`tool_parser` False: the forced calls could not be returned
-    as `tool_calls`)."""
+def with_tool_choice(params: SamplingParams, tools: list[dict[str, Any]], choice: str | dict[str, Any],
+                     tool_parser: bool = True, parallel: bool = True) -> SamplingParams:
+    """The sampling parameters `choice` asks for. `required` or a named function: the reply is
+    constrained to calls of the tools by `structured_output.tool_calls.tool_call_constraint` (one
+    call unless `parallel`); `auto` without `parallel`: the reply ends after its first call. A 400
+    with another output constraint, or without a tool-call parser (`tool_parser` False: the calls
+    could not be returned as `tool_calls`)."""
+    if choice == "none" or (choice == "auto" and parallel):
+        return params
+    field = "tool_choice" if choice != "auto" else "parallel_tool_calls"
     if not tool_parser:
-        raise ApiError(400, "'tool_choice': 'required' and named functions need a tool-call parser to return the "
-                            "calls (this server's chat.tool_call_parser is off)", param="tool_choice")
+        what = "'required' and named functions need" if choice != "auto" else "false needs"
+        raise ApiError(400, f"'{field}': {what} a tool-call parser to return the calls (this server's "
+                            "chat.tool_call_parser is off)", param=field)
+    if choice == "auto":
+        return dataclasses.replace(params, stop=one_call_stop(params.stop))
     if params.structured_outputs is not None:
         raise ApiError(400, "'tool_choice': 'required' and named functions cannot be combined with another output "
                             "constraint (response_format, structured_outputs)", param="tool_choice")
     try:
-        return dataclasses.replace(params, structured_outputs=tool_call_constraint(tools, choice))
+        return dataclasses.replace(params, structured_outputs=tool_call_constraint(tools, choice, parallel))
     except UserError as e:
         raise ApiError(400, f"'tool_choice': {e}", param="tool_choice") from None

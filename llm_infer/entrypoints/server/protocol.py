@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_infer.errors import UserError
 from llm_infer.entrypoints.server.chat_protocol import (_NESTED, ChatMessage, Tool, ToolChoice, check_tool_choice,
-                                                         template_tools, with_tool_call_constraint)
+                                                         template_tools, with_tool_choice)
 from llm_infer.entrypoints.server.errors import ApiError, bad_request
 from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError
 from llm_infer.runtime.structured_output.params import StructuredOutputsParams
@@ -42,7 +42,7 @@ REFUSED: dict[str, tuple[Any, ...]] = {
     "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "parallel_tool_calls": (None, True),  # several calls per reply are parsed; false cannot be enforced
+    "parallel_tool_calls": (None, True),  # completions (no tools); chat supports it
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -234,6 +234,7 @@ class ChatCompletionRequest(SamplingFields):
         None, description="a list of {type: 'function', function: {name, description, parameters}} objects")
     tool_choice: ToolChoice | None = Field(
         None, description="'none', 'auto', 'required' or {type: 'function', function: {name}}")
+    parallel_tool_calls: bool | None = None  # false: at most one call per reply
     chat_template_kwargs: dict[str, Any] | None = Field(None, description="an object of template variables")
     add_generation_prompt: bool | None = None  # default: not continue_final_message
     continue_final_message: bool | None = None
@@ -344,7 +345,6 @@ def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size:
     max_tokens = _fit(ids, asked, max_model_len, "messages", "the prompt")
     top = (req.top_logprobs or 0) if req.logprobs else None
     params = req.sampling_params(max_tokens, vocab_size, logprobs=top)
-    if choice not in ("auto", "none"):
-        params = with_tool_call_constraint(params, tools or [], choice, tool_parser)
+    params = with_tool_choice(params, tools or [], choice, tool_parser, req.parallel_tool_calls is not False)
     return GenerationRequest(True, [ids], params, *req.streaming(), parse_tools=choice != "none")
 

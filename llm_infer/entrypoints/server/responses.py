@@ -113,7 +113,7 @@ class Responder:
             if stream:
                 choice = {"index": index, "delta": {"content": text} if text else {}}
             elif self._parsing:
-                parsed = self.parser.parse(text, out.prompt_token_ids, self.parse_tools)
+                parsed = self.parser.parse(text, out.prompt_token_ids, self.parse_tools, cut=reason == "length")
                 choice = {"index": index, "message": self._message(parsed)}
                 reason = parsed.finish_reason(reason)
             else:
@@ -155,7 +155,7 @@ class Responder:
             stream = self._streams[index] = self.parser.stream(out.prompt_token_ids, self.parse_tools)
         delta: ChatDelta = stream.feed(c.new_text)
         if finishing:
-            delta += stream.finish()
+            delta += stream.finish(cut=c.finish_reason == "length")
         choices = []
         text = {key: value for key, value in (("reasoning_content", delta.reasoning), ("content", delta.content))
                 if value}

@@ -66,14 +66,16 @@ class ChatOutputStream:
         reasoning, answer = self._reasoning.feed(text) if self._reasoning else ("", text)
         return self._record(reasoning, *(self._tools.feed(answer) if self._tools else (answer, [])))
 
-    def finish(self) -> ChatDelta:
-        """Release held text; afterwards `message` is the whole reply."""
-        reasoning, answer = self._reasoning.finish() if self._reasoning else ("", "")
+    def finish(self, cut: bool = False) -> ChatDelta:
+        """Release held text; afterwards `message` is the whole reply. `cut`: the reply was cut short
+        (max_tokens), so a tag it was writing is dropped rather than shown (an unfinished tool call
+        never is)."""
+        reasoning, answer = self._reasoning.finish(cut) if self._reasoning else ("", "")
         delta = ChatDelta()
         if self._tools:
             content, calls = self._tools.feed(answer)
             delta += self._record(reasoning, content, calls)
-            delta += self._record("", *self._tools.finish())
+            delta += self._record("", *self._tools.finish(cut))
         else:
             delta += self._record(reasoning, answer, [])
         self.message.content = self._content or None
@@ -111,6 +113,16 @@ class ChatOutputParser:
         self.reasoning = REASONING_PARSERS[reasoning](tokenizer) if reasoning else None
         self.tool_calls = TOOL_CALL_PARSERS[tool_calls]() if tool_calls else None
 
+    def budget_problem(self) -> str | None:
+        """Why a thinking budget cannot be enforced for this model's chat replies (None: it can)."""
+        if self.reasoning is None:
+            return ("this model has no reasoning parser (chat.reasoning_parser is off, or `auto` found no "
+                    "</think> in its chat template)")
+        if self.reasoning.end_token_id is None:
+            return (f"{self.reasoning.end_tag} is not a single token in this model's tokenizer, so the end of the "
+                    "reasoning cannot be forced")
+        return None
+
     def reasoning_start(self, prompt_token_ids: Sequence[int]) -> ReasoningStart | None:
         """How a reply to this prompt begins, for the engine (thinking budget, constraints that
         apply after the reasoning); None without a reasoning parser or a single end token. An
@@ -128,9 +140,10 @@ class ChatOutputParser:
         tools = self.tool_calls.stream() if self.tool_calls and parse_tools else None
         return ChatOutputStream(reasoning, tools)
 
-    def parse(self, text: str, prompt_token_ids: Sequence[int], parse_tools: bool = True) -> ParsedMessage:
-        """A whole reply's text as a message."""
+    def parse(self, text: str, prompt_token_ids: Sequence[int], parse_tools: bool = True,
+              cut: bool = False) -> ParsedMessage:
+        """A whole reply's text as a message (`cut`: it ended at max_tokens, see `ChatOutputStream.finish`)."""
         stream = self.stream(prompt_token_ids, parse_tools)
         stream.feed(text)
-        stream.finish()
+        stream.finish(cut)
         return stream.message

@@ -120,9 +120,12 @@ class ReasoningStream:
                 self._pending = ""
                 return reasoning, answer
 
-    def finish(self) -> tuple[str, str]:
-        """The deltas left at the end of the reply: held text is what it is (an unclosed tag is text)."""
+    def finish(self, cut: bool = False) -> tuple[str, str]:
+        """The deltas left at the end of the reply: held text is what it is (an unclosed tag is text),
+        unless the reply was `cut` short (max_tokens) on part of a tag, which is then dropped."""
         pending, self._pending = self._pending, ""
+        if cut and self._state in (_UNDECIDED, _OPENING, _REASONING):
+            pending = pending[: len(pending) - held_tail(pending, [self.start_tag, self.end_tag])]
         if self._state == _UNDECIDED:
             return "", pending
         if self._state in (_OPENING, _REASONING):

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from llm_infer.runtime.output_parsers.tags import held_tail
+from llm_infer.runtime.output_parsers.tags import held_tail, partial_tag_length
 
 
 @dataclass(frozen=True)
@@ -110,13 +110,17 @@ class ToolCallStream:
             self._blank_before = before[len(text_before):]
             self._pending, self._in_block = self._pending[start + len(self.start_tag):], True
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """The content and calls left at the end of the reply (an unclosed block with a complete
-        body is a call; any other held text is content)."""
+    def finish(self, cut: bool = False) -> tuple[str, list[ToolCall]]:
+        """The content and calls left at the end of the reply: an unclosed block with a complete
+        body is a call, any other unclosed block is dropped; other held text is content, except
+        that a reply `cut` short (max_tokens) drops a trailing part of the start tag."""
         pending, self._pending = self._pending, ""
         calls: list[ToolCall] = []
         if self._in_block:
-            return self._close_block(pending, closed=False, calls=calls), calls
+            self._close_block(pending, closed=False, calls=calls)
+            return "", calls
+        if cut and partial_tag_length(pending, [self.start_tag]):
+            pending = pending[: len(pending) - held_tail(pending, [self.start_tag])]
         return (pending.lstrip() if self._after_call else pending), calls
 
     def _close_block(self, body: str, closed: bool, calls: list[ToolCall]) -> str:

@@ -120,8 +120,8 @@ def constraint_spec(grammar: str | None, thinking_budget: int | None,
     if thinking_budget is not None and reasoning is None:
         from llm_infer.runtime.sampling_params import SamplingParamsError  # imports this module
 
-        raise SamplingParamsError("thinking_budget", "thinking_budget needs a chat request to a model with a "
-                                  "reasoning parser")
+        raise SamplingParamsError("thinking_budget", "thinking_budget needs a chat request (a plain prompt has no "
+                                  "reasoning to limit) to a model whose reasoning parser can force its end")
     in_reasoning = reasoning is not None and reasoning.in_reasoning
     start_id = reasoning.start_token_id if reasoning is not None and not in_reasoning else None
     if grammar is None and (thinking_budget is None or not (in_reasoning or start_id is not None)):

@@ -8,7 +8,10 @@ The calls are written in the Hermes format Qwen's chat templates teach the model
     </tool_call>
 
 `required`: one or more such blocks (separated by a newline), each naming one of `tools` with
-arguments valid for its `parameters` schema; a named function: exactly one block calling it.
+arguments valid for its `parameters` schema (exactly one with `parallel_tool_calls: false`); a
+named function: exactly one block calling it. `auto` with `parallel_tool_calls: false` needs no
+grammar: the reply stops at the first `</tool_call>` (`one_call_stop`), and the parser takes the
+block the stop left unclosed as the call.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from llm_infer.errors import UserError
 from llm_infer.runtime.structured_output.params import JSON_LAYOUT, StructuredOutputsParams
 
 OPEN, CLOSE = "<tool_call>\n", "\n</tool_call>"
+END_TAG = "</tool_call>"
 
 
 def _call_schema(function: dict[str, Any]) -> dict[str, Any]:
@@ -28,18 +32,25 @@ def _call_schema(function: dict[str, Any]) -> dict[str, Any]:
             "required": ["name", "arguments"], "additionalProperties": False}
 
 
-def tool_call_constraint(tools: list[dict[str, Any]], tool_choice: Any) -> StructuredOutputsParams | None:
+def one_call_stop(stop: list[str]) -> list[str]:
+    """`tool_choice: auto` with `parallel_tool_calls: false`: the stop strings that end the reply
+    after its first call (a reasoning that writes `</tool_call>` ends it too)."""
+    return stop if END_TAG in stop else [*stop, END_TAG]
+
+
+def tool_call_constraint(tools: list[dict[str, Any]], tool_choice: Any,
+                         parallel: bool = True) -> StructuredOutputsParams | None:
     """The output constraint for `tool_choice` over OpenAI-shaped `tools`
     (`[{"type": "function", "function": {"name", "description", "parameters"}}]`): None for
-    `auto`/`none`/absent, else a Lark grammar. Raises UserError for a named function that is not
-    among the tools, or `required` without tools."""
+    `auto`/`none`/absent, else a Lark grammar (`required`: one call unless `parallel`). Raises
+    UserError for a named function that is not among the tools, or `required` without tools."""
     if tool_choice in (None, "auto", "none"):
         return None
     functions = [t["function"] for t in tools or [] if t.get("type", "function") == "function"]
     if tool_choice == "required":
         if not functions:
             raise UserError("tool_choice 'required' needs at least one tool")
-        chosen, many = functions, True
+        chosen, many = functions, parallel
     else:
         name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
         chosen = [f for f in functions if f["name"] == name]
