@@ -22,6 +22,7 @@ from llm_infer.entrypoints.server.metrics import RequestCounter, ServerMetrics
 from llm_infer.entrypoints.server.protocol import (CONSTRAINT_FIELDS, GenerationRequest, check_model, parse_chat,
                                                    parse_completion)
 from llm_infer.entrypoints.server.responses import Responder, sse
+from llm_infer.entrypoints.server.tokenize import detokenize, tokenize
 from llm_infer.runtime.outputs import RequestOutput
 
 T = TypeVar("T")
@@ -53,7 +54,8 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     app = FastAPI(title="llm-infer", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(RequestCounter, metrics=metrics,
-                       endpoints={"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"})
+                       endpoints={"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics",
+                                  "/tokenize", "/detokenize"})
     app.state.async_engine, app.state.metrics = async_engine, metrics
     authorized = [Depends(require_key)]
 
@@ -92,6 +94,18 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     async def chat_completions(request: Request) -> Response:
         parse = functools.partial(parse_chat, tool_parser=llm.chat_parser.tool_calls is not None)
         return await generate(request, parse)
+
+    @app.post("/tokenize", dependencies=authorized)
+    async def tokenize_route(request: Request) -> Response:
+        body = await read_json(request, max_body_bytes)
+        check_model(body, model_names)
+        return JSONResponse(tokenize(body, llm.tokenizer, async_engine.max_model_len, token_text))
+
+    @app.post("/detokenize", dependencies=authorized)
+    async def detokenize_route(request: Request) -> Response:
+        body = await read_json(request, max_body_bytes)
+        check_model(body, model_names)
+        return JSONResponse(detokenize(body, llm.tokenizer, llm.model_config.vocab_size))
 
     @app.get("/v1/models", dependencies=authorized)
     async def models() -> dict[str, Any]:

@@ -10,6 +10,7 @@ field), so nothing that would change the prompt is dropped silently. A tool_choi
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +19,7 @@ from llm_infer.entrypoints.server.errors import ApiError
 from llm_infer.errors import UserError
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.structured_output.tool_calls import one_call_stop, tool_call_constraint
+from llm_infer.runtime.tokenizer import Tokenizer
 
 _NESTED = ConfigDict(strict=True, extra="forbid")
 
@@ -62,13 +64,14 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
     reasoning_content: str | None = None
 
-    def template_message(self, index: int) -> dict[str, Any]:
-        """The message as the chat template takes it; a 400 naming it when it is incomplete."""
+    def template_message(self, index: int, field: str = "messages") -> dict[str, Any]:
+        """The message as the chat template takes it; a 400 naming it (in the body's `field`) when it
+        is incomplete."""
         if self.tool_calls is not None and self.role != "assistant":
-            raise ApiError(400, f"'messages': messages[{index}].tool_calls is only for assistant messages",
-                           param="messages")
+            raise ApiError(400, f"'{field}': {field}[{index}].tool_calls is only for assistant messages",
+                           param=field)
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ApiError(400, f"'messages': messages[{index}].content is required", param="messages")
+            raise ApiError(400, f"'{field}': {field}[{index}].content is required", param=field)
         if self.content is None or isinstance(self.content, str):
             text = self.content or ""
         else:
@@ -133,6 +136,37 @@ def check_tool_choice(tools: list[Tool] | None, choice: ToolChoice | None) -> st
     if choice == "required" and not tools:
         raise ApiError(400, "'tool_choice': 'required' needs tools", param="tool_choice")
     return choice
+
+
+@dataclass
+class ChatPrompt:
+    """A conversation as the model sees it: its token ids, and the tools and effective tool_choice
+    (`check_tool_choice`) it was rendered with."""
+
+    ids: list[int]
+    tools: list[dict[str, Any]] | None
+    choice: str | dict[str, Any]
+
+
+def chat_prompt(tokenizer: Tokenizer, messages: list[ChatMessage], tools: list[Tool] | None,
+                tool_choice: ToolChoice | None, add_generation_prompt: bool | None = None,
+                continue_final_message: bool = False, chat_template_kwargs: dict[str, Any] | None = None,
+                messages_field: str = "messages") -> ChatPrompt:
+    """The prompt every route that takes a conversation builds (chat, responses, tokenize), so they
+    agree token for token; a 400 naming the field at fault (`messages_field`: what the route calls
+    its messages)."""
+    dicts = [m.template_message(i, messages_field) for i, m in enumerate(messages)]
+    tool_dicts = template_tools(tools)
+    choice = check_tool_choice(tools, tool_choice)
+    try:
+        ids = tokenizer.encode_chat(dicts, add_generation_prompt, tools=tool_dicts, tool_choice=choice,
+                                    continue_final_message=continue_final_message,
+                                    chat_template_kwargs=chat_template_kwargs)
+    except UserError as e:
+        param = getattr(e, "param", "messages")
+        param = messages_field if param == "messages" else param
+        raise ApiError(400, f"'{param}': {e}", param=param) from None
+    return ChatPrompt(ids, tool_dicts, choice)
 
 
 def with_tool_choice(params: SamplingParams, tools: list[dict[str, Any]], choice: str | dict[str, Any],

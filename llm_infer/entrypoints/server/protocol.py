@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_infer.errors import UserError
-from llm_infer.entrypoints.server.chat_protocol import (_NESTED, ChatMessage, Tool, ToolChoice, check_tool_choice,
-                                                         template_tools, with_tool_choice)
+from llm_infer.entrypoints.server.chat_protocol import (_NESTED, ChatMessage, Tool, ToolChoice, chat_prompt,
+                                                         with_tool_choice)
 from llm_infer.entrypoints.server.errors import ApiError, bad_request
 from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError
 from llm_infer.runtime.structured_output.params import StructuredOutputsParams
@@ -240,22 +241,27 @@ class ChatCompletionRequest(SamplingFields):
     continue_final_message: bool | None = None
 
 
-def check_fields(body: dict, model: type[SamplingFields]) -> None:
-    """A 400 naming the first field the server does not implement (see IGNORED and REFUSED)."""
+def check_fields(body: dict, model: type[BaseModel], ignored: Collection[str] = IGNORED,
+                 refused: Mapping[str, tuple[Any, ...]] = REFUSED) -> None:
+    """A 400 naming the first field of `body` that the route's `model` does not declare: fields in
+    `refused` pass only with a value that asks for nothing, `ignored` ones always (see IGNORED and
+    REFUSED, the defaults of the generation routes)."""
     for name, value in body.items():
-        if name in model.model_fields or name in IGNORED:
+        if name in model.model_fields or name in ignored:
             continue
-        if name in REFUSED:
-            if any(value == ok and type(value) is type(ok) for ok in REFUSED[name]):
+        if name in refused:
+            if any(value == ok and type(value) is type(ok) for ok in refused[name]):
                 continue
-            allowed = " or ".join("null" if ok is None else repr(ok) for ok in REFUSED[name])
+            allowed = " or ".join("null" if ok is None else repr(ok) for ok in refused[name])
             raise ApiError(400, f"'{name}': not supported by this server (only {allowed} is accepted)", param=name)
         supported = ", ".join(sorted(model.model_fields))
-        raise ApiError(400, f"'{str(name)[:40]}': unknown field; this route takes {supported} "
-                            f"(and ignores {', '.join(sorted(IGNORED))})", param=str(name)[:40])
+        also = f" (and ignores {', '.join(sorted(ignored))})" if ignored else ""
+        raise ApiError(400, f"'{str(name)[:40]}': unknown field; this route takes {supported}{also}",
+                       param=str(name)[:40])
 
 
-def _validate(model: type[_Body], body: dict) -> _Body:
+def validate_body(model: type[_Body], body: dict) -> _Body:
+    """`body` as the route's pydantic `model`; a 400 naming the field when it does not fit."""
     try:
         return model.model_validate(body)
     except ValidationError as e:
@@ -301,7 +307,7 @@ def _prompts(prompt: str | list[int] | list[str] | list[list[int]]) -> list[str 
 def parse_completion(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size: int) -> GenerationRequest:
     """A /v1/completions body as a GenerationRequest; any mistake is a 400 naming the field."""
     check_fields(body, CompletionRequest)
-    req = _validate(CompletionRequest, body)
+    req = validate_body(CompletionRequest, body)
     if req.best_of is not None and req.best_of != (req.n if req.n is not None else 1):
         raise ApiError(400, "'best_of': only best_of equal to n is supported (this server returns every sample)",
                        param="best_of")
@@ -326,19 +332,12 @@ def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size:
     `tool_parser`: whether replies' tool calls can be parsed (the server's chat.tool_call_parser
     is on); without it a tool_choice that forces calls is a 400."""
     check_fields(body, ChatCompletionRequest)
-    req = _validate(ChatCompletionRequest, body)
+    req = validate_body(ChatCompletionRequest, body)
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "'top_logprobs': needs logprobs: true", param="top_logprobs")
-    messages = [m.template_message(i) for i, m in enumerate(req.messages)]
-    tools = template_tools(req.tools)
-    choice = check_tool_choice(req.tools, req.tool_choice)
-    try:
-        ids = tokenizer.encode_chat(messages, req.add_generation_prompt, tools=tools, tool_choice=choice,
-                                    continue_final_message=bool(req.continue_final_message),
-                                    chat_template_kwargs=req.chat_template_kwargs)
-    except UserError as e:
-        param = getattr(e, "param", "messages")
-        raise ApiError(400, f"'{param}': {e}", param=param) from None
+    prompt = chat_prompt(tokenizer, req.messages, req.tools, req.tool_choice, req.add_generation_prompt,
+                         bool(req.continue_final_message), req.chat_template_kwargs)
+    ids, tools, choice = prompt.ids, prompt.tools, prompt.choice
     asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if asked == 0:
         raise ApiError(400, "'max_tokens': must be at least 1", param="max_tokens")
