@@ -121,6 +121,16 @@ class ChatConfig:
 
 
 @dataclass(config=_SECTION)
+class PoolingConfig:
+    """How embedding requests pool the last hidden states (README: Embeddings)."""
+
+    method: Literal["auto", "last", "mean", "cls"] = Field(
+        "auto", description="`last` (the last prompt token's, Qwen3-Embedding's), `mean`, `cls` (the first "
+        "token's); `auto`: the sentence-transformers pooling config of the model folder, else `last`")
+    normalize: StrictBool = Field(True, description="scale embeddings to unit L2 norm")
+
+
+@dataclass(config=_SECTION)
 class EngineConfig:
     """The whole configuration: top-level keys, then one section per concern."""
 
@@ -139,12 +149,16 @@ class EngineConfig:
     deterministic: StrictBool = Field(False, description="batch-invariant CPU kernels: a request's tokens and "
                                       "logits never depend on its batch, chunking or cache hits (see Deterministic "
                                       "mode)")
+    model_task: Literal["auto", "generate", "embed"] = Field(
+        "auto", description="`embed`: serve embeddings only (generation routes answer 400); `generate`: both; "
+        "`auto`: `embed` for a sentence-transformers folder (modules.json), else `generate`")
     cache: CacheConfig = Field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
+    pooling: PoolingConfig = Field(default_factory=PoolingConfig)
 
     @property
     def world_size(self) -> int:

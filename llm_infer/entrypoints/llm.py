@@ -17,7 +17,9 @@ from llm_infer.runtime.engine import LLMEngine
 from llm_infer.runtime.models.build import resolve_device, resolve_model
 from llm_infer.runtime.models.resolve import resolve_model_dir
 from llm_infer.runtime.output_parsers import ChatOutputParser
+from llm_infer.runtime.models.sentence_transformers import resolve_pooling_method
 from llm_infer.runtime.outputs import RequestOutput
+from llm_infer.runtime.pooling import PoolingParams
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.structured_output.params import ReasoningStart
 from llm_infer.runtime.structured_output.tool_calls import one_call_stop, tool_call_constraint
@@ -47,8 +49,13 @@ class LLM:
         # The model folder, its config and the context length, read once here (each worker does the same).
         # `device: cuda` is not checked here: the workers may sit on other (GPU) nodes than this one.
         device = torch.device("cuda") if self.config.device == "cuda" else resolve_device(self.config.device)
-        resolved = resolve_model(self.config.model, self.config.dtype, device, self.config.scheduler.max_model_len)
+        resolved = resolve_model(self.config.model, self.config.dtype, device, self.config.scheduler.max_model_len,
+                                 self.config.model_task)
         self.model_config = resolved.config
+        self.task = resolved.task  # `generate` or `embed` (embeddings only)
+        # What `embed` does unless told otherwise (config `pooling`, `auto` read from the model folder).
+        self.pooling = PoolingParams(resolve_pooling_method(self.config.pooling.method, resolved.model_dir),
+                                     self.config.pooling.normalize)
         self.tokenizer = Tokenizer(resolve_model_dir(self.config.tokenizer, "tokenizer") if self.config.tokenizer
                                    else resolved.model_dir)
         self.chat_parser = ChatOutputParser(self.tokenizer, self.config.chat.reasoning_parser,
@@ -70,9 +77,18 @@ class LLM:
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
         """One finished output per prompt, in order. Prompts are strings or token-id lists."""
+        self._check_generates()
         batch = _as_prompt_list(prompts)
         param_list = _as_param_list(params, len(batch))
         return self._run([(p, sp, False) for p, sp in zip(batch, param_list)])
+
+    def embed(self, prompts: Prompt | Sequence[Prompt], pooling: PoolingParams | None = None) -> list[RequestOutput]:
+        """One finished output per prompt (a string or token-id list), in order, its `embedding` a
+        float32 vector: the last hidden states (after the final norm) pooled as `pooling` says
+        (default `self.pooling`, from the config's `pooling` section). The prompts are prefilled
+        through the same batcher, prefix cache and workers as generation; nothing is generated."""
+        batch = _as_prompt_list(prompts)
+        return self._run([(p, None, False) for p in batch], pooling=pooling or self.pooling)
 
     def chat(self, messages: list[Message] | list[list[Message]],
              params: SamplingParams | Sequence[SamplingParams] | None = None, *,
@@ -98,6 +114,7 @@ class LLM:
         `SamplingParams.thinking_budget` caps it. A reply cut by max_tokens never shows an
         unfinished tool call.
         """
+        self._check_generates()
         if not isinstance(messages, list) or not messages:
             raise UserError("messages must be a non-empty list of {role, content} objects")
         single = isinstance(messages[0], dict)
@@ -131,6 +148,7 @@ class LLM:
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Yield an update (with `new_text`) every step until the request finishes."""
         self._check_open()
+        self._check_generates()
         request_id = self.engine.add_request(prompt, params)
         try:
             while True:
@@ -145,17 +163,19 @@ class LLM:
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """float32 logits `[len(token_ids), vocab]` of every position, computed through the paged cache
         (a prompt may fill the whole context, `max_model_len` tokens: nothing is generated)."""
+        self._check_generates()
         (out,) = self._run([(list(token_ids), SamplingParams(max_tokens=0, temperature=0), True)])
         return out.logits[: len(token_ids)]
 
-    def _run(self, requests: list[tuple[Prompt, SamplingParams, bool]],
-             reasoning: list[ReasoningStart | None] | None = None) -> list[RequestOutput]:
+    def _run(self, requests: list[tuple[Prompt, SamplingParams | None, bool]],
+             reasoning: list[ReasoningStart | None] | None = None,
+             pooling: PoolingParams | None = None) -> list[RequestOutput]:
         self._check_open()
         ids = []
         try:
             for i, (prompt, sp, want_logits) in enumerate(requests):
                 ids.append(self.engine.add_request(prompt, sp, return_logits=want_logits,
-                                                   reasoning=reasoning[i] if reasoning else None))
+                                                   reasoning=reasoning[i] if reasoning else None, pooling=pooling))
             done: dict[str, RequestOutput] = {}
             while len(done) < len(ids):
                 for out in self.engine.step():
@@ -184,6 +204,10 @@ class LLM:
     def _check_open(self) -> None:
         if self.closed:
             raise UserError("this LLM has been closed; create a new one")
+
+    def _check_generates(self) -> None:
+        if self.task == "embed":
+            raise UserError("this model serves embeddings only (model_task: embed): use LLM.embed")
 
     def __enter__(self) -> "LLM":
         return self

@@ -32,6 +32,7 @@ from llm_infer.runtime.detokenizer import IncrementalDetokenizer
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.output_processor import OutputProcessor
 from llm_infer.runtime.outputs import CompletionOutput, EngineSnapshot, RequestOutput
+from llm_infer.runtime.pooling import PoolingParams
 from llm_infer.runtime.recovery import WorkerRecovery
 from llm_infer.runtime.request import Request, RequestStatus
 from llm_infer.runtime.sampling_params import SamplingParams, SamplingParamsError, needs_processing
@@ -90,11 +91,18 @@ class LLMEngine:
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, return_logits: bool = False,
-                    reasoning: ReasoningStart | None = None) -> str:
+                    reasoning: ReasoningStart | None = None, pooling: PoolingParams | None = None) -> str:
         """Queue a request (`params.n` samples of it) and return its id. `reasoning`: how a chat
         request's output begins (for the thinking budget and for constraints that apply after the
-        reasoning). Raises UserError for an empty or too long prompt, token ids outside the
-        vocabulary, an id already in use, or an invalid output constraint."""
+        reasoning). `pooling` (without `params`): an embedding request, prefilled and pooled
+        (`runtime/pooling.py`), its output's `embedding` set when it finishes. Raises UserError for
+        an empty or too long prompt, token ids outside the vocabulary, an id already in use, or an
+        invalid output constraint or pooling."""
+        if pooling is not None:
+            if params is not None:
+                raise UserError("an embedding request (pooling) takes no sampling parameters")
+            pooling.check(self.model_config.hidden_size)
+            params = SamplingParams(max_tokens=0, temperature=0)
         params = params or SamplingParams()
         if isinstance(prompt, str):
             text, ids = prompt, self.tokenizer.encode(prompt)
@@ -116,7 +124,8 @@ class LLMEngine:
                           detokenizer=IncrementalDetokenizer(self.tokenizer, ids), index=index,
                           processed=needs_processing(params), constraint=constraint,
                           logprobs=[] if params.logprobs is not None else None,
-                          prompt_logprobs=[None] if params.prompt_logprobs is not None and index == 0 else None)
+                          prompt_logprobs=[None] if params.prompt_logprobs is not None and index == 0 else None,
+                          pooling=pooling)
             if self.spec is not None:
                 req.spec = self.spec.new_state(req)
             samples.append(req)
@@ -251,6 +260,8 @@ class LLMEngine:
             proposed, tokens = plan.spec_len(i), result.token_ids[i]
             if req.seq_id in result.logits:
                 req.keep_logits(req.num_computed_tokens, result.logits[req.seq_id])
+            if req.seq_id in result.pooled:
+                req.add_pooled(result.pooled[req.seq_id])
             if req.seq_id in result.prompt_logprobs and req.prompt_logprobs is not None:
                 start = req.num_computed_tokens + 1  # row p scores prompt token p + 1
                 req.prompt_logprobs[start:] = result.prompt_logprobs[req.seq_id]
@@ -269,7 +280,8 @@ class LLMEngine:
                 update = self.outputs.append(req, tokens, result.logprobs[i] if result.logprobs else None, now)
                 updates.setdefault(req.request_id, []).append(update)
             elif req.params.max_tokens == 0 and req.num_computed_tokens >= req.num_tokens:
-                self.outputs.finish(req, "length", now)  # scored the prompt; nothing to generate
+                # scored (or pooled) the prompt; nothing to generate
+                self.outputs.finish(req, "length" if req.pooling is None else "stop", now)
                 updates.setdefault(req.request_id, []).append(self.outputs.completion(req))
             if req.finish_reason is not None:
                 self._release(req)

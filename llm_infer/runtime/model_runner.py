@@ -3,8 +3,10 @@
 `execute` reads in the order data flows: copy shared blocks -> forward (the path chosen
 once in `init_cache`: reference, fused C++ stack or CUDA graphs; see `forward_paths.py`)
 -> logits of the rows that need them -> tokens (`Sampler.sample_step`) and scores -> the
-drafter's proposals for the next step. The runner never sees requests, only the plan's flat lists;
-the model never sees the plan, only tensors and attention metadata.
+drafter's proposals for the next step. A step with embedding requests (`plan.pool`) keeps the
+hidden states to pool them (`pooling.pool_rows`) before the logits of the other rows. The runner
+never sees requests, only the plan's flat lists; the model never sees the plan, only tensors and
+attention metadata.
 
 An overlapped plan (`StepPlan.overlapped`) is planned before the previous step's tokens reach
 the host: its `PLACEHOLDER` inputs are filled on the device from `sampled`, where the previous
@@ -28,6 +30,7 @@ from llm_infer.runtime.logprobs import prompt_logprobs
 from llm_infer.runtime.models.build import ResolvedModel, build_model
 from llm_infer.kernels.attention_metadata import query_start_loc
 from llm_infer.runtime.models.decoder import IntermediateTensors
+from llm_infer.runtime.pooling import pool_rows
 from llm_infer.runtime.request import PLACEHOLDER
 from llm_infer.runtime.sampler import Sampler
 from llm_infer.runtime.structured_output.compiler import GrammarCompiler
@@ -116,7 +119,15 @@ class ModelRunner:
                 self.drafter.forget(plan.finished_seq_ids)
         start = time.perf_counter() if self.profiling else 0.0
         rows, spans = logit_rows(plan)
-        logits = self.forward.logits(plan, intermediate, rows, self._placeholders(plan))
+        pooled: dict[int, torch.Tensor] = {}
+        if plan.pool is None:
+            logits = self.forward.logits(plan, intermediate, rows, self._placeholders(plan))
+        else:  # embedding requests: their hidden states are pooled, the other rows' logits computed from them
+            hidden = self.forward(plan, intermediate)
+            if isinstance(hidden, IntermediateTensors):
+                return hidden
+            pooled = pool_rows(hidden, plan)
+            logits = self.model.compute_logits(hidden[rows] if rows is not None else hidden)
         if logits is None or isinstance(logits, IntermediateTensors):
             return logits
         if plan.overlapped:
@@ -127,7 +138,7 @@ class ModelRunner:
         if self.config.deterministic:  # plain draws decide every position: the tokens of speculation off
             draft_probs = [None] * len(draft_probs)
         tokens, logprobs = self.sampler.sample_step(plan, logits, spans, proposals, draft_probs)
-        out = StepOutput(plan.step_id, tokens, logprobs=logprobs)
+        out = StepOutput(plan.step_id, tokens, logprobs=logprobs, pooled=pooled)
         for i, want in enumerate(plan.return_logits):
             if want:
                 out.logits[plan.seq_ids[i]] = logits[spans[i][0] : spans[i][1]].cpu()

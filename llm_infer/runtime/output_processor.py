@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from llm_infer.runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
+from llm_infer.runtime.pooling import finish_embedding
 from llm_infer.runtime.request import Request
 from llm_infer.runtime.stop_checker import find_stop_string, partial_stop_suffix, token_stop_reason
 
@@ -77,5 +78,9 @@ class OutputProcessor:
                                  len(first.prompt_token_ids), sum(len(s.output_token_ids) for s in samples),
                                  sum(s.num_preemptions for s in samples))
         logits = torch.cat(first.logits) if (finished and first.logits) else None
+        embedding = None
+        if finished and first.pooling is not None and first.finish_reason == "stop":
+            embedding = finish_embedding(first.pooled, first.pooling, len(first.prompt_token_ids))
         return RequestOutput(first.request_id, first.prompt, first.prompt_token_ids, outputs, finished, metrics,
-                             logits, list(first.prompt_logprobs) if first.prompt_logprobs is not None else None)
+                             logits, list(first.prompt_logprobs) if first.prompt_logprobs is not None else None,
+                             embedding)

@@ -74,6 +74,7 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     logits: torch.Tensor | None = field(default=None, repr=False)  # [positions, vocab] when requested
     prompt_logprobs: list[TokenLogprob | None] | None = None  # None for the first prompt token
+    embedding: torch.Tensor | None = field(default=None, repr=False)  # float32 [dim]: an embedding request's
 
     @property
     def text(self) -> str:

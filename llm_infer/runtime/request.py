@@ -16,6 +16,7 @@ import torch
 
 from llm_infer.runtime.detokenizer import IncrementalDetokenizer
 from llm_infer.runtime.outputs import TokenLogprob
+from llm_infer.runtime.pooling import PoolingParams
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.speculative.ngram import NgramIndex
 from llm_infer.runtime.structured_output.params import ConstraintSpec
@@ -84,6 +85,9 @@ class Request:
     constraint_known: bool = False  # the sampling rank has this request's constraint state
     logprobs: list[TokenLogprob] | None = None  # of the output tokens, when asked for
     prompt_logprobs: list[TokenLogprob | None] | None = None  # of the prompt tokens, when asked for
+    # Embedding requests (runtime/pooling.py): how to pool, and the sum of the parts pooled so far.
+    pooling: PoolingParams | None = None
+    pooled: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def token_ids(self) -> list[int]:
@@ -109,7 +113,7 @@ class Request:
         """Nothing about it needs the host between steps (no logit processing, constraint,
         logprobs or logits): its next step may be planned before its token is known."""
         return (not self.processed and self.constraint is None and self.logprobs is None
-                and not self.return_logits and self.prompt_logprobs is None)
+                and not self.return_logits and self.prompt_logprobs is None and self.pooling is None)
 
     @property
     def num_pending_tokens(self) -> int:
@@ -126,8 +130,10 @@ class Request:
 
     @property
     def needs_prompt_rows(self) -> bool:
-        """Whether the logits of its prompt positions are wanted (so cached blocks cannot be reused)."""
-        return self.return_logits or self.prompt_logprobs is not None
+        """Whether its prompt positions' logits, or (mean and cls pooling) hidden states, are wanted
+        (so cached blocks cannot be reused)."""
+        return (self.return_logits or self.prompt_logprobs is not None
+                or (self.pooling is not None and self.pooling.needs_every_row))
 
     def tokens_between(self, start: int, end: int) -> list[int]:
         """Token ids of positions [start, end); `PLACEHOLDER` for those still in flight."""
@@ -153,6 +159,10 @@ class Request:
             kept += piece.shape[0]
         self.logits.append(rows)
 
+    def add_pooled(self, part: torch.Tensor) -> None:
+        """A step's pooled part (runtime/pooling.py): added to the parts before it."""
+        self.pooled = part if self.pooled is None else self.pooled + part
+
     def forget_worker_state(self) -> None:
         """The workers were replaced: nothing kept on them for this request survives. Every flag
         saying "the workers already know this request" is reset here, so the next sampled row
@@ -163,6 +173,7 @@ class Request:
     def reset_for_recompute(self) -> None:
         """Preempted: its KV is gone; it will be prefilled again from position 0."""
         self.num_computed_tokens = 0
+        self.pooled = None
         self.spec_token_ids = []
         if self.spec is not None:
             self.spec.draft_from = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llm_infer.runtime.pooling import step_pooling
 from llm_infer.runtime.structured_output.params import ConstraintSpec
 
 if TYPE_CHECKING:
@@ -93,6 +94,9 @@ class StepPlan:
     # `request.PLACEHOLDER` are the tokens that step samples for the same request; every request
     # is plain (`Request.plain`), and the sampling rank may return its tokens still on the device.
     overlapped: bool = False
+    # Embedding requests: per request, what the sampling rank pools of its rows this step
+    # (`pooling.step_pooling`: "last", "first", "sum", "" for nothing); None: no embedding request.
+    pool: list[str] | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -128,6 +132,7 @@ class StepOutput:
     # Per request: scores of the appended tokens (None: no request asked for logprobs).
     logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)  # seq_id -> its prompt rows
+    pooled: dict[int, "torch.Tensor"] = field(default_factory=dict)  # seq_id -> float32 part of its embedding
     timing: StepTiming | None = None  # only while profiling (executor.set_profiling)
     # An overlapped step's tokens while they may still be on their way from the device (`resolve`).
     pending: "PendingTokens | None" = None
@@ -166,7 +171,7 @@ def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_co
     """Turn the scheduler's (request, new token count) decisions into a plan. Tokens beyond a
     request's pending ones are its speculative proposals (`spec_token_ids`)."""
     seq_ids, input_ids, query_lens, seq_lens, tables, sample, logits = [], [], [], [], [], [], []
-    spec_lens, num_draft, catch_up, targets, top = [], [], [], [], []
+    spec_lens, num_draft, catch_up, targets, top, pool = [], [], [], [], [], []
     sampling = SamplingBatch()
     for seq, n in scheduled:
         start = seq.num_computed_tokens
@@ -191,6 +196,7 @@ def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_co
         wants = seq.prompt_logprobs is not None  # the first sample only: the others share its prompt
         targets.append(seq.prompt_token_ids[start + 1 : min(start + n, prompt_len - 1) + 1] if wants else [])
         top.append(seq.params.prompt_logprobs or 0)
+        pool.append(step_pooling(seq.pooling, start, n, prompt_len) if seq.pooling is not None else "")
         if samples:
             _add_sampling_row(sampling, seq, eos_token_ids)
     return StepPlan(seq_ids, input_ids, query_lens, seq_lens, tables, sample, sampling, logits, step_id,
@@ -198,7 +204,7 @@ def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_co
                     draft=DraftPlan(draft_method, num_draft, catch_up) if any(num_draft) else None,
                     block_copies=block_copies, finished_seq_ids=finished_seq_ids,
                     prompt_targets=targets if any(targets) else None, prompt_top=top if any(targets) else None,
-                    overlapped=overlapped)
+                    overlapped=overlapped, pool=pool if any(pool) else None)
 
 
 def _add_sampling_row(sampling: SamplingBatch, seq: Request, eos_token_ids: list[int]) -> None:

@@ -47,7 +47,8 @@ class Worker:
         p = config.parallel
         self.parallel = init_parallel_groups(p.tensor, p.pipeline, rank, p.backend, master_addr, master_port,
                                              p.timeout_s, self.device, p.expert_parallel)
-        resolved = resolve_model(config.model, config.dtype, self.device, config.scheduler.max_model_len)
+        resolved = resolve_model(config.model, config.dtype, self.device, config.scheduler.max_model_len,
+                                 config.model_task)
         self.runner = ModelRunner(config, resolved, self.device, progress=progress)
         self._sending: list = []  # in-flight sends to the next stage (and the tensors they read)
         self.profiling = False

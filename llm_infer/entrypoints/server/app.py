@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llm_infer.errors import UserError
 from llm_infer.entrypoints.server.async_engine import AsyncEngine, EngineDeadError
+from llm_infer.entrypoints.server.embeddings import embeddings_body, parse_embeddings
 from llm_infer.entrypoints.server.errors import ApiError, error_body, install_error_handlers
 from llm_infer.entrypoints.server.logprobs import TokenText
 from llm_infer.entrypoints.server.metrics import RequestCounter, ServerMetrics
@@ -54,12 +55,18 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     app = FastAPI(title="llm-infer", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(RequestCounter, metrics=metrics,
-                       endpoints={"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics",
-                                  "/tokenize", "/detokenize"})
+                       endpoints={"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health",
+                                  "/metrics", "/tokenize", "/detokenize"})
     app.state.async_engine, app.state.metrics = async_engine, metrics
     authorized = [Depends(require_key)]
 
+    def check_generates() -> None:
+        if llm.task == "embed":
+            raise ApiError(400, "this server serves embeddings only (model_task: embed); use /v1/embeddings",
+                           code="model_not_supported")
+
     async def generate(request: Request, parse: Callable[..., GenerationRequest]) -> Response:
+        check_generates()
         body = await read_json(request, max_body_bytes)
         check_model(body, model_names)
         req = parse(body, llm.tokenizer, async_engine.max_model_len, llm.model_config.vocab_size)
@@ -94,6 +101,29 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     async def chat_completions(request: Request) -> Response:
         parse = functools.partial(parse_chat, tool_parser=llm.chat_parser.tool_calls is not None)
         return await generate(request, parse)
+
+    @app.post("/v1/embeddings", dependencies=authorized)
+    async def embeddings(request: Request) -> Response:
+        body = await read_json(request, max_body_bytes)
+        check_model(body, model_names)
+        job = parse_embeddings(body, llm.tokenizer, async_engine.max_model_len, llm.pooling,
+                               llm.model_config.hidden_size)
+        outputs = async_engine.generate(job.prompts, None, pooling=job.pooling)
+        finals = Finals(len(job.prompts), metrics)
+
+        async def collect() -> None:
+            await finals.collect(await anext(outputs), outputs)
+
+        try:
+            await unless_disconnected(request, collect())
+        except UserError as e:
+            raise ApiError(400, f"'input': {e}", param="input") from None
+        except EngineDeadError as e:
+            raise ApiError(503, str(e), type="server_error") from None
+        except ClientGone:
+            finals.abort()
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(embeddings_body(finals.ordered(), served_model_name, job.base64))
 
     @app.post("/tokenize", dependencies=authorized)
     async def tokenize_route(request: Request) -> Response:

@@ -23,6 +23,7 @@ from typing import Any
 
 from llm_infer.errors import UserError
 from llm_infer.runtime.outputs import EngineSnapshot, RequestOutput
+from llm_infer.runtime.pooling import PoolingParams
 from llm_infer.runtime.sampling_params import SamplingParams
 from llm_infer.runtime.structured_output.params import ReasoningStart
 
@@ -51,10 +52,11 @@ class _Sink:
 class _Add:
     request_id: str
     prompt: str | list[int]
-    params: SamplingParams
+    params: SamplingParams | None
     added: concurrent.futures.Future
     sink: _Sink
     reasoning: ReasoningStart | None = None
+    pooling: PoolingParams | None = None
 
 
 @dataclass
@@ -88,18 +90,19 @@ class AsyncEngine:
     def healthy(self) -> bool:
         return self.unavailable is None
 
-    async def generate(self, prompts: list[str | list[int]], params: SamplingParams,
-                       request_id: str | None = None, reasoning: ReasoningStart | None = None
-                       ) -> AsyncIterator[tuple[int, RequestOutput]]:
+    async def generate(self, prompts: list[str | list[int]], params: SamplingParams | None,
+                       request_id: str | None = None, reasoning: ReasoningStart | None = None,
+                       pooling: PoolingParams | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Yield (prompt index, update) for one engine request per prompt until all finish (ids:
         `request_id`, or `request_id-i` for several prompts; `reasoning`: how a chat reply begins,
-        see `LLMEngine.add_request`). A prompt the engine rejects raises UserError before anything
-        is yielded; stopping early (or being cancelled) aborts them all."""
+        `pooling` (params None): embedding requests, see `LLMEngine.add_request`). A prompt the
+        engine rejects raises UserError before anything is yielded; stopping early (or being
+        cancelled) aborts them all."""
         base = request_id or uuid.uuid4().hex
         ids = [base] if len(prompts) == 1 else [f"{base}-{i}" for i in range(len(prompts))]
         index = {rid: i for i, rid in enumerate(ids)}
         sink = _Sink(asyncio.get_running_loop(), asyncio.Queue())  # shared: updates arrive in step order
-        adds = [_Add(rid, prompt, params, concurrent.futures.Future(), sink, reasoning)
+        adds = [_Add(rid, prompt, params, concurrent.futures.Future(), sink, reasoning, pooling)
                 for rid, prompt in zip(ids, prompts)]
         unfinished = set(ids)  # aborting one the engine never held (or refused) is a no-op
         try:
@@ -178,7 +181,7 @@ class AsyncEngine:
             elif command.added.set_running_or_notify_cancel():
                 try:
                     engine.add_request(command.prompt, command.params, request_id=command.request_id,
-                                       reasoning=command.reasoning)
+                                       reasoning=command.reasoning, pooling=command.pooling)
                 except Exception as e:  # noqa: BLE001 (UserError, or anything else: still only this request's)
                     command.added.set_exception(e)
                 else:

@@ -19,6 +19,7 @@ from llm_infer.runtime.models.decoder import CausalLM
 from llm_infer.runtime.models.loader import load_weights
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.models.resolve import resolve_model_dir
+from llm_infer.runtime.models.sentence_transformers import resolve_task
 from llm_infer.runtime.quant.awq import AWQConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -52,15 +53,17 @@ class ResolvedModel:
     config: ModelConfig
     dtype: torch.dtype
     max_model_len: int  # tokens of context served (scheduler.max_model_len or the model's maximum)
+    task: str = "generate"  # or `embed` (model_task; see sentence_transformers.resolve_task)
 
 
-def resolve_model(model: str, dtype: str, device: torch.device, max_model_len: int | None = None) -> ResolvedModel:
-    """Resolve `model` (a folder or `default`) and read its config once. Raises UserError for a
-    missing folder, an unreadable config or a max_model_len beyond the model's."""
+def resolve_model(model: str, dtype: str, device: torch.device, max_model_len: int | None = None,
+                  task: str = "auto") -> ResolvedModel:
+    """Resolve `model` (a folder or `default`) and read its config once (`task`: model_task).
+    Raises UserError for a missing folder, an unreadable config or a max_model_len beyond the model's."""
     model_dir = resolve_model_dir(model)
     model_config = ModelConfig.from_dir(model_dir)
     return ResolvedModel(model_dir, model_config, resolve_dtype(dtype, model_config, device),
-                         model_config.max_model_len(max_model_len))
+                         model_config.max_model_len(max_model_len), resolve_task(task, model_dir))
 
 
 def build_model(resolved: ResolvedModel, device: torch.device, kernels: dispatch.Kernels, lm_head_int8: bool = False,
@@ -72,5 +75,6 @@ def build_model(resolved: ResolvedModel, device: torch.device, kernels: dispatch
     with torch.device(device):
         model = CausalLM(resolved.config, resolved.dtype, kernels, method_for, pipeline_layers=pipeline_layers,
                          lm_head_int8=lm_head_int8)
-    load_weights(model, resolved.model_dir, progress=progress)
+    # An embedding model may come without an LM head (a sentence-transformers folder): it is never used.
+    load_weights(model, resolved.model_dir, progress=progress, lm_head_optional=resolved.task == "embed")
     return model.eval()

@@ -3,6 +3,8 @@
 The loader walks the parameters this rank holds, asks the model which
 checkpoint tensors feed each one, and hands the parameter a lazy safetensors
 slice: the parameter reads only its shard. Weights come only from safetensors.
+A checkpoint of the bare decoder (`Qwen3Model`, as sentence-transformers folders such as
+Qwen3-Embedding save it) names its tensors without the `model.` prefix: those are found too.
 """
 
 from __future__ import annotations
@@ -59,14 +61,24 @@ class Checkpoint:
         self._stack.close()
 
 
-def load_weights(model: torch.nn.Module, model_dir: str | Path, progress: bool = True) -> None:
-    """Fill every parameter of `model` from the checkpoint in `model_dir`."""
+def load_weights(model: torch.nn.Module, model_dir: str | Path, progress: bool = True,
+                 lm_head_optional: bool = False) -> None:
+    """Fill every parameter of `model` from the checkpoint in `model_dir`. `lm_head_optional`
+    (embedding models): a checkpoint without `lm_head.weight` gets the token embedding there
+    instead (the LM head is then never used)."""
     ckpt = Checkpoint(model_dir)
     try:
         params = list(model.named_parameters())
         for name, param in tqdm(params, desc="Loading weights", unit="param", disable=not progress, leave=False):
             loader = getattr(param, "weight_loader", default_weight_loader)
             for ckpt_name, shard_id in model.checkpoint_names(name, ckpt):
+                if ckpt_name == "lm_head.weight" and lm_head_optional and ckpt_name not in ckpt:
+                    ckpt_name = "model.embed_tokens.weight"
+                if ckpt_name not in ckpt and ckpt_name.removeprefix("model.") in ckpt:
+                    ckpt_name = ckpt_name.removeprefix("model.")
+                if ckpt_name == "lm_head.weight" and ckpt_name not in ckpt:
+                    raise UserError(f"checkpoint {model_dir} has no LM head (lm_head.weight): it can only serve "
+                                    "embeddings (model_task: embed)")
                 if ckpt_name not in ckpt:
                     raise UserError(f"checkpoint {model_dir} is missing tensor {ckpt_name}")
                 try:

@@ -14,6 +14,8 @@ from llm_infer.runtime.models.moe_config import MoEConfig
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen2MoeForCausalLM",
                            "Qwen3MoeForCausalLM")
 _QWEN3_STYLE = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")  # per-head q/k RMSNorm
+# Bare decoders (no LM head; embedding models saved with AutoModel) are read as their causal LM.
+_BARE = {"Qwen2Model": "Qwen2ForCausalLM", "Qwen3Model": "Qwen3ForCausalLM", "LlamaModel": "LlamaForCausalLM"}
 
 
 @dataclass
@@ -71,7 +73,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> "ModelConfig":
-        archs = raw.get("architectures") or []
+        archs = [_BARE.get(a, a) for a in raw.get("architectures") or []]
         arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
             raise UserError(
