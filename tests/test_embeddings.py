@@ -151,8 +151,9 @@ def test_embeddings_and_generation_share_steps(tiny_models):
 
 
 @pytest.mark.slow  # worker processes
-def test_tensor_parallel_embeddings_equal_one_rank(checkpoint, llm):
-    with LLM(tiny_engine_config(checkpoint, parallel={"tensor": 2}), progress=False) as tp2:
+@pytest.mark.parametrize("layout", [{"tensor": 2}, {"pipeline": 2}], ids=["tp2", "pp2"])
+def test_parallel_embeddings_equal_one_rank(checkpoint, llm, layout):
+    with LLM(tiny_engine_config(checkpoint, parallel=layout), progress=False) as tp2:
         for method in ("last", "mean"):
             for one, two in zip(llm.embed(PROMPTS, PoolingParams(method)), tp2.embed(PROMPTS, PoolingParams(method))):
                 torch.testing.assert_close(two.embedding, one.embedding, atol=1e-5, rtol=1e-5)
