@@ -1,4 +1,5 @@
-"""The fused C++ decoder stack against the layer-by-layer modules it replaces."""
+"""The fused C++ decoder stack against the layer-by-layer modules it replaces, in each build variant
+this CPU runs (native, and the AVX2 build on an AVX-512 CPU: `LLM_INFER_CPU_ISA`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import pytest
 import torch
 
 from llm_infer import LLM, SamplingParams
+from llm_infer.kernels.cpu_extension import load_cpu_extension
 from tests import introspect
-from tests.conftest import cpu_extension_or_skip
-from tests.conftest import tiny_engine_config
+from tests.conftest import cpu_extension_or_skip, cpu_variants, tiny_engine_config
 from tests.test_awq_model import AWQ_DIR
 
 cpu_extension_or_skip()
@@ -28,14 +29,19 @@ def decode_logits(llm: LLM) -> torch.Tensor:
     return torch.cat([done[i].logits[len(p):] for i, p in zip(ids, PROMPTS)])
 
 
+@pytest.mark.parametrize("variant", cpu_variants())
 @pytest.mark.parametrize("model,dtype", [("qwen2", "float32"), ("qwen3", "float32"), ("llama", "bfloat16"),
                                          ("awq", "float32"), ("awq", "bfloat16")])
-def test_fused_stack_matches_the_layer_modules(tiny_models, model, dtype):
+def test_fused_stack_matches_the_layer_modules(tiny_models, model, dtype, variant, monkeypatch):
+    """Both sides run the variant's kernels; the fused stack is taken, so no kernel it calls is
+    scalar there (a scalar file would give the set a torch fallback and the reference forward)."""
+    monkeypatch.setenv("LLM_INFER_CPU_ISA", variant)
     path = AWQ_DIR if model == "awq" else tiny_models[model]
     results = []
     for fused in (True, False):
         with LLM(tiny_engine_config(path, dtype=dtype), progress=False) as llm:
             assert llm.worker_info()["forward"] == "fused-cpu"
+            assert introspect.runner(llm).kernels.attention.ext is load_cpu_extension(variant)
             if not fused:
                 introspect.use_reference_forward(llm)
             results.append(decode_logits(llm))

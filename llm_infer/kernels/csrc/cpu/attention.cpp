@@ -6,6 +6,11 @@
 // and head, its running max, softmax denominator and unnormalised output, and a final pass
 // merges the chunks. The query heads sharing a KV head are served together, so every cached
 // row is read and converted once per chunk.
+//
+// Paths: AVX-512F (16-lane conversions and weighted sums), AVX2 + FMA (8 lanes, exp through
+// exp8), scalar otherwise; with either vector path the scores are taken eight keys at a time.
+// On each path a row's result is computed by the same operations whatever the other rows, so
+// fixed chunks keep it bitwise batch-invariant there.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -15,6 +20,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#include "vec_avx2.h"
 
 #include <omp.h>
 
@@ -38,6 +44,11 @@ inline void to_f32(float* row, const T* src, int64_t d) {
         _mm512_storeu_ps(row + i, _mm512_loadu_ps(reinterpret_cast<const float*>(src) + i));
       }
     }
+    return;
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  if (d % 8 == 0) {
+    for (int64_t i = 0; i < d; i += 8) _mm256_storeu_ps(row + i, avx2::load8(src + i));
     return;
   }
 #endif
@@ -65,6 +76,13 @@ inline void axpy(float* y, float a, const float* x, int64_t d) {
       _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
     return;
   }
+#elif defined(__AVX2__) && defined(__FMA__)
+  if (d % 8 == 0) {
+    const __m256 av = _mm256_set1_ps(a);
+    for (int64_t i = 0; i < d; i += 8)
+      _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    return;
+  }
 #endif
   for (int64_t i = 0; i < d; ++i) y[i] += a * x[i];
 }
@@ -77,79 +95,182 @@ struct Job {
   int64_t seq, kvh, begin, end;  // positions [begin, end) of sequence seq, KV head kvh
 };
 
-// out[0:D] = sum_j w[j] * rows[j][0:D], accumulated in registers (a running sum in memory
-// would wait on its own store every row).
+// Positions of a job converted to fp32 at a time: a tile of keys or values that stays in L1
+// while every query row of the job uses it. A multiple of 8 (the AVX2 scores' key groups).
+constexpr int64_t kTile = 32;
+
+// tile[0:m] = rows pos .. pos + m - 1 of KV head kvh of the paged cache, in fp32.
+template <typename T>
+void cache_rows_to_f32(float* tile, const T* cache, const int64_t* table, int64_t pos, int64_t m, int64_t kvh,
+                       int64_t num_kv_heads, int64_t head_dim, int64_t block_size) {
+  for (int64_t j = 0; j < m;) {  // one table lookup per cache block
+    const int64_t in_block = (pos + j) % block_size, take = std::min(block_size - in_block, m - j);
+    const T* src = cache + ((table[(pos + j) / block_size] * block_size + in_block) * num_kv_heads + kvh) * head_dim;
+    for (int64_t t = 0; t < take; ++t) to_f32(tile + (j + t) * head_dim, src + t * num_kv_heads * head_dim, head_dim);
+    j += take;
+  }
+}
+
+// scores[j] = qf . keys[j] for j < m. With AVX2 (also in AVX-512 builds, where it measured
+// faster than a 16-lane dot and reduction per key) eight keys at a time: rows up to the next
+// multiple of 8 are read and their scores written, never used. A key's score is the same
+// whatever m.
+inline void scores_of(float* scores, const float* qf, const float* keys, int64_t m, int64_t d) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (d % 8 == 0) {
+    for (int64_t j0 = 0; j0 < m; j0 += 8) {
+      __m256 acc[8];
+      for (int r = 0; r < 8; ++r) acc[r] = _mm256_setzero_ps();
+      for (int64_t i = 0; i < d; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(qf + i);
+        for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + (j0 + r) * d + i), acc[r]);
+      }
+      // Horizontal sums of the eight accumulators at once: after two rounds of pairwise adds
+      // lane r of the low half holds half of key r's sum (r < 4), the high half the other half.
+      const __m256 s0123 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+      const __m256 s4567 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+      _mm256_storeu_ps(scores + j0, _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20),
+                                                  _mm256_permute2f128_ps(s0123, s4567, 0x31)));
+    }
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < m; ++j) scores[j] = dot(qf, keys + j * d, d);
+}
+
+inline float max_of(const float* x, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 m8 = _mm256_set1_ps(mx);
+  for (; j + 8 <= n; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + j));
+  mx = avx2::hmax(m8);
+#endif
+  for (; j < n; ++j) mx = std::max(mx, x[j]);
+  return mx;
+}
+
+// scores[j] = exp(scores[j] - mx) for j < n; returns their sum.
+inline float exp_and_sum(float* scores, int64_t n, float mx) {
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 total = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) {
+    __m256 e = avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + j), m));
+    if (n - j < 8) e = _mm256_and_ps(e, avx2::first_lanes(n - j));
+    _mm256_storeu_ps(scores + j, e);
+    total = _mm256_add_ps(total, e);
+  }
+  return avx2::hsum(total);
+#else
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < n; ++j) {
+    scores[j] = exp_approx(scores[j] - mx);
+    total += scores[j];
+  }
+  return total;
+#endif
+}
+
+// out[0:D] += sum_j w[j] * rows[j][0:D], j in order, accumulated in registers (a running sum in
+// memory would wait on its own store every row).
+#if defined(__AVX512F__)
 template <int DV>
 void weighted_sum(float* out, const float* w, const float* rows, int64_t n) {
-#if defined(__AVX512F__)
   __m512 acc[DV];
-  for (int v = 0; v < DV; ++v) acc[v] = _mm512_setzero_ps();
+  for (int v = 0; v < DV; ++v) acc[v] = _mm512_loadu_ps(out + v * 16);
   for (int64_t j = 0; j < n; ++j) {
     const __m512 wj = _mm512_set1_ps(w[j]);
     for (int v = 0; v < DV; ++v) acc[v] = _mm512_fmadd_ps(wj, _mm512_loadu_ps(rows + j * DV * 16 + v * 16), acc[v]);
   }
   for (int v = 0; v < DV; ++v) _mm512_storeu_ps(out + v * 16, acc[v]);
-#else
-  for (int d = 0; d < DV * 16; ++d) {
-    float s = 0.f;
-    for (int64_t j = 0; j < n; ++j) s += w[j] * rows[j * DV * 16 + d];
-    out[d] = s;
-  }
-#endif
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+// Columns [0, 8 * NV) of rows of `stride` floats: at most 8 accumulators, so that with the
+// broadcast weight and a load they stay within AVX2's 16 registers.
+template <int NV>
+void weighted_sum(float* out, const float* w, const float* rows, int64_t n, int64_t stride) {
+  __m256 acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = _mm256_loadu_ps(out + v * 8);
+  for (int64_t j = 0; j < n; ++j) {
+    const __m256 wj = _mm256_set1_ps(w[j]);
+    for (int v = 0; v < NV; ++v) acc[v] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(rows + j * stride + v * 8), acc[v]);
+  }
+  for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + v * 8, acc[v]);
+}
+#endif
 
-inline void weighted_sum_any(float* out, const float* w, const float* rows, int64_t n, int64_t d) {
+inline void add_weighted_sum(float* out, const float* w, const float* rows, int64_t n, int64_t d) {
+#if defined(__AVX512F__)
   if (d == 64) return weighted_sum<4>(out, w, rows, n);
   if (d == 128) return weighted_sum<8>(out, w, rows, n);
-  std::fill(out, out + d, 0.f);
+#elif defined(__AVX2__) && defined(__FMA__)
+  if (d % 8 == 0) {  // in passes of 64, 32 and 8 columns
+    int64_t c = 0;
+    for (; c + 64 <= d; c += 64) weighted_sum<8>(out + c, w, rows + c, n, d);
+    for (; c + 32 <= d; c += 32) weighted_sum<4>(out + c, w, rows + c, n, d);
+    for (; c < d; c += 8) weighted_sum<1>(out + c, w, rows + c, n, d);
+    return;
+  }
+#endif
   for (int64_t j = 0; j < n; ++j) axpy(out, w[j], rows + j * d, d);
 }
 
+// One job: every query row of sequence job.seq against positions [job.begin, job.end) of KV
+// head job.kvh, for the `group` query heads sharing it. Keys and values are converted a tile at a
+// time and used by all those rows and heads while in L1: first all scores, then the softmax of
+// each row, then the weighted sums of the values. A row's result depends on its query, the
+// positions it sees (n_of) and the job's bounds only.
 template <typename T>
 void run_job(const Job& job, int64_t chunk_index, const T* q, const T* k_cache, const T* v_cache,
              const int64_t* table, int64_t q_first, int64_t q_len, int64_t seq_len, int64_t group,
              int64_t num_kv_heads, int64_t head_dim, int64_t block_size, float scale, int64_t q_row_stride,
              int64_t chunks, Partial* partials, float* outputs) {
-  thread_local std::vector<float> qf, scores, keys, values;
-  const int64_t span = job.end - job.begin;
-  const int64_t reach = std::min(job.end, seq_len) - job.begin;  // rows any query row may see
-  qf.resize(head_dim);
-  scores.resize(span);
-  keys.resize(span * head_dim);
-  values.resize(span * head_dim);
-  // The chunk's keys and values in fp32, read block by block (one table lookup per block).
-  const int64_t row_step = num_kv_heads * head_dim;
-  for (int64_t j0 = 0; j0 < reach; j0 += block_size) {
-    const int64_t offset = (table[(job.begin + j0) / block_size] * block_size * num_kv_heads + job.kvh) * head_dim;
-    const int64_t m = std::min(block_size, reach - j0);
-    for (int64_t j = 0; j < m; ++j) {
-      to_f32(keys.data() + (j0 + j) * head_dim, k_cache + offset + j * row_step, head_dim);
-      to_f32(values.data() + (j0 + j) * head_dim, v_cache + offset + j * row_step, head_dim);
-    }
-  }
+  thread_local std::vector<float> qf, scores, tile;
+  const int64_t reach = std::min(job.end, seq_len) - job.begin;  // positions the last query row sees
+  const int64_t stride = (reach + 7) / 8 * 8;                  // a row's scores, padded for scores_of
+  auto n_of = [&](int64_t i) {  // positions query row i sees (causal)
+    return std::max<int64_t>(0, std::min(job.end, seq_len - q_len + i + 1) - job.begin);
+  };
+  auto slot_of = [&](int64_t i, int64_t g) {
+    return (((q_first + i) * num_kv_heads + job.kvh) * group + g) * chunks + chunk_index;
+  };
+  qf.resize(q_len * group * head_dim);
+  scores.resize(q_len * group * stride);
+  tile.resize(kTile * head_dim);
   for (int64_t i = 0; i < q_len; ++i) {
-    const int64_t token = q_first + i;
-    const int64_t visible = std::min(job.end, seq_len - q_len + i + 1);  // causal
-    const int64_t n = std::max<int64_t>(0, visible - job.begin);
     for (int64_t g = 0; g < group; ++g) {
-      to_f32(qf.data(), q + token * q_row_stride + (job.kvh * group + g) * head_dim, head_dim);
-      for (int64_t d = 0; d < head_dim; ++d) qf[d] *= scale;
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < n; ++j) {
-        scores[j] = dot(qf.data(), keys.data() + j * head_dim, head_dim);
-        mx = std::max(mx, scores[j]);
-      }
-      float total = 0.f;
-#pragma omp simd reduction(+ : total)
-      for (int64_t j = 0; j < n; ++j) {
-        scores[j] = exp_approx(scores[j] - mx);
-        total += scores[j];
-      }
-      const int64_t slot = ((token * num_kv_heads + job.kvh) * group + g) * chunks + chunk_index;
-      partials[slot] = {mx, total};
-      weighted_sum_any(outputs + slot * head_dim, scores.data(), values.data(), n, head_dim);
+      float* qr = qf.data() + (i * group + g) * head_dim;
+      to_f32(qr, q + (q_first + i) * q_row_stride + (job.kvh * group + g) * head_dim, head_dim);
+      for (int64_t d = 0; d < head_dim; ++d) qr[d] *= scale;
     }
   }
+  // use(r, slot, t0, mi) for each tile [t0, t0 + mi) of `cache` converted into `tile` and each
+  // (query row i, head g) = row r = i * group + g that sees it.
+  auto over_tiles = [&](const T* cache, auto&& use) {
+    for (int64_t t0 = 0; t0 < reach; t0 += kTile) {
+      const int64_t m = std::min(kTile, reach - t0);
+      cache_rows_to_f32(tile.data(), cache, table, job.begin + t0, m, job.kvh, num_kv_heads, head_dim, block_size);
+      for (int64_t i = 0; i < q_len; ++i) {
+        const int64_t mi = std::min(m, n_of(i) - t0);
+        for (int64_t g = 0; mi > 0 && g < group; ++g) use(i * group + g, slot_of(i, g), t0, mi);
+      }
+    }
+  };
+  over_tiles(k_cache, [&](int64_t r, int64_t, int64_t t0, int64_t mi) {
+    scores_of(scores.data() + r * stride + t0, qf.data() + r * head_dim, tile.data(), mi, head_dim);
+  });
+  for (int64_t i = 0; i < q_len; ++i) {
+    for (int64_t g = 0; g < group; ++g) {
+      float* sr = scores.data() + (i * group + g) * stride;
+      const float mx = max_of(sr, n_of(i));
+      partials[slot_of(i, g)] = {mx, exp_and_sum(sr, n_of(i), mx)};
+    }
+  }
+  over_tiles(v_cache, [&](int64_t r, int64_t slot, int64_t t0, int64_t mi) {
+    add_weighted_sum(outputs + slot * head_dim, scores.data() + r * stride + t0, tile.data(), mi, head_dim);
+  });
 }
 
 }  // namespace
@@ -245,6 +366,8 @@ template void paged_attention<uint16_t>(uint16_t*, const uint16_t*, const uint16
 const char* attention_isa() {
 #if defined(__AVX512F__)
   return "AVX-512F";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "AVX2 + FMA";
 #else
   return "scalar";
 #endif

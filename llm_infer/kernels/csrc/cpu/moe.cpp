@@ -9,6 +9,7 @@
 // nothing. Rounding points follow the torch reference (kernels/moe_torch.py): the projections
 // and the activation round to T, the weighted sum accumulates in fp32 and rounds to T once.
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "cpu_kernels.h"
@@ -72,6 +73,11 @@ void fused_moe(const T* x, const T* gate_up, const T* down, const float* weights
 INSTANTIATE(float)
 INSTANTIATE(uint16_t)
 
-const char* moe_isa() { return gemv_isa(); }  // its matmuls are the GEMV tiles
+// Its matmuls are the GEMV tiles and its activation elementwise.cpp's SiLU; its own loops (the
+// gather and the weighted sum) are left to the compiler. Scalar if either kernel it calls is.
+const char* moe_isa() {
+  if (std::strcmp(gemv_isa(), "scalar") == 0 || std::strcmp(elementwise_isa(), "scalar") == 0) return "scalar";
+  return gemv_isa();
+}
 
 }  // namespace llm_infer_cpu
