@@ -1,7 +1,9 @@
 // int8 weights with one fp32 scale per output row (the LM head, optionally):
 // y[m, n] = s[n] * sum_k w[n, k] * x[m, k]. Weights are widened to fp32 in registers;
 // activations are converted to fp32 once per call. Streamed like the other GEMVs, 4 rows of
-// activations per pass over the weights.
+// activations per pass over the weights. AVX-512F: 16 weights per vector, K's tail masked;
+// AVX2 + FMA: 8 per vector (vpmovsxbd + vcvtdq2ps + FMA), K's tail (K % 8) summed in scalar
+// after the vector sum.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "vec_avx2.h"
 
 namespace llm_infer_cpu {
 namespace {
@@ -43,6 +46,30 @@ void int8_tile(const float* xf, const int8_t* w, const float* scales, float* out
   LLM_UNROLL for (int m = 0; m < MB; ++m)
     LLM_UNROLL for (int r = 0; r < R; ++r)
       out[(m0 + m) * N + n0 + r] = scales[n0 + r] * _mm512_reduce_add_ps(acc[m][r]);
+#elif defined(__AVX2__) && defined(__FMA__)
+  __m256 acc[MB][R];
+  LLM_UNROLL for (int m = 0; m < MB; ++m)
+    LLM_UNROLL for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+  const bool ahead = n0 + 2 * R <= N;
+  const int64_t K8 = K & ~int64_t{7};
+  for (int64_t k = 0; k < K8; k += 8) {
+    __m256 wv[R];
+    LLM_UNROLL for (int r = 0; r < R; ++r) {
+      const int8_t* src = w + (n0 + r) * K + k;
+      if (ahead && (k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(src + R * K), _MM_HINT_T0);
+      wv[r] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src))));
+    }
+    LLM_UNROLL for (int m = 0; m < MB; ++m) {
+      const __m256 xv = _mm256_loadu_ps(xf + (m0 + m) * K + k);
+      LLM_UNROLL for (int r = 0; r < R; ++r) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) {
+      float s = avx2::hsum(acc[m][r]);
+      for (int64_t k = K8; k < K; ++k) s += static_cast<float>(w[(n0 + r) * K + k]) * xf[(m0 + m) * K + k];
+      out[(m0 + m) * N + n0 + r] = scales[n0 + r] * s;
+    }
 #else
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) {
@@ -77,14 +104,21 @@ void int8_matmul(const float* xf, const int8_t* w, const float* scales, float* o
 
 }  // namespace
 
-// One row: 8 weight rows per tile. Several rows: 4 weight rows x 4 activation rows per tile, so
-// the weights stream once per 4 rows instead of once per row.
+// One row: 8 weight rows per tile. Several rows: 4 activation rows per tile, so the weights
+// stream once per 4 rows instead of once per row, beside 4 weight rows (AVX-512: 16 accumulators
+// of its 32 registers) or 2 (AVX2: 8 of its 16).
+#if defined(__AVX512F__) || !defined(__AVX2__)
+constexpr int kRowsPerTileBatched = 4;
+#else
+constexpr int kRowsPerTileBatched = 2;
+#endif
+
 template <typename T>
 void int8_gemv(const T* x, const int8_t* w, const float* scales, T* y, int64_t M, int64_t N, int64_t K) {
   std::vector<float> xf(M * K), out(M * N);
   for (int64_t i = 0; i < M * K; ++i) xf[i] = load(x, i);
   if (M == 1) int8_matmul<8, 1>(xf.data(), w, scales, out.data(), M, N, K);
-  else int8_matmul<4, 4>(xf.data(), w, scales, out.data(), M, N, K);
+  else int8_matmul<kRowsPerTileBatched, 4>(xf.data(), w, scales, out.data(), M, N, K);
   for (int64_t i = 0; i < M * N; ++i) store(y, i, out[i]);
 }
 
@@ -95,6 +129,8 @@ template void int8_gemv<uint16_t>(const uint16_t*, const int8_t*, const float*, 
 const char* int8_gemv_isa() {
 #if defined(__AVX512F__)
   return "AVX-512F";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "AVX2 + FMA";
 #else
   return "scalar";
 #endif
