@@ -21,7 +21,8 @@ from llm_infer.errors import UserError
 from tests.checkpoints import TINY, write_byte_tokenizer
 from tests.conftest import tiny_engine_config
 
-PROMPTS = [list(range(5, 12)), [20, 21, 22], list(range(30, 67)), [7]]
+# Short and long queries, and three prefills of 20 tokens in a row (one batched attention call).
+PROMPTS = [list(range(5, 12)), [20, 21, 22], list(range(30, 67)), [7], *(list(range(k, k + 20)) for k in (90, 120, 150))]
 
 
 def make_embedding_checkpoint(path, pooling: str = "lasttoken"):
