@@ -158,8 +158,9 @@ def test_paged_attention_matches_reference(dtype, heads, kv_heads, head_dim, blo
 def test_fixed_chunk_attention_rows_do_not_depend_on_the_batch_on_this_path(dtype, ext):
     """Deterministic mode (fixed KV chunks) on this build's own path: a row's bits are the same
     in its sequence's 40 query rows (a verification or prefill chunk), alone (decode), and
-    between other sequences; the row lengths end inside and at the edge of 8-key groups."""
-    heads, kv_heads, head_dim = 6, 2, 64
+    between other sequences; the row lengths end inside and at the edge of 8-key groups, and with
+    4 heads per KV head the kernel's blocks of 3 rows mix query rows of different lengths."""
+    heads, kv_heads, head_dim = 8, 2, 64
     q, kc, vc, meta = _paged_case([40, 3, 1], [300, 77, 5], heads, kv_heads, head_dim, 16, dtype, seed=3)
 
     def attend(parts: list[tuple[int, int, int, int]]) -> torch.Tensor:  # (sequence, first q row, rows, length)

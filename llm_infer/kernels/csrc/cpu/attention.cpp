@@ -138,6 +138,72 @@ inline void scores_of(float* scores, const float* qf, const float* keys, int64_t
   for (int64_t j = 0; j < m; ++j) scores[j] = dot(qf, keys + j * d, d);
 }
 
+// Query rows that share each load of a key or value vector: with AVX2, 3 rows x 4 keys (or x 4
+// vectors of a value row) are 12 accumulators, which with the 3 rows' vectors and one load fill
+// the 16 registers.
+constexpr int kRowBlock = 3;
+
+#if defined(__AVX2__) && defined(__FMA__)
+// scores_of for R query rows at once (qf rows of d floats, scores rows of `stride`), four keys at
+// a time (rows up to the next multiple of 4 read and written, never used). Each (row, key) sum
+// runs in its own accumulator and is reduced in scores_of's tree, so its bits are the same
+// whichever kernel and neighbours computed it.
+template <int R>
+void scores_rows(float* scores, int64_t stride, const float* qf, const float* keys, int64_t m, int64_t d) {
+  for (int64_t j0 = 0; j0 < m; j0 += 4) {
+    __m256 acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d; i += 8) {
+      __m256 qv[R];
+      for (int r = 0; r < R; ++r) qv[r] = avx2::in_register(_mm256_loadu_ps(qf + r * d + i));
+      for (int c = 0; c < 4; ++c) {
+        const __m256 k = avx2::in_register(_mm256_loadu_ps(keys + (j0 + c) * d + i));
+        for (int r = 0; r < R; ++r) acc[r][c] = _mm256_fmadd_ps(qv[r], k, acc[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[r][0], acc[r][1]), _mm256_hadd_ps(acc[r][2], acc[r][3]));
+      _mm_storeu_ps(scores + r * stride + j0, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    }
+  }
+}
+
+// out[r][0:8 * NV] += sum_{j < n} w[r][j] * rows[j][0:8 * NV] for R rows at once, j in order
+// (as add_weighted_sum: the same bits per lane).
+template <int R, int NV>
+void weighted_sums(float* const* out, const float* const* w, const float* rows, int64_t n, int64_t stride) {
+  __m256 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_loadu_ps(out[r] + v * 8);
+  for (int64_t j = 0; j < n; ++j) {
+    __m256 wj[R];
+    for (int r = 0; r < R; ++r) wj[r] = avx2::in_register(_mm256_set1_ps(w[r][j]));
+    for (int v = 0; v < NV; ++v) {
+      const __m256 x = avx2::in_register(_mm256_loadu_ps(rows + j * stride + v * 8));
+      for (int r = 0; r < R; ++r) acc[r][v] = _mm256_fmadd_ps(wj[r], x, acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out[r] + v * 8, acc[r][v]);
+}
+
+template <int R>
+void weighted_sums_any(float* const* out, const float* const* w, const float* rows, int64_t n, int64_t d) {
+  float* o[R];
+  for (int64_t c = 0; c < d;) {  // in passes of 32 columns, then of 8
+    const int64_t width = c + 32 <= d ? 32 : 8;
+    for (int r = 0; r < R; ++r) o[r] = out[r] + c;
+    if (width == 32) {
+      weighted_sums<R, 4>(o, w, rows + c, n, d);
+    } else {
+      weighted_sums<R, 1>(o, w, rows + c, n, d);
+    }
+    c += width;
+  }
+}
+#endif
+
 inline float max_of(const float* x, int64_t n) {
   float mx = -std::numeric_limits<float>::infinity();
   int64_t j = 0;
@@ -217,11 +283,37 @@ inline void add_weighted_sum(float* out, const float* w, const float* rows, int6
   for (int64_t j = 0; j < n; ++j) axpy(out, w[j], rows + j * d, d);
 }
 
+// scores_of for `count` (<= kRowBlock) consecutive rows against keys [0, m).
+inline void block_scores(float* scores, int64_t stride, const float* qf, int count, const float* keys, int64_t m,
+                         int64_t d) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (d % 8 == 0 && count == 3) return scores_rows<3>(scores, stride, qf, keys, m, d);
+  if (d % 8 == 0 && count == 2) return scores_rows<2>(scores, stride, qf, keys, m, d);
+#endif
+  for (int r = 0; r < count; ++r) scores_of(scores + r * stride, qf + r * d, keys, m, d);
+}
+
+// add_weighted_sum for `count` (<= kRowBlock) rows, row r over its own n[r] value rows: together
+// up to the fewest, then each on its own.
+inline void block_weighted_sums(float* const* out, const float* const* w, const int64_t* n, int count,
+                                const float* rows, int64_t d) {
+  int64_t shared = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  if (d % 8 == 0 && count >= 2) {
+    shared = *std::min_element(n, n + count);
+    if (count == 3) weighted_sums_any<3>(out, w, rows, shared, d);
+    else weighted_sums_any<2>(out, w, rows, shared, d);
+  }
+#endif
+  for (int r = 0; r < count; ++r)
+    if (n[r] > shared) add_weighted_sum(out[r], w[r] + shared, rows + shared * d, n[r] - shared, d);
+}
+
 // One job: every query row of sequence job.seq against positions [job.begin, job.end) of KV
 // head job.kvh, for the `group` query heads sharing it. Keys and values are converted a tile at a
-// time and used by all those rows and heads while in L1: first all scores, then the softmax of
-// each row, then the weighted sums of the values. A row's result depends on its query, the
-// positions it sees (n_of) and the job's bounds only.
+// time and used by all those rows and heads while in L1 (kRowBlock of them per load): first all
+// scores, then the softmax of each row, then the weighted sums of the values. A row's result
+// depends on its query, the positions it sees (n_of) and the job's bounds only.
 template <typename T>
 void run_job(const Job& job, int64_t chunk_index, const T* q, const T* k_cache, const T* v_cache,
              const int64_t* table, int64_t q_first, int64_t q_len, int64_t seq_len, int64_t group,
@@ -246,30 +338,42 @@ void run_job(const Job& job, int64_t chunk_index, const T* q, const T* k_cache, 
       for (int64_t d = 0; d < head_dim; ++d) qr[d] *= scale;
     }
   }
-  // use(r, slot, t0, mi) for each tile [t0, t0 + mi) of `cache` converted into `tile` and each
-  // (query row i, head g) = row r = i * group + g that sees it.
+  const int64_t rows = q_len * group;  // row r: query row r / group, head r % group
+  auto sees = [&](int64_t r, int64_t t0, int64_t m) {  // positions of tile [t0, t0 + m) row r sees
+    return std::max<int64_t>(0, std::min(m, n_of(r / group) - t0));
+  };
+  // use(r0, count, t0, m) for each tile [t0, t0 + m) of `cache` converted into `tile` and each
+  // block of rows r0 .. r0 + count - 1 of which at least the last sees some of it.
   auto over_tiles = [&](const T* cache, auto&& use) {
     for (int64_t t0 = 0; t0 < reach; t0 += kTile) {
       const int64_t m = std::min(kTile, reach - t0);
       cache_rows_to_f32(tile.data(), cache, table, job.begin + t0, m, job.kvh, num_kv_heads, head_dim, block_size);
-      for (int64_t i = 0; i < q_len; ++i) {
-        const int64_t mi = std::min(m, n_of(i) - t0);
-        for (int64_t g = 0; mi > 0 && g < group; ++g) use(i * group + g, slot_of(i, g), t0, mi);
+      for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+        const int count = static_cast<int>(std::min<int64_t>(kRowBlock, rows - r0));
+        if (sees(r0 + count - 1, t0, m) > 0) use(r0, count, t0, m);
       }
     }
   };
-  over_tiles(k_cache, [&](int64_t r, int64_t, int64_t t0, int64_t mi) {
-    scores_of(scores.data() + r * stride + t0, qf.data() + r * head_dim, tile.data(), mi, head_dim);
+  over_tiles(k_cache, [&](int64_t r0, int count, int64_t t0, int64_t m) {
+    block_scores(scores.data() + r0 * stride + t0, stride, qf.data() + r0 * head_dim, count, tile.data(),
+                 sees(r0 + count - 1, t0, m), head_dim);
   });
-  for (int64_t i = 0; i < q_len; ++i) {
-    for (int64_t g = 0; g < group; ++g) {
-      float* sr = scores.data() + (i * group + g) * stride;
-      const float mx = max_of(sr, n_of(i));
-      partials[slot_of(i, g)] = {mx, exp_and_sum(sr, n_of(i), mx)};
-    }
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = scores.data() + r * stride;
+    const int64_t n = n_of(r / group);
+    const float mx = max_of(sr, n);
+    partials[slot_of(r / group, r % group)] = {mx, exp_and_sum(sr, n, mx)};
   }
-  over_tiles(v_cache, [&](int64_t r, int64_t slot, int64_t t0, int64_t mi) {
-    add_weighted_sum(outputs + slot * head_dim, scores.data() + r * stride + t0, tile.data(), mi, head_dim);
+  over_tiles(v_cache, [&](int64_t r0, int count, int64_t t0, int64_t m) {
+    float* out[kRowBlock];
+    const float* w[kRowBlock];
+    int64_t n[kRowBlock];
+    for (int k = 0; k < count; ++k) {
+      out[k] = outputs + slot_of((r0 + k) / group, (r0 + k) % group) * head_dim;
+      w[k] = scores.data() + (r0 + k) * stride + t0;
+      n[k] = sees(r0 + k, t0, m);
+    }
+    block_weighted_sums(out, w, n, count, tile.data(), head_dim);
   });
 }
 

@@ -72,6 +72,14 @@ inline __m256 exp8(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
 
+// v, kept in a register: for a vector loaded once and used several times. Without it GCC's Zen
+// tuning folds the load into every use (one load per FMA), which measured 40% slower in the
+// attention kernel.
+inline __m256 in_register(__m256 v) {
+  asm("" : "+x"(v));
+  return v;
+}
+
 // Lanes [0, count) all ones, the others zero (count in 0 .. 8).
 inline __m256 first_lanes(int64_t count) {
   const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
