@@ -95,7 +95,7 @@ def scripted(engine: AsyncEngine, *replies: str, finish: str = "stop"):
     finishes with `finish`."""
     tokenizer = engine.llm.tokenizer
 
-    async def generate(prompts, params, request_id=None, reasoning=None):
+    async def generate(prompts, params, request_id=None, reasoning=None, pooling=None):
         for p, prompt in enumerate(prompts):
             scripts = [tokenizer.encode(replies[i % len(replies)], add_special_tokens=False) for i in range(params.n)]
             detokenizers = [IncrementalDetokenizer(tokenizer, prompt) for _ in scripts]

@@ -8,7 +8,6 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -22,9 +21,15 @@ from llm_infer.entrypoints.server.logprobs import TokenText
 from llm_infer.entrypoints.server.metrics import RequestCounter, ServerMetrics
 from llm_infer.entrypoints.server.protocol import (CONSTRAINT_FIELDS, GenerationRequest, check_model, parse_chat,
                                                    parse_completion)
-from llm_infer.entrypoints.server.responses import Responder, sse
+from llm_infer.entrypoints.server.responses import Responder
+from llm_infer.entrypoints.server.responses_output import ResponseBuilder
+from llm_infer.entrypoints.server.responses_protocol import parse_responses
+from llm_infer.entrypoints.server.streams import Finals, stream, stream_response
 from llm_infer.entrypoints.server.tokenize import detokenize, tokenize
 from llm_infer.runtime.outputs import RequestOutput
+from llm_infer.runtime.pooling import PoolingParams
+from llm_infer.runtime.sampling_params import SamplingParams
+from llm_infer.runtime.structured_output.params import ReasoningStart
 
 T = TypeVar("T")
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection"
@@ -55,8 +60,8 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     app = FastAPI(title="llm-infer", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(RequestCounter, metrics=metrics,
-                       endpoints={"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health",
-                                  "/metrics", "/tokenize", "/detokenize"})
+                       endpoints={"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings",
+                                  "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize"})
     app.state.async_engine, app.state.metrics = async_engine, metrics
     authorized = [Depends(require_key)]
 
@@ -65,6 +70,38 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
             raise ApiError(400, "this server serves embeddings only (model_task: embed); use /v1/embeddings",
                            code="model_not_supported")
 
+    def reasoning_of(prompt_ids: list[int], params: SamplingParams) -> ReasoningStart | None:
+        """How a chat reply to this prompt begins; a 400 for a thinking budget that cannot be enforced."""
+        reasoning = llm.chat_parser.reasoning_start(prompt_ids)
+        if params.thinking_budget is not None and reasoning is None:
+            raise ApiError(400, f"'thinking_budget': cannot be enforced: {llm.chat_parser.budget_problem()}",
+                           param="thinking_budget")
+        return reasoning
+
+    async def answer(request: Request, body: dict, prompt_field: str, prompts: list[list[int]],
+                     params: SamplingParams | None, whole: Callable[[list[RequestOutput]], dict], *,
+                     streamed: Callable[..., AsyncIterator[str]] | None = None, request_id: str | None = None,
+                     reasoning: ReasoningStart | None = None, pooling: PoolingParams | None = None) -> Response:
+        """Run `prompts` through the engine and answer with `whole(outputs)` as JSON, or with the SSE
+        body `streamed(first, outputs, finals)`. Engine-side mistakes are 400s naming the field
+        (`prompt_field` for the prompt), a stopped engine a 503, a client gone a 499."""
+        outputs = async_engine.generate(prompts, params, request_id=request_id, reasoning=reasoning, pooling=pooling)
+        finals = Finals(len(prompts), metrics)
+        try:
+            first = await unless_disconnected(request, anext(outputs))
+            if streamed is not None:
+                return StreamingResponse(streamed(first, outputs, finals=finals), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
+            await unless_disconnected(request, finals.collect(first, outputs))
+        except UserError as e:
+            raise ApiError(400, str(e), param=_param_of(e, body, prompt_field)) from None
+        except EngineDeadError as e:
+            raise ApiError(503, str(e), type="server_error") from None
+        except ClientGone:
+            finals.abort()
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(whole(finals.ordered()))
+
     async def generate(request: Request, parse: Callable[..., GenerationRequest]) -> Response:
         check_generates()
         body = await read_json(request, max_body_bytes)
@@ -72,26 +109,10 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
         req = parse(body, llm.tokenizer, async_engine.max_model_len, llm.model_config.vocab_size)
         responder = Responder(req.chat, served_model_name, token_text, n=req.params.n, top=req.params.logprobs,
                               echo=req.echo, parser=llm.chat_parser, parse_tools=req.parse_tools)
-        reasoning = llm.chat_parser.reasoning_start(req.prompts[0]) if req.chat else None
-        if req.chat and req.params.thinking_budget is not None and reasoning is None:
-            raise ApiError(400, f"'thinking_budget': cannot be enforced: {llm.chat_parser.budget_problem()}",
-                           param="thinking_budget")
-        outputs = async_engine.generate(req.prompts, req.params, request_id=responder.id, reasoning=reasoning)
-        finals = Finals(len(req.prompts), metrics)
-        try:
-            first = await unless_disconnected(request, anext(outputs))
-            if req.stream:
-                return StreamingResponse(stream(first, outputs, req, responder, finals),
-                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-            await unless_disconnected(request, finals.collect(first, outputs))
-        except UserError as e:
-            raise ApiError(400, str(e), param=_param_of(e, body, req.chat)) from None
-        except EngineDeadError as e:
-            raise ApiError(503, str(e), type="server_error") from None
-        except ClientGone:
-            finals.abort()
-            return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(responder.full(finals.ordered()))
+        reasoning = reasoning_of(req.prompts[0], req.params) if req.chat else None
+        streamed = functools.partial(stream, req=req, responder=responder) if req.stream else None
+        return await answer(request, body, "messages" if req.chat else "prompt", req.prompts, req.params,
+                            responder.full, streamed=streamed, request_id=responder.id, reasoning=reasoning)
 
     @app.post("/v1/completions", dependencies=authorized)
     async def completions(request: Request) -> Response:
@@ -102,28 +123,29 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
         parse = functools.partial(parse_chat, tool_parser=llm.chat_parser.tool_calls is not None)
         return await generate(request, parse)
 
+    @app.post("/v1/responses", dependencies=authorized)
+    async def responses(request: Request) -> Response:
+        check_generates()
+        body = await read_json(request, max_body_bytes)
+        check_model(body, model_names)
+        job = parse_responses(body, llm.tokenizer, async_engine.max_model_len, llm.model_config.vocab_size,
+                              tool_parser=llm.chat_parser.tool_calls is not None)
+        reasoning = reasoning_of(job.prompt.ids, job.params)
+        parser = llm.chat_parser
+        end = parser.reasoning.end_token_id if parser.reasoning is not None else None
+        builder = ResponseBuilder(job, served_model_name, parser, end)
+        streamed = functools.partial(stream_response, builder=builder) if job.body.stream else None
+        return await answer(request, body, "input", [job.prompt.ids], job.params, lambda outs: builder.whole(outs[0]),
+                            streamed=streamed, request_id=builder.id, reasoning=reasoning)
+
     @app.post("/v1/embeddings", dependencies=authorized)
     async def embeddings(request: Request) -> Response:
         body = await read_json(request, max_body_bytes)
         check_model(body, model_names)
         job = parse_embeddings(body, llm.tokenizer, async_engine.max_model_len, llm.pooling,
                                llm.model_config.hidden_size)
-        outputs = async_engine.generate(job.prompts, None, pooling=job.pooling)
-        finals = Finals(len(job.prompts), metrics)
-
-        async def collect() -> None:
-            await finals.collect(await anext(outputs), outputs)
-
-        try:
-            await unless_disconnected(request, collect())
-        except UserError as e:
-            raise ApiError(400, f"'input': {e}", param="input") from None
-        except EngineDeadError as e:
-            raise ApiError(503, str(e), type="server_error") from None
-        except ClientGone:
-            finals.abort()
-            return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(embeddings_body(finals.ordered(), served_model_name, job.base64))
+        return await answer(request, body, "input", job.prompts, None,
+                            lambda outs: embeddings_body(outs, served_model_name, job.base64), pooling=job.pooling)
 
     @app.post("/tokenize", dependencies=authorized)
     async def tokenize_route(request: Request) -> Response:
@@ -194,64 +216,10 @@ async def unless_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
             task.cancel()
 
 
-class Finals:
-    """The finished output of each prompt of one HTTP request, counted in the metrics as it comes."""
-
-    def __init__(self, prompts: int, metrics: ServerMetrics):
-        self.prompts, self.metrics = prompts, metrics
-        self.done: dict[int, RequestOutput] = {}
-
-    def add(self, p: int, out: RequestOutput) -> None:
-        if out.finished:
-            self.done[p] = out
-            self.metrics.observe_finished(out)
-
-    def abort(self) -> None:
-        """The client went away: the prompts still running count as aborted."""
-        self.metrics.observe_aborted(self.prompts - len(self.done))
-
-    @property
-    def complete(self) -> bool:
-        return len(self.done) == self.prompts
-
-    def ordered(self) -> list[RequestOutput]:
-        return [self.done[p] for p in range(self.prompts)]
-
-    async def collect(self, first: tuple[int, RequestOutput],
-                      outputs: AsyncIterator[tuple[int, RequestOutput]]) -> None:
-        self.add(*first)
-        async for p, out in outputs:
-            self.add(p, out)
-
-
-async def stream(first: tuple[int, RequestOutput], outputs: AsyncIterator[tuple[int, RequestOutput]],
-                 req: GenerationRequest, responder: Responder, finals: Finals) -> AsyncIterator[str]:
-    """The SSE body: chunks as tokens come, a usage chunk if asked, then [DONE]."""
-    async with aclosing(outputs):  # closing the stream early (client gone) aborts the requests
-        try:
-            if req.chat:
-                for chunk in responder.role_chunks(len(req.prompts)):
-                    yield sse(chunk)
-            item: tuple[int, RequestOutput] | None = first
-            while item is not None:
-                finals.add(*item)
-                for chunk in responder.chunks(*item):
-                    yield sse(chunk)
-                item = await anext(outputs, None)
-        except EngineDeadError as e:
-            yield sse(error_body(str(e), "server_error"))
-        finally:
-            if not finals.complete:
-                finals.abort()
-    if finals.complete and req.include_usage:
-        yield sse(responder.usage_chunk(finals.ordered()))
-    yield sse("[DONE]")
-
-
-def _param_of(error: UserError, body: dict, chat: bool) -> str:
+def _param_of(error: UserError, body: dict, prompt_field: str) -> str:
     """The body field an engine-side error is about: the one it names (the output constraint's field
-    as the body set it), else the prompt."""
+    as the body set it; `text` on /v1/responses), else the prompt's."""
     param = getattr(error, "param", None)
     if param == "structured_outputs":
-        return next((f for f in CONSTRAINT_FIELDS if body.get(f) is not None), "structured_outputs")
-    return param or ("messages" if chat else "prompt")
+        return next((f for f in (*CONSTRAINT_FIELDS, "text") if body.get(f) is not None), "structured_outputs")
+    return param or prompt_field

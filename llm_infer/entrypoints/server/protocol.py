@@ -280,9 +280,10 @@ def check_model(body: dict, names: set[str]) -> None:
                        param="model", code="model_not_found")
 
 
-def _fit(prompt_ids: list[int], max_tokens: int | None, max_model_len: int, param: str, which: str) -> int:
-    """max_tokens, or what fits after the prompt when it is None; a 400 when they do not fit.
-    max_tokens 0 (scoring the prompt) lets the prompt fill the whole context."""
+def fit_max_tokens(prompt_ids: list[int], max_tokens: int | None, max_model_len: int, param: str, which: str,
+                   tokens_field: str = "max_tokens") -> int:
+    """max_tokens (the body's `tokens_field`), or what fits after the prompt when it is None; a 400
+    when they do not fit. max_tokens 0 (scoring the prompt) lets the prompt fill the whole context."""
     room = max_model_len - len(prompt_ids)
     if room < (0 if max_tokens == 0 else 1):
         need = "" if max_tokens == 0 else " (prompt and at least one new token must fit)"
@@ -292,8 +293,8 @@ def _fit(prompt_ids: list[int], max_tokens: int | None, max_model_len: int, para
         return room
     if max_tokens > room:
         raise ApiError(400, f"this model's maximum context length is {max_model_len} tokens; {which} has "
-                            f"{len(prompt_ids)} tokens and max_tokens is {max_tokens} ({len(prompt_ids) + max_tokens}"
-                            " in all)", param="max_tokens")
+                            f"{len(prompt_ids)} tokens and {tokens_field} is {max_tokens} "
+                            f"({len(prompt_ids) + max_tokens} in all)", param=tokens_field)
     return max_tokens
 
 
@@ -319,7 +320,7 @@ def parse_completion(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab
     # The engine refuses empty prompts and ids outside the vocabulary (a 400 naming `prompt`).
     ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
     for i, one in enumerate(ids):
-        _fit(one, asked, max_model_len, "prompt", "the prompt" if len(ids) == 1 else f"prompt {i}")
+        fit_max_tokens(one, asked, max_model_len, "prompt", "the prompt" if len(ids) == 1 else f"prompt {i}")
     echo = [p if isinstance(p, str) else None for p in prompts] if req.echo else None
     scores = {"logprobs": req.logprobs, "prompt_logprobs": req.logprobs if req.echo else None}
     params = req.sampling_params(asked, vocab_size, **scores)
@@ -341,7 +342,7 @@ def parse_chat(body: dict, tokenizer: Tokenizer, max_model_len: int, vocab_size:
     asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if asked == 0:
         raise ApiError(400, "'max_tokens': must be at least 1", param="max_tokens")
-    max_tokens = _fit(ids, asked, max_model_len, "messages", "the prompt")
+    max_tokens = fit_max_tokens(ids, asked, max_model_len, "messages", "the prompt")
     top = (req.top_logprobs or 0) if req.logprobs else None
     params = req.sampling_params(max_tokens, vocab_size, logprobs=top)
     params = with_tool_choice(params, tools or [], choice, tool_parser, req.parallel_tool_calls is not False)
