@@ -117,6 +117,7 @@ CUT_CASES = [
     ("ends with <tool", ANSWERING, (None, "ends with", [])),
     ("Sure." + CALL + "\n<tool_", ANSWERING, (None, "Sure.", [OSLO])),
     (CALL + '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Os', ANSWERING, (None, None, [OSLO])),
+    (CALL + "\n" + CALL2[:-3], ANSWERING, (None, None, [OSLO, CET])),  # cut inside the end tag: complete
     ("ends on a partial </thi", THINKING, ("ends on a partial", None, [])),
     ("<thi", UNDECIDED, (None, None, [])),
     ("<think>x</think>a <tooling> word  ", UNDECIDED, ("x", "a <tooling> word  ", [])),

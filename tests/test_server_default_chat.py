@@ -132,3 +132,18 @@ def test_instructor_extracts_a_model(client, model, mode):
         model=model, messages=[{"role": "user", "content": "The forecast for Oslo, 3 days ahead."}],
         response_model=Forecast, max_retries=0, max_tokens=60, **GREEDY)
     assert isinstance(got, Forecast)
+
+
+def test_a_reply_cut_inside_its_second_call_shows_no_markup(client, model):
+    """The issue's case: required, max_tokens 60: the second call is cut (greedy fp32: inside its end
+    tag, so both bodies are complete). Complete calls come back as tool calls, no markup anywhere, the
+    finish reason stays `length`, and the stream agrees; with parallel_tool_calls false the grammar
+    stops after the first call."""
+    body = dict(model=model, messages=USER, tools=TOOLS, tool_choice="required", max_tokens=60, **GREEDY)
+    whole = client.chat.completions.create(**body).choices[0]
+    assert whole.finish_reason == "length" and whole.message.content is None
+    calls = valid_calls(whole.message)
+    streamed = joined_stream(client.chat.completions.create(stream=True, **body))[0]
+    assert stream_summary(streamed) == (None, None, calls) and streamed["finish"] == "length"
+    one = client.chat.completions.create(**body, parallel_tool_calls=False).choices[0]
+    assert one.finish_reason == "tool_calls" and valid_calls(one.message) == calls[:1]

@@ -1,10 +1,13 @@
 """An OpenAI-compatible HTTP server over one `LLM`: `llm-infer serve`.
 
 Data flows: `app.py` (routes) -> `protocol.py` (request body -> prompt ids and
-SamplingParams; the supported, ignored and refused fields) -> `async_engine.py` (the
-engine thread) -> `responses.py` (OpenAI-shaped JSON and stream chunks, with token
-scores shaped by `logprobs.py`). `metrics.py` serves /metrics,
-`errors.py` turns every failure into an OpenAI error body, `serve.py` is the CLI.
+SamplingParams; the supported, ignored and refused fields; chat messages and tools in
+`chat_protocol.py`) -> `async_engine.py` (the engine thread) -> `responses.py` (OpenAI-shaped
+JSON and stream chunks, with token scores shaped by `logprobs.py`), sent as SSE by `streams.py`.
+The Responses API: `responses_protocol.py` (items -> the chat prompt) and `responses_output.py`
+(the response object and its events); embeddings: `embeddings.py`; /tokenize and /detokenize:
+`tokenize.py`. `metrics.py` serves /metrics, `errors.py` turns every failure into an OpenAI
+error body, `serve.py` is the CLI.
 """
 
 from __future__ import annotations

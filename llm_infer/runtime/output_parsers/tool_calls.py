@@ -116,8 +116,9 @@ class ToolCallStream:
         that a reply `cut` short (max_tokens) drops a trailing part of the start tag."""
         pending, self._pending = self._pending, ""
         calls: list[ToolCall] = []
-        if self._in_block:
-            self._close_block(pending, closed=False, calls=calls)
+        if self._in_block:  # a body cut inside its end tag (`</tool`) may still be complete
+            body = pending[: len(pending) - partial_tag_length(pending, [self.end_tag])]
+            self._close_block(body, closed=False, calls=calls)
             return "", calls
         if cut and partial_tag_length(pending, [self.start_tag]):
             pending = pending[: len(pending) - held_tail(pending, [self.start_tag])]
