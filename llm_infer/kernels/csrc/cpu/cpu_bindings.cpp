@@ -17,12 +17,30 @@ using namespace llm_infer_cpu;
 // above it the product is compute-bound and oneDNN's blocking wins.
 constexpr int64_t kMaxTiledRowsBf16 = 48;
 constexpr int64_t kMaxTiledRowsF32 = 128;
-// int8 head: the streamed tiles up to this many rows, dequantise + oneDNN above (dequantising a
-// 49152 x 576 head alone takes ~120 ms; benchmarks/int8_head_cpu.py).
+// The quantized weights: our streamed tiles up to these many rows, dequantise + torch's matmul
+// above. Per ISA, on the macros of the kernel paths (int8_gemv.cpp, awq_gemv.cpp); one limit per
+// op serves both activation dtypes.
+#if defined(__AVX512F__)
+// int8 head, AVX-512: dequantising a 49152 x 576 head alone takes ~120 ms (benchmarks/int8_head_cpu.py).
 constexpr int64_t kMaxInt8GemvRows = 256;
-// int4 weights must be dequantised before oneDNN can use them, which costs a pass over all of
-// them; streaming them through the GEMV stays cheaper up to a few tiles of rows.
+#else
+// int8 head, AVX2 (benchmarks/quant_row_limits_cpu.py, results/quant_row_limits_cpu-avx2-*.json:
+// torch held to AVX2 as on an AVX2-only CPU, where it has no oneDNN bf16 matmul; 1 thread): bf16
+// tiles take 0.04-0.35x torch's time at every count measured, 1 to 2048 rows (the default
+// max_num_batched_tokens); fp32 tiles lose to torch's sgemm from 256 rows (1.15-1.4x its time).
+// bf16, the default dtype, decides.
+constexpr int64_t kMaxInt8GemvRows = 2048;
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// int4, AVX-512 VNNI: int4 weights must be dequantised before oneDNN can use them, which costs a
+// pass over all of them; streaming them through the GEMV stays cheaper up to a few tiles of rows.
 constexpr int64_t kMaxAwqGemvRows = 32;
+#else
+// int4, AVX2 (same benchmark and conditions): the bf16 W4A8 tiles take 0.18-0.28x the time of
+// dequantise + torch at every count measured, 1 to 2048 rows; the fp32 exact tiles lose from 8
+// rows (1.45-3.8x torch's time). bf16, the default dtype, decides.
+constexpr int64_t kMaxAwqGemvRows = 2048;
+#endif
 
 bool is_bf16(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
 
