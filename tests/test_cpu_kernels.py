@@ -34,16 +34,18 @@ def test_linear_matches_torch(dtype, m, n, k, bias, ext):
 
 
 def test_a_bias_of_the_wrong_length_is_refused(ext):
-    w, x = torch.randn(30, 16), torch.randn(3, 16)
+    g = torch.Generator().manual_seed(30)
+    w, x = torch.randn(30, 16, generator=g), torch.randn(3, 16, generator=g)
     for op in (ext.linear, ext.linear_invariant):
         with pytest.raises(RuntimeError, match="bias has 5 values for 30 outputs"):
-            op(x, w, torch.randn(5))
+            op(x, w, torch.randn(5, generator=g))
 
 
-@pytest.mark.parametrize("dtype,most", [(torch.bfloat16, 48), (torch.float32, 128)])
-def test_linear_dispatch_tiles_up_to_a_row_count_then_onednn(dtype, most, ext):
-    """The one dispatch point: up to `most` rows our tiles (bitwise what deterministic mode's
-    `linear_invariant` computes), above that oneDNN (`F.linear`, bitwise)."""
+@pytest.mark.parametrize("dtype,op", [(torch.bfloat16, "linear_bf16"), (torch.float32, "linear_fp32")])
+def test_linear_dispatch_tiles_up_to_a_row_count_then_onednn(dtype, op, ext):
+    """The one dispatch point: up to the build's row limit our tiles (bitwise what deterministic
+    mode's `linear_invariant` computes), above that oneDNN (`F.linear`, bitwise)."""
+    most = ext.row_limits()[op]
     g = torch.Generator().manual_seed(5)
     w, b = torch.randn(200, 96, generator=g).to(dtype), torch.randn(200, generator=g).to(dtype)
     for m in (1, 8, 9, 20, most, most + 1, 2 * most):

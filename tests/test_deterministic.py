@@ -1,11 +1,15 @@
 """Deterministic mode (`deterministic: true`): a request's tokens and logits are bitwise the same
 alone, again with its prefix cached, first in a batch of 8 mixed-length requests, chunked by
 `max_num_batched_tokens: 17`, after preemption, and with n-gram speculation, in bf16; under TP=2
-(gloo) for that layout. And what holds in the default mode: the same workload on a fresh engine
-gives the same bits (run-to-run), nothing more across batches, chunks or cache hits in bf16.
+(gloo) for that layout. Each build of the C++ kernels this CPU runs (`native`, and the AVX2 build
+on an AVX-512 CPU) keeps the guarantee on its own: the same machine and build give the same bits.
+And what holds in the default mode: the same workload on a fresh engine gives the same bits
+(run-to-run), nothing more across batches, chunks or cache hits in bf16.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -13,7 +17,7 @@ import torch
 from llm_infer import LLM, SamplingParams
 from llm_infer.errors import ConfigError
 from tests import introspect
-from tests.conftest import cpu_extension_or_skip, default_model_or_skip, tiny_engine_config
+from tests.conftest import cpu_variants, default_model_or_skip, tiny_engine_config
 
 SAMPLED = SamplingParams(max_tokens=48, temperature=1.0, top_p=0.95, seed=1234, ignore_eos=True, logprobs=5)
 TINY_PROMPT = [257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101] * 3
@@ -21,26 +25,27 @@ OTHERS = [[(7 * i + j) % 200 + 3 for j in range(5 + 9 * i)] for i in range(7)]  
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_linear_invariant_rows_do_not_depend_on_the_other_rows(dtype):
+def test_linear_invariant_rows_do_not_depend_on_the_other_rows(dtype, cpu_ext):
     """The oracle is each row computed alone (M = 1, the decode GEMV): every row count, every
-    position of the row in the call, with a bias and N not a multiple of the tile width."""
-    ext = cpu_extension_or_skip()
+    position of the row in the call, with a bias and N not a multiple of the tile width; on each
+    build's own path (its tile shapes for 1, 2, 3..8 and more rows differ)."""
+    ext = cpu_ext
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(203, 96, generator=gen).to(dtype)
     bias = torch.randn(203, generator=gen).to(dtype)
     x = torch.randn(150, 96, generator=gen).to(dtype)
     alone = torch.cat([ext.linear_invariant(x[i : i + 1], w, bias) for i in range(150)])
-    for rows in (2, 5, 8, 9, 16, 17, 64, 65, 150):
+    for rows in (2, 3, 4, 5, 7, 8, 9, 10, 16, 17, 64, 65, 66, 150):
         start = 150 - rows
         assert torch.equal(ext.linear_invariant(x[start:], w, bias), alone[start:]), rows
     torch.testing.assert_close(alone.float(), torch.nn.functional.linear(x.float(), w.float(), bias.float()),
                                atol=0.1 if dtype == torch.bfloat16 else 1e-4, rtol=0.02)
 
 
-def test_fixed_chunk_attention_rows_do_not_depend_on_how_queries_are_split():
+def test_fixed_chunk_attention_rows_do_not_depend_on_how_queries_are_split(cpu_ext):
     """One sequence of 300 positions (block 16, chunk 64): its last 40 query rows attended in one call
     (as a prefill chunk), as 40 calls of one row (decode), and inside a batch with another sequence."""
-    ext = cpu_extension_or_skip()
+    ext = cpu_ext
     gen = torch.Generator().manual_seed(1)
     heads, kv_heads, dim, block, length = 4, 2, 64, 16, 300
     blocks = torch.randperm(40, generator=gen)[: -(-length // block)]
@@ -103,10 +108,15 @@ def logits_in_a_batch(llm: LLM, prompt: list[int], others: list[list[int]]) -> t
     return result
 
 
-def check_all_variants(config: dict, prompt: list[int], others: list[list[int]]) -> None:
-    """The seeded request alone is the oracle; every other way of running it must give its bits."""
+def check_all_variants(config: dict, prompt: list[int], others: list[list[int]], every_engine: bool = True) -> None:
+    """The seeded request alone is the oracle; every other way of running it must give its bits.
+    `every_engine=False`: only alone, cached, batched and chunked (the ways whose matmuls see
+    other row counts), not preemption and speculation."""
     base = dict(config)
     with LLM(base, progress=False) as llm:
+        if base.get("parallel") is None:  # the engine runs the build LLM_INFER_CPU_ISA names
+            build = introspect.runner(llm).kernels.linear.__module__
+            assert build.startswith(f"llm_infer_cpu_{os.environ.get('LLM_INFER_CPU_ISA', 'native')}_"), build
         alone = llm.generate([prompt], SAMPLED)[0]
         hits = introspect.block_manager(llm).hit_tokens
         again = llm.generate([prompt], SAMPLED)[0]
@@ -122,6 +132,8 @@ def check_all_variants(config: dict, prompt: list[int], others: list[list[int]])
     with LLM(chunked_cfg, progress=False) as llm:
         assert fingerprint(llm.generate([prompt, *others], SAMPLED)[0]) == want, "chunked by 17 tokens"
         assert torch.equal(llm.logits(prompt), logits), "logits of a prompt prefilled in chunks of 17"
+    if not every_engine:
+        return
 
     # A KV budget too small for all three: the request admitted last is preempted and recomputed.
     long_run = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
@@ -138,8 +150,12 @@ def check_all_variants(config: dict, prompt: list[int], others: list[list[int]])
         assert fingerprint(llm.generate([prompt], SAMPLED)[0]) == want, "with n-gram speculation"
 
 
-def test_tiny_bf16_request_is_bitwise_the_same_in_every_variant(tiny_models):
-    check_all_variants(tiny_config(tiny_models["qwen2"]), TINY_PROMPT, OTHERS)
+@pytest.mark.parametrize("build", cpu_variants())
+def test_tiny_bf16_request_is_bitwise_the_same_in_every_variant(tiny_models, build, monkeypatch):
+    """On each build of the C++ kernels this CPU runs; the AVX2 build beside native (an AVX-512
+    CPU) through the engines whose matmuls see other row counts only, to keep the tier short."""
+    monkeypatch.setenv("LLM_INFER_CPU_ISA", build)
+    check_all_variants(tiny_config(tiny_models["qwen2"]), TINY_PROMPT, OTHERS, every_engine=build == cpu_variants()[0])
 
 
 @pytest.mark.slow  # the default model, several engines
