@@ -14,6 +14,7 @@ are 400s naming them, bookkeeping fields (`metadata`, `user`, ...) are ignored.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -24,7 +25,9 @@ from llm_infer.entrypoints.server.chat_protocol import (_NESTED, ChatMessage, Ch
                                                          with_tool_choice)
 from llm_infer.entrypoints.server.errors import ApiError
 from llm_infer.entrypoints.server.protocol import SamplingFields, check_fields, fit_max_tokens, validate_body
+from llm_infer.errors import UserError
 from llm_infer.runtime.sampling_params import SamplingParams
+from llm_infer.runtime.structured_output.params import StructuredOutputsParams
 
 # Bookkeeping on OpenAI's platform: accepted, changes nothing in the answer.
 IGNORED = frozenset({"metadata", "user", "service_tier", "safety_identifier", "prompt_cache_key",
@@ -230,23 +233,26 @@ def parse_responses(body: dict, tokenizer: Any, max_model_len: int, vocab_size: 
         raise ApiError(400, "'max_output_tokens': must be at least 1", param="max_output_tokens")
     max_tokens = fit_max_tokens(prompt.ids, req.max_output_tokens, max_model_len, "input", "the input",
                                 "max_output_tokens")
-    fmt = req.text.format if req.text is not None else None
-    fields = SamplingFields.model_validate({
-        "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "top_k": req.top_k,
-        "thinking_budget": req.thinking_budget,
-        "response_format": None if fmt is None else {
-            "type": fmt.type, "json_schema": None if fmt.type != "json_schema" else {
-                "name": fmt.name or "response", "schema": fmt.schema_, "strict": fmt.strict}}})
-    try:
-        params = fields.sampling_params(max_tokens, vocab_size)
-    except ApiError as e:
-        if e.param == "response_format":
-            raise ApiError(400, e.message.replace("'response_format'", "'text'").replace(
-                "json_schema: {name, schema}", "name and schema"), param="text") from None
-        raise
+    fields = SamplingFields.model_validate({"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed,
+                                            "top_k": req.top_k, "thinking_budget": req.thinking_budget})
+    params = dataclasses.replace(fields.sampling_params(max_tokens, vocab_size),
+                                 structured_outputs=_text_constraint(req.text.format if req.text else None))
     params = with_tool_choice(params, prompt.tools or [], prompt.choice, tool_parser,
                               req.parallel_tool_calls is not False)
     return ResponsesJob(req, prompt, params, parse_tools=prompt.choice != "none")
+
+
+def _text_constraint(fmt: TextFormat | None) -> StructuredOutputsParams | None:
+    """`text.format` as an output constraint (None: plain text); a 400 naming `text`."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_schema" and fmt.schema_ is None:
+        raise ApiError(400, "'text': format json_schema needs a schema", param="text")
+    try:
+        return StructuredOutputsParams(json=fmt.schema_) if fmt.type == "json_schema" \
+            else StructuredOutputsParams(json_object=True)
+    except UserError as e:
+        raise ApiError(400, f"'text': {e}", param="text") from None
 
 
 def chat_messages(items: str | list[MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem]

@@ -58,7 +58,7 @@ class DetokenizeRequest(BaseModel):
 def tokenize(body: dict, tokenizer: Any, max_model_len: int, token_text: TokenText) -> dict[str, Any]:
     """The /tokenize reply for `body`; a 400 naming the field for any mistake."""
     if "messages" in body:
-        check_fields(body, TokenizeChatRequest, ignored=())
+        check_fields(body, TokenizeChatRequest, ignored=(), refused={})
         chat = validate_body(TokenizeChatRequest, body)
         if chat.add_special_tokens:
             raise ApiError(400, "'add_special_tokens': chat prompts take their special tokens from the chat "
@@ -67,7 +67,7 @@ def tokenize(body: dict, tokenizer: Any, max_model_len: int, token_text: TokenTe
                           chat.continue_final_message, chat.chat_template_kwargs).ids
         strs = chat.return_token_strs
     else:
-        check_fields(body, TokenizePromptRequest, ignored=())
+        check_fields(body, TokenizePromptRequest, ignored=(), refused={})
         req = validate_body(TokenizePromptRequest, body)
         try:
             ids = tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
@@ -80,7 +80,7 @@ def tokenize(body: dict, tokenizer: Any, max_model_len: int, token_text: TokenTe
 
 def detokenize(body: dict, tokenizer: Any, vocab_size: int) -> dict[str, Any]:
     """The /detokenize reply for `body`: the text of `tokens`, special tokens included (as vLLM)."""
-    check_fields(body, DetokenizeRequest, ignored=())
+    check_fields(body, DetokenizeRequest, ignored=(), refused={})
     req = validate_body(DetokenizeRequest, body)
     outside = next((t for t in req.tokens if not 0 <= t < vocab_size), None)
     if outside is not None:
