@@ -77,7 +77,7 @@ def selected_variant() -> str:
 
 def _build_key(variant: str) -> str:
     h = hashlib.sha256()
-    for name in SOURCES + ["cpu_kernels.h", "decode_stack.h"]:
+    for name in SOURCES + sorted(p.name for p in CSRC.glob("*.h")):  # every header: a change rebuilds
         h.update((CSRC / name).read_bytes())
     h.update(str(CSRC).encode())  # torch's build files record source paths
     h.update(" ".join(VARIANTS[variant]).encode())
