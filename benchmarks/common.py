@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
 RESULTS = ROOT / "benchmarks" / "results"
 CHAT = [{"role": "user", "content": "Explain KV caching in two sentences."}]
+# What torch runs on a CPU without AVX-512, imposed on one that has it (set before torch loads): its
+# bf16 matmul is then ATen's own instead of oneDNN's, fp32 MKL's AVX2 kernels. The AVX2 build's
+# benchmarks compare against this on an AVX-512 host (`--isa avx2`).
+TORCH_AS_ON_AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def spawn(script: str, args: list[str], threads: int | None = None, timeout: int = 3600) -> dict | None:

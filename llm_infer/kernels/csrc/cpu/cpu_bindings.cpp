@@ -11,12 +11,23 @@ namespace {
 
 using namespace llm_infer_cpu;
 
-// Up to this many rows our tiles (gemv_* up to 8 rows, gemm_* above) beat oneDNN on the default
-// model's shapes, 2 threads (benchmarks/invariant_matmul_cpu.py, results/invariant_matmul_cpu.json:
-// bf16 0.52-0.97x oneDNN's time up to 48 rows, up to 1.11x at 64; fp32 0.27-0.92x up to 128);
-// above it the product is compute-bound and oneDNN's blocking wins.
+// Up to this many rows our tiles (gemv_* up to 8 rows, gemm_* above) beat torch's matmul; above
+// it, torch's. Per ISA, on the macros of gemv.cpp's paths (benchmarks/invariant_matmul_cpu.py).
+#if defined(__AVX512F__)
+// AVX-512, the default model's shapes, 2 threads (results/invariant_matmul_cpu.json): bf16
+// 0.52-0.97x oneDNN's time up to 48 rows, up to 1.11x at 64; fp32 0.27-0.92x up to 128; above,
+// the product is compute-bound and oneDNN's blocking wins.
 constexpr int64_t kMaxTiledRowsBf16 = 48;
 constexpr int64_t kMaxTiledRowsF32 = 128;
+#else
+// AVX2 (--isa avx2, results/invariant_matmul_cpu_avx2.json: torch held to AVX2 as on an AVX2-only
+// CPU, where its bf16 matmul is ATen's own, not oneDNN's; the default model's and a 0.5B model's
+// shapes, 1 thread): bf16 0.20-0.57x torch's time at every count measured, 1 to 2048 rows (the
+// default max_num_batched_tokens); fp32 0.17-0.91x up to 24 rows, then MKL's AVX2 sgemm is as
+// fast on some shapes (0.66-1.02x at 32 and 48) and faster from 64 (up to 1.26x).
+constexpr int64_t kMaxTiledRowsBf16 = 2048;
+constexpr int64_t kMaxTiledRowsF32 = 24;
+#endif
 // The quantized weights: our streamed tiles up to these many rows, dequantise + torch's matmul
 // above. Per ISA, on the macros of the kernel paths (int8_gemv.cpp, awq_gemv.cpp); one limit per
 // op serves both activation dtypes.
