@@ -114,9 +114,9 @@ def test_modules_to_not_convert_stay_dense(reference, tmp_path):
 
 
 def test_unsupported_quantization_is_a_user_error(tmp_path):
-    path = shutil.copytree(AWQ_DIR, tmp_path / "gptq")
+    path = shutil.copytree(AWQ_DIR, tmp_path / "bnb")
     cfg = json.loads((path / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "bits": 4}
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UserError, match="quantization method 'gptq' is not supported"):
+    with pytest.raises(UserError, match="quantization method 'bitsandbytes' is not supported"):
         LLM(config(path), progress=False)

@@ -3,7 +3,9 @@ repacking for the C++ CPU kernel.
 
 AutoAWQ "GEMM" layout: `qweight` int32 `[in, out/8]`, `qzeros` int32 `[in/group, out/8]`,
 `scales` fp16 `[in/group, out]`; nibble i (bits 4i..4i+3) of each int32 holds output
-column 8j + AWQ_ORDER[i]; W[in, out] = (q - z) * s.
+column 8j + AWQ_ORDER[i]; W[in, out] = (q - z) * s. Every function here also takes the zero points
+unpacked, uint8 `[in/group, out]` (GPTQ v1 zeros reach 16, which a nibble cannot hold), and float32
+or bfloat16 scales.
 """
 
 from __future__ import annotations
@@ -32,10 +34,15 @@ def pack_awq(q: torch.Tensor) -> torch.Tensor:
     return (q << _SHIFTS.to(q.device)).sum(-1, dtype=torch.int32)
 
 
+def zero_points(qzeros: torch.Tensor) -> torch.Tensor:
+    """uint8 `[in/group, out]`: packed int32 qzeros unpacked, unpacked (uint8) ones as they are."""
+    return qzeros if qzeros.dtype == torch.uint8 else unpack_awq(qzeros)
+
+
 def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
     """float32 W `[out, in]` (torch's linear layout)."""
     q = unpack_awq(qweight).float().view(-1, group, qweight.shape[1] * 8)  # [in/group, group, out]
-    z = unpack_awq(qzeros).float().unsqueeze(1)
+    z = zero_points(qzeros).float().unsqueeze(1)
     return ((q - z) * scales.float().unsqueeze(1)).view(-1, q.shape[-1]).t().contiguous()
 
 
@@ -83,5 +90,5 @@ def repack_for_cpu(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Te
         tail = q[:, full:].reshape(n, 2, 32)
         parts.append(tail[:, 0, :] | (tail[:, 1, :] << 4))
     packed = torch.cat(parts, dim=1).contiguous()
-    zero_scales = (unpack_awq(qzeros).float() * scales.float()).contiguous()  # [in/group, out]
+    zero_scales = (zero_points(qzeros).float() * scales.float()).contiguous()  # [in/group, out]
     return AWQWeights(group, packed=packed, scales_nk=scales.float().t().contiguous(), zeros_nk=zero_scales)

@@ -93,7 +93,8 @@ def extension_kernels(ext: Any, cuda_attention: bool = True) -> Kernels:
     from llm_infer.kernels.attention_cuda import CudaAttentionBackend
 
     def awq_linear(x, w, bias):
-        if w.group not in (64, 128) or w.qweight.shape[1] % 8:  # shapes the kernels do not take (N % 64)
+        if (w.group not in (64, 128) or w.qweight.shape[1] % 8  # shapes the kernels do not take (N % 64)
+                or w.qzeros.dtype != torch.int32 or w.scales.dtype != torch.float16):  # GPTQ-made forms
             return awq_torch.awq_linear_ref(x, w, bias)
         return ext.awq_linear(x, w.qweight, w.qzeros, w.scales, w.group, bias)
 

@@ -12,7 +12,7 @@ import torch
 
 
 class WeightShapeError(ValueError):
-    """A checkpoint tensor does not have the shape the parameter expects."""
+    """A checkpoint tensor does not have the shape (or dtype) the parameter expects."""
 
 
 def shape_of(loaded: Any) -> tuple[int, ...]:
@@ -50,6 +50,26 @@ def copy_checked(dst: torch.Tensor, loaded: Any) -> None:
     if tuple(src.shape) != tuple(dst.shape):
         raise WeightShapeError(f"expected shape {list(dst.shape)}, checkpoint has {list(src.shape)}")
     dst.copy_(src)
+
+
+# torch dtypes by the names safetensors gives them (`get_slice(name).get_dtype()`).
+_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
+                torch.int64: "I64", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.float64: "F64"}
+
+
+def dtype_name(loaded: Any) -> str:
+    """The safetensors name of a tensor's or slice's dtype (`F16`, `I32`, `F8_E4M3`, ...)."""
+    if isinstance(loaded, torch.Tensor):
+        return _DTYPE_NAMES.get(loaded.dtype, str(loaded.dtype))
+    return loaded.get_dtype()
+
+
+def check_dtype(loaded: Any, allowed: tuple[str, ...]) -> None:
+    """Raises WeightShapeError unless the tensor's dtype is one of `allowed` (safetensors names)."""
+    name = dtype_name(loaded)
+    if name not in allowed:
+        raise WeightShapeError(f"dtype {name}, expected {' or '.join(allowed)}")
 
 
 def set_weight_attrs(param: torch.Tensor, attrs: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_infer.kernels.awq_torch import AWQWeights, pack_awq, prepare_ref, unpack_awq
+from llm_infer.kernels.awq_torch import AWQWeights, pack_awq, prepare_ref, unpack_awq, zero_points
 
 GROUPS = (32, 64, 128)
 _REPACK_ROWS = 4096  # output columns repacked at a time (bounds the temporaries of a 7B gate_up shard)
@@ -53,7 +53,8 @@ def repack_for_triton(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch
     K, N = qweight.shape[0], qweight.shape[1] * 8
     if not supports(K, N, group):
         return prepare_ref(qweight, qzeros, scales, group)
-    if tuple(qzeros.shape) != (K // group, N // 8) or tuple(scales.shape) != (K // group, N):
+    z_gn = zero_points(qzeros)
+    if tuple(z_gn.shape) != (K // group, N) or tuple(scales.shape) != (K // group, N):
         raise ValueError(f"qzeros/scales: expected [{K // group}, {N // 8}] and [{K // group}, {N}] for qweight "
                          f"{tuple(qweight.shape)} and group {group}, got {tuple(qzeros.shape)} and "
                          f"{tuple(scales.shape)}")
@@ -63,7 +64,7 @@ def repack_for_triton(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch
         q = unpack_awq(qweight[:, c0 : c0 + _REPACK_ROWS // 8])  # uint8 [K, cols], natural column order
         q = q.t().reshape(q.shape[1], K // 8, 8).to(torch.int32)
         q4[8 * c0 : 8 * c0 + q.shape[0]] = (q << shifts).sum(-1, dtype=torch.int32)
-    return AWQWeights(group, q4=q4, s_gn=scales.contiguous(), z_gn=unpack_awq(qzeros).contiguous())
+    return AWQWeights(group, q4=q4, s_gn=scales.contiguous(), z_gn=z_gn.contiguous())
 
 
 def unpack_triton(w: AWQWeights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

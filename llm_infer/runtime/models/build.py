@@ -3,7 +3,7 @@
 `resolve_model` reads the model folder once (its `config.json`, the dtype to run in, the
 context length to serve); the controller and every worker call it once and pass the
 result down, so nothing below re-reads the folder. `build_model` then builds this rank's
-part of the network and loads its weights (dense or AWQ).
+part of the network and loads its weights (dense or quantized: `runtime/quant`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from llm_infer.runtime.models.loader import load_weights
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.models.resolve import resolve_model_dir
 from llm_infer.runtime.models.sentence_transformers import resolve_task
-from llm_infer.runtime.quant.awq import AWQConfig
+from llm_infer.runtime.quant.config import quant_config
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -69,9 +69,9 @@ def resolve_model(model: str, dtype: str, device: torch.device, max_model_len: i
 def build_model(resolved: ResolvedModel, device: torch.device, kernels: dispatch.Kernels, lm_head_int8: bool = False,
                 progress: bool = True, pipeline_layers: list[int] | None = None) -> CausalLM:
     """This rank's part of the model (`pipeline_layers`: layers per stage, None splits evenly), its
-    weights (dense or AWQ) loaded, in eval mode; `lm_head_int8` quantizes the LM head at load."""
-    awq = AWQConfig.from_model_dir(resolved.model_dir, resolved.config.quantization)
-    method_for = (lambda prefix: awq.method_for(prefix, kernels)) if awq else None
+    weights (dense, AWQ, GPTQ or FP8) loaded, in eval mode; `lm_head_int8` quantizes the LM head at load."""
+    quant = quant_config(resolved.model_dir, resolved.config.quantization)
+    method_for = (lambda prefix: quant.method_for(prefix, kernels)) if quant else None
     with torch.device(device):
         model = CausalLM(resolved.config, resolved.dtype, kernels, method_for, pipeline_layers=pipeline_layers,
                          lm_head_int8=lm_head_int8)

@@ -112,6 +112,19 @@ class DecoderMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.gate_up_proj(x), gated=True)
 
+    def process_weights_after_loading(self) -> None:
+        """Act-order checkpoints (GPTQ `desc_act`): down_proj reads its inputs in an order of its
+        own (`input_order`). Where gate_up's method can compute its outputs in that order
+        (`permute_outputs`), its output rows are permuted once here, before either layer converts
+        its weights (the loader runs this before its children's), and down_proj reads its input as
+        it comes instead of gathering it every step."""
+        order = getattr(self.down_proj.linear_method, "input_order", None)
+        permute = getattr(self.gate_up_proj.linear_method, "permute_outputs", None)
+        perm = order(self.down_proj) if order is not None else None
+        if perm is not None and permute is not None:
+            permute(self.gate_up_proj, perm, 2)
+            self.down_proj.input_arrives_ordered = True
+
 
 def make_mlp(cfg: ModelConfig, layer: int, dtype: torch.dtype, kernels: Kernels, method_for: LinearMethodFor,
              prefix: str) -> nn.Module:

@@ -58,6 +58,8 @@ class FusedDecode:
                 awq = getattr(linear, "awq", None)
                 if awq is not None and awq.packed is None:  # a group size the CPU kernel does not take
                     return False
+                if getattr(linear, "input_perm", None) is not None:  # act-order input gathered (GPTQ)
+                    return False
         return True
 
     @staticmethod

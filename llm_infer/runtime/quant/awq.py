@@ -1,4 +1,4 @@
-"""Loading AutoAWQ int4 checkpoints: the quantization config, and the linear method that
+"""Loading AutoAWQ int4 checkpoints: the AWQ settings, and the linear method that
 holds a layer's `qweight`/`qzeros`/`scales` and multiplies through the selected kernel.
 
 Tensor parallelism needs nothing special: the parameters declare their input/output
@@ -9,9 +9,7 @@ a shard that would cut a pack or a group is a one-line error naming the layer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,30 +17,22 @@ from torch import nn
 
 from llm_infer.errors import ConfigError, UserError
 from llm_infer.kernels.dispatch import Kernels
-from llm_infer.parallel.linear import DenseLinearMethod, LinearMethod
+from llm_infer.parallel.linear import LinearMethod
 from llm_infer.parallel.weight_utils import set_weight_attrs
-from llm_infer.runtime.models.decoder import PACKED_MODULES
+from llm_infer.runtime.quant.config import QuantConfig
 
 PACK = 8  # int4 values per int32
 
 
 @dataclass(frozen=True)
-class AWQConfig:
+class AWQConfig(QuantConfig):
     group_size: int
     modules_to_not_convert: tuple[str, ...] = ()
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, quantization: dict[str, Any] | None) -> "AWQConfig | None":
-        """From config.json's `quantization_config`, or an AutoAWQ `quant_config.json` beside it."""
-        raw = quantization
-        side = Path(model_dir) / "quant_config.json"
-        if raw is None and side.is_file():
-            raw = {"quant_method": "awq", **json.loads(side.read_text())}
-        if raw is None:
-            return None
-        method = str(raw.get("quant_method", "")).lower()
-        if method != "awq":
-            raise UserError(f"quantization method {method or '?'!r} is not supported (only AWQ int4)")
+    def from_raw(cls, raw: dict[str, Any]) -> "AWQConfig":
+        """From a `quantization_config` (or AutoAWQ `quant_config.json`) mapping. Raises UserError
+        for a variant other than 4-bit GEMM with zero points and groups of a multiple of 32."""
         bits = raw.get("bits", raw.get("w_bit"))
         group = raw.get("group_size", raw.get("q_group_size"))
         version = str(raw.get("version", "gemm")).lower()
@@ -53,15 +43,7 @@ class AWQConfig:
             raise UserError(f"AWQ group size {group!r} is not supported (a positive multiple of 32)")
         return cls(group, tuple(raw.get("modules_to_not_convert") or ()))
 
-    def method_for(self, prefix: str, kernels: Kernels) -> LinearMethod:
-        """The linear method of the (possibly merged) module at `prefix`."""
-        parent, _, name = prefix.rpartition(".")
-        parts = [f"{parent}.{p}" for p, _ in PACKED_MODULES[name]] if name in PACKED_MODULES else [prefix]
-        skipped = [any(key in p for key in self.modules_to_not_convert) for p in parts]
-        if all(skipped):
-            return DenseLinearMethod(kernels.linear, kernels.linear_gated)
-        if any(skipped):
-            raise UserError(f"{prefix}: modules_to_not_convert excludes only some of {parts}")
+    def make_method(self, prefix: str, kernels: Kernels) -> LinearMethod:
         return AWQLinearMethod(self.group_size, kernels, prefix)
 
 
