@@ -88,9 +88,14 @@ def dequantize_gptq(qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Te
                     bits: int) -> torch.Tensor:
     """float32 W `[N, K]` (torch's linear layout) from `qweight` `[K/p, N]`, int zeros and scales
     `[G, N]` (see `zeros_of`) and g_idx `[K]`."""
-    q = unpack_rows(qweight, bits).float()  # [K, N]
+    return dequantize_values(unpack_rows(qweight, bits), zeros, scales, g_idx)
+
+
+def dequantize_values(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor
+                      ) -> torch.Tensor:
+    """float32 W `[N, K]` from unpacked q `[K, N]`, zeros and scales `[G, N]` and g_idx `[K]`."""
     g = g_idx.long()
-    return ((q - zeros[g].float()) * scales[g].float()).t().contiguous()
+    return ((q.float() - zeros[g].float()) * scales[g].float()).t().contiguous()
 
 
 def regroup(zeros: torch.Tensor, scales: torch.Tensor, group: int, k: int, sizes: tuple[int, ...]

@@ -79,6 +79,8 @@ def load_weights(model: torch.nn.Module, model_dir: str | Path, progress: bool =
                 if ckpt_name == "lm_head.weight" and ckpt_name not in ckpt:
                     raise UserError(f"checkpoint {model_dir} has no LM head (lm_head.weight): it can only serve "
                                     "embeddings (model_task: embed)")
+                if ckpt_name not in ckpt and getattr(param, "optional", False):  # e.g. GPTQ's g_idx
+                    continue
                 if ckpt_name not in ckpt:
                     raise UserError(f"checkpoint {model_dir} is missing tensor {ckpt_name}")
                 try:

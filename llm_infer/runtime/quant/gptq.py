@@ -110,10 +110,12 @@ class GPTQLinearMethod:
             raise ConfigError(f"{self.prefix}: {n} output features per rank is not a multiple of {p} "
                               "(one packed int32)")
         layer.gptq_group, layer.gptq_dtype = group, dtype
-        layer.input_perm, layer.input_arrives_ordered = None, False
-        groups = k // group
-        # group_size -1: one group, whose scales every rank holds whole (no input dim to split)
-        group_dims = {"input_dim": 0} if cfg.group_size > 0 else {}
+        layer.input_perm, layer.input_arrives_ordered, layer.gptq_dense = None, False, False
+        # Act-order row-parallel shards: a rank's inputs may belong to any group, so it holds every
+        # group's scales and zeros (group_size -1: the one group, whole on every rank, too).
+        layer.gptq_all_groups = cfg.group_size < 0 or (cfg.desc_act and layer.input_size != k)
+        groups = 1 if cfg.group_size < 0 else (layer.input_size if layer.gptq_all_groups else k) // group
+        group_dims = {} if layer.gptq_all_groups else {"input_dim": 0}
         params = [("qweight", (k // p, n), torch.int32, {"input_dim": 0, "output_dim": 1}, INTS),
                   ("scales", (groups, n), torch.float32, {**group_dims, "output_dim": 1}, FLOATS)]
         if not cfg.sym:
@@ -122,10 +124,12 @@ class GPTQLinearMethod:
             param = nn.Parameter(torch.empty(shape, dtype=dt), requires_grad=False)
             set_weight_attrs(param, {**dims, "weight_loader": _checked(layer.weight_loader, allowed)})
             layer.register_parameter(name, param)
-        if cfg.desc_act:
-            g_idx = nn.Parameter(torch.empty(k, dtype=torch.int32), requires_grad=False)
-            set_weight_attrs(g_idx, {"input_dim": 0, "weight_loader": _checked(self._g_idx_loader(layer), INTS)})
-            layer.register_parameter("g_idx", g_idx)
+        # Read whenever the checkpoint has it (desc_act false checkpoints usually store the trivial
+        # k // group, which costs nothing; any other order is honoured, not ignored); required with desc_act.
+        g_idx = nn.Parameter(torch.empty(k, dtype=torch.int32), requires_grad=False)
+        set_weight_attrs(g_idx, {"input_dim": 0, "optional": not cfg.desc_act,
+                                 "weight_loader": _checked(self._g_idx_loader(layer), INTS)})
+        layer.register_parameter("g_idx", g_idx)
 
     @staticmethod
     def _g_idx_loader(layer: nn.Module) -> Callable[..., None]:
@@ -146,17 +150,32 @@ class GPTQLinearMethod:
         or g_idx already in order). Raises UserError naming g_idx when it is not a valid grouping."""
         if not hasattr(layer, "g_idx"):
             return getattr(layer, "order", None)
-        k = layer.g_idx.numel()
+        g_idx = layer.g_idx.data.long() if getattr(layer.g_idx, "loaded", False) else None
+        del layer.g_idx
+        layer.order = None
+        if g_idx is None:
+            return None
+        k = g_idx.numel()
         groups = k // layer.gptq_group
+        total = layer.input_size // layer.gptq_group if self.cfg.group_size > 0 else 1
+        if int(g_idx.min()) < 0 or int(g_idx.max()) >= total:
+            raise UserError(f"{self.prefix}.g_idx: groups {int(g_idx.min())}..{int(g_idx.max())}, the layer has "
+                            f"{total}")
         split = layer.input_size != layer.input_size_per_partition  # row-parallel under TP
         first = get_parallel_state().tp_rank * groups if split and self.cfg.group_size > 0 else 0
         try:
-            layer.order = gptq_torch.group_order(layer.g_idx.data.long() - first, layer.gptq_group, groups)
+            layer.order = gptq_torch.group_order(g_idx - first, layer.gptq_group, groups)
         except ValueError as e:
-            where = (f" on tensor-parallel rank {get_parallel_state().tp_rank} (its {k} inputs must be whole "
-                     "groups; act-order mixes them: use fewer tensor-parallel ranks)") if split else ""
-            raise UserError(f"{self.prefix}.g_idx: {e}{where}") from None
-        del layer.g_idx
+            if not split:
+                raise UserError(f"{self.prefix}.g_idx: {e}") from None
+            if not layer.gptq_all_groups:
+                raise UserError(f"{self.prefix}.g_idx orders inputs across tensor-parallel shards although "
+                                "desc_act is false (set desc_act: true in the quantization config)") from None
+            # This rank's inputs are not whole groups of its own: dequantized at load instead.
+            layer.gptq_dense, layer.gptq_g_idx = True, g_idx
+            return None
+        if layer.gptq_all_groups and self.cfg.group_size > 0:
+            layer.gptq_first_group = first
         return layer.order
 
     def permute_outputs(self, layer: nn.Module, perm: torch.Tensor, parts: int) -> None:
@@ -178,15 +197,23 @@ class GPTQLinearMethod:
         cfg, group = self.cfg, layer.gptq_group
         q = gptq_torch.unpack_rows(layer.qweight.data, cfg.bits)  # [K, N]
         k, n = q.shape
-        zeros = gptq_torch.zeros_of(getattr(layer, "qzeros", None), k // group, n, cfg.bits, cfg.sym, cfg.v1)
         scales = layer.scales.data
+        zeros = gptq_torch.zeros_of(getattr(layer, "qzeros", None), scales.shape[0], n, cfg.bits, cfg.sym, cfg.v1)
         perm = self.input_order(layer)
-        if perm is not None:
-            q = q[perm]
-            layer.input_perm = None if layer.input_arrives_ordered else perm
         for name in ("qweight", "qzeros", "scales"):
             if hasattr(layer, name):
                 delattr(layer, name)
+        if layer.gptq_dense:  # act-order row shard that is not whole groups
+            w = gptq_torch.dequantize_values(q, zeros, scales, layer.gptq_g_idx)
+            layer.weight = nn.Parameter(w.to(layer.gptq_dtype), requires_grad=False)
+            del layer.gptq_g_idx
+            return
+        if layer.gptq_all_groups and cfg.group_size > 0:  # whole groups after all: keep this rank's
+            first = getattr(layer, "gptq_first_group", 0)
+            zeros, scales = zeros[first : first + k // group], scales[first : first + k // group]
+        if perm is not None:
+            q = q[perm]
+            layer.input_perm = None if layer.input_arrives_ordered else perm
         if cfg.bits == 8:
             w = (q.float().view(-1, group, n) - zeros.float()[:, None]) * scales.float()[:, None]
             layer.weight = nn.Parameter(w.view(k, n).t().to(layer.gptq_dtype).contiguous(), requires_grad=False)
