@@ -131,6 +131,20 @@ class PoolingConfig:
 
 
 @dataclass(config=_SECTION)
+class LoRAConfig:
+    """LoRA adapters served over the base model (README: LoRA adapters)."""
+
+    enabled: StrictBool = Field(False, description="serve PEFT LoRA adapters (`lora_modules`, `add_lora`, "
+                                "`SamplingParams(lora=...)`)")
+    max_rank: StrictInt = Field(16, ge=1, le=512, description="the largest adapter rank accepted; every device "
+                                "slot is sized for it")
+    max_loras: StrictInt = Field(4, ge=1, le=256, description="adapter slots on the device: distinct adapters "
+                                 "one step may run")
+    max_cpu_loras: StrictInt | None = Field(None, ge=1, description="adapters kept loaded in host memory per "
+                                            "worker (least recently used reloaded from disk); null: max_loras")
+
+
+@dataclass(config=_SECTION)
 class EngineConfig:
     """The whole configuration: top-level keys, then one section per concern."""
 
@@ -159,6 +173,7 @@ class EngineConfig:
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     pooling: PoolingConfig = Field(default_factory=PoolingConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
 
     @property
     def world_size(self) -> int:
@@ -184,6 +199,12 @@ class EngineConfig:
             raise ValueError(f"deterministic: true needs kernels: auto (the C++ CPU kernels), not {self.kernels}")
         if spec.ngram_min > spec.ngram_max:
             raise ValueError(f"speculative.ngram_min ({spec.ngram_min}) must not exceed ngram_max ({spec.ngram_max})")
+        if self.lora.enabled and spec.method in ("draft", "layers"):
+            raise ValueError(f"lora.enabled does not run with speculative.method: {spec.method} (the drafter "
+                             "has no adapters); use ngram")
+        if self.lora.max_cpu_loras is not None and self.lora.max_cpu_loras < self.lora.max_loras:
+            raise ValueError(f"lora.max_cpu_loras ({self.lora.max_cpu_loras}) must be at least lora.max_loras "
+                             f"({self.lora.max_loras})")
         layers = parallel.pipeline_layers
         if layers is not None and len(layers) != parallel.pipeline:
             raise ValueError(f"parallel.pipeline_layers has {len(layers)} entries for {parallel.pipeline} "

@@ -21,11 +21,11 @@ def hf_cached_greedy(hf, prompt: list[int], steps: int) -> tuple[list[int], torc
     return tokens, torch.cat(logits)[:-1]
 
 
-def engine_greedy(llm: LLM, prompt: list[int], steps: int) -> tuple[list[int], torch.Tensor]:
+def engine_greedy(llm: LLM, prompt: list[int], steps: int, lora: str | None = None) -> tuple[list[int], torch.Tensor]:
     """Our greedy tokens and the logits of every position (a prefill, then one-token decode
-    steps over the paged cache)."""
-    rid = llm.engine.add_request(prompt, SamplingParams(max_tokens=steps, temperature=0, ignore_eos=True),
-                                 return_logits=True)
+    steps over the paged cache); `lora`: the adapter the request names."""
+    params = SamplingParams(max_tokens=steps, temperature=0, ignore_eos=True, lora=lora)
+    rid = llm.engine.add_request(prompt, params, return_logits=True)
     out = None
     while llm.engine.has_unfinished():
         for o in llm.engine.step():

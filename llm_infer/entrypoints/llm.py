@@ -14,6 +14,7 @@ from llm_infer.errors import UserError
 from llm_infer.executor.factory import make_executor
 from llm_infer.parallel.layout import check_layout
 from llm_infer.runtime.engine import LLMEngine
+from llm_infer.runtime.lora.registry import LoRAInfo
 from llm_infer.runtime.models.build import resolve_device, resolve_model
 from llm_infer.runtime.models.resolve import resolve_model_dir
 from llm_infer.runtime.output_parsers import ChatOutputParser
@@ -35,10 +36,13 @@ class LLM:
     `config` is a YAML path, a dict or an `EngineConfig`; keyword overrides use
     the same keys, with sections as dicts (`LLM("c.yaml", dtype="float32",
     scheduler={"max_num_seqs": 4})`) or dotted strings in `overrides`.
+    `lora_modules` ({name: adapter folder}) loads LoRA adapters at start (`add_lora`; needs
+    `lora.enabled`).
     """
 
     def __init__(self, config: str | Path | Mapping[str, Any] | EngineConfig | None = None,
-                 overrides: Mapping[str, Any] | list[str] | None = None, progress: bool = True, **kwargs: Any):
+                 overrides: Mapping[str, Any] | list[str] | None = None, progress: bool = True,
+                 lora_modules: Mapping[str, str | Path] | None = None, **kwargs: Any):
         flat = dict(_flatten(kwargs))
         if isinstance(overrides, Mapping):
             flat.update(overrides)
@@ -70,6 +74,8 @@ class LLM:
         self._release = weakref.finalize(self, self._executor.shutdown)
         try:
             self.engine = LLMEngine(self.config, self._executor, self.tokenizer, self.model_config)
+            for name, path in (lora_modules or {}).items():
+                self.engine.add_lora(name, str(path))
         except BaseException:
             self._release()
             raise
@@ -200,6 +206,21 @@ class LLM:
     @property
     def closed(self) -> bool:
         return not self._release.alive
+
+    def add_lora(self, name: str, path: str | Path) -> LoRAInfo:
+        """Load the PEFT LoRA adapter folder `path` as `name` (`SamplingParams(lora=name)` uses it);
+        see `LLMEngine.add_lora` for what it checks and the errors it raises."""
+        self._check_open()
+        return self.engine.add_lora(name, str(path))
+
+    def remove_lora(self, name: str) -> LoRAInfo:
+        """Forget adapter `name` (requests already added finish with it). UserError if unknown."""
+        self._check_open()
+        return self.engine.remove_lora(name)
+
+    def list_loras(self) -> list[LoRAInfo]:
+        """The loaded adapters (name, id, path, rank), in the order they were added."""
+        return self.engine.list_loras()
 
     def _check_open(self) -> None:
         if self.closed:

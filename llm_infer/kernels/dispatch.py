@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from llm_infer.errors import UserError
-from llm_infer.kernels import awq_torch, moe_torch, torch_ref
+from llm_infer.kernels import awq_torch, lora_torch, moe_torch, torch_ref
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 
 
@@ -47,6 +47,9 @@ class Kernels:
     # (x [M, 2I] = [gate | up], weight [N, I], bias) -> linear(silu(gate) * up): the down projection with
     # the SwiGLU gate fused into its input where the set has such a kernel (None: silu_and_mul, then linear).
     gated_linear: Callable[..., torch.Tensor] | None = None
+    # (y [T, N], x [T, K], a [S, n*R, K], b [S, N, R], slots [T] int64, offsets) -> None: y += each token's
+    # LoRA product, in place (lora_torch.py; the CUDA set's is Triton, capturable in a CUDA graph).
+    lora_add: Callable[..., None] = lora_torch.lora_add
 
     def linear_gated(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """`linear(silu_and_mul(x), weight, bias)`, through `gated_linear` when the set has one."""

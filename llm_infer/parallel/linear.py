@@ -75,6 +75,9 @@ class DenseLinearMethod:
 
 
 class LinearBase(nn.Module):
+    # LoRA weights riding on this layer (`parallel/lora.py` LoRAStack), attached when adapters are enabled.
+    lora: Any = None
+
     def __init__(
         self,
         input_size: int,
@@ -160,10 +163,25 @@ class ColumnParallelLinear(LinearBase):
                          bias, dtype, linear_method)
 
     def weight_loader(self, param, loaded, shard_id=None):
-        self._load_split(param, loaded, "output_dim")
+        """A whole checkpoint tensor (`shard_id` None), or the projection `shard_id` of a merged layer
+        into its place (`output_part`)."""
+        dim = getattr(param, "output_dim", None)
+        if dim is None or shard_id is None:
+            return self._load_split(param, loaded, "output_dim")
+        ratio = self._out_ratio(param)
+        offset, size, index, parts = self.output_part(shard_id)
+        offset, size = _scaled(offset * ratio, "merged offset"), _scaled(size * ratio, "merged shard")
+        copy_checked(param.data.narrow(dim, offset, size), _shard(loaded, dim, index, size, parts))
+
+    def output_part(self, shard_id: Any = None) -> tuple[int, int, int, int]:
+        """Where the checkpoint projection `shard_id` lands: (offset in this rank's output, size,
+        which equal shard of the checkpoint tensor that is, how many shards it is cut into)."""
+        tp = get_parallel_state()
+        return 0, self.output_size_per_partition, tp.tp_rank, tp.tp_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_method.apply(self, x, self.bias)
+        y = self.linear_method.apply(self, x, self.bias)
+        return y if self.lora is None else self.lora(x, y)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -174,17 +192,12 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.output_sizes = output_sizes
         super().__init__(input_size, sum(output_sizes), bias, dtype, linear_method)
 
-    def weight_loader(self, param, loaded, shard_id=None):
-        dim = getattr(param, "output_dim", None)
-        if dim is None or shard_id is None:
-            return super().weight_loader(param, loaded, shard_id)
+    def output_part(self, shard_id: Any = None) -> tuple[int, int, int, int]:
+        if shard_id is None:
+            return super().output_part()
         tp = get_parallel_state()
-        ratio = self._out_ratio(param)
         local = [s // tp.tp_size for s in self.output_sizes]
-        offset = _scaled(sum(local[:shard_id]) * ratio, "merged offset")
-        size = _scaled(local[shard_id] * ratio, "merged shard")
-        part = _shard(loaded, dim, tp.tp_rank, size, tp.tp_size)
-        copy_checked(param.data.narrow(dim, offset, size), part)
+        return sum(local[:shard_id]), local[shard_id], tp.tp_rank, tp.tp_size
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -209,24 +222,18 @@ class QKVParallelLinear(ColumnParallelLinear):
         LinearBase.__init__(self, hidden_size, (num_heads + 2 * num_kv_heads) * head_dim,
                             hidden_size, local_out, bias, dtype, linear_method)
 
-    def weight_loader(self, param, loaded, shard_id=None):
-        dim = getattr(param, "output_dim", None)
-        if dim is None or shard_id is None:
-            return super().weight_loader(param, loaded, shard_id)
+    def output_part(self, shard_id: Any = None) -> tuple[int, int, int, int]:
+        if shard_id is None:
+            return super().output_part()
         tp = get_parallel_state()
-        ratio = self._out_ratio(param)
         kv_parts = tp.tp_size // self.kv_replicas
         if shard_id == "q":
-            offset, size, index, parts = 0, self.q_size, tp.tp_rank, tp.tp_size
-        elif shard_id == "k":
-            offset, size, index, parts = self.q_size, self.kv_size, tp.tp_rank // self.kv_replicas, kv_parts
-        elif shard_id == "v":
-            offset, size = self.q_size + self.kv_size, self.kv_size
-            index, parts = tp.tp_rank // self.kv_replicas, kv_parts
-        else:
-            raise ValueError(f"unknown qkv shard {shard_id!r}")
-        offset, size = _scaled(offset * ratio, "qkv offset"), _scaled(size * ratio, "qkv shard")
-        copy_checked(param.data.narrow(dim, offset, size), _shard(loaded, dim, index, size, parts))
+            return 0, self.q_size, tp.tp_rank, tp.tp_size
+        if shard_id == "k":
+            return self.q_size, self.kv_size, tp.tp_rank // self.kv_replicas, kv_parts
+        if shard_id == "v":
+            return self.q_size + self.kv_size, self.kv_size, tp.tp_rank // self.kv_replicas, kv_parts
+        raise ValueError(f"unknown qkv shard {shard_id!r}")
 
 
 class RowParallelLinear(LinearBase):
@@ -247,10 +254,17 @@ class RowParallelLinear(LinearBase):
     def weight_loader(self, param, loaded, shard_id=None):
         self._load_split(param, loaded, "input_dim")
 
+    def input_part(self, loaded: Any) -> Any:
+        """This rank's equal shard of `loaded` along its last (input) dimension."""
+        tp = get_parallel_state()
+        return _shard(loaded, len(shape_of(loaded)) - 1, tp.tp_rank, self.input_size_per_partition, tp.tp_size)
+
     def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
         """x `[tokens, in/tp]`; `gated`: x is `[tokens, 2 * in/tp]` = [gate | up] of a SwiGLU MLP and
         the layer's input is silu(gate) * up (fused into the matmul where the kernel allows)."""
         out = (self.linear_method.apply_gated if gated else self.linear_method.apply)(self, x, None)
+        if self.lora is not None:  # its partial sum joins the layer's, before the one reduction
+            out = self.lora(x, out, gated)
         if not self.reduce_results:
             return out
         out = tp_all_reduce(out)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
-from llm_infer.runtime.prefix_hash import extend_block_hashes
+from llm_infer.runtime.prefix_hash import extend_block_hashes, root_key
 from llm_infer.runtime.request import Request
 
 
@@ -59,7 +59,7 @@ class BlockManager:
         if not self.prefix_caching or seq.needs_prompt_rows:
             return []
         if len(seq.block_hashes) < seq.num_tokens // self.block_size:
-            extend_block_hashes(seq.block_hashes, seq.token_ids, self.block_size)
+            extend_block_hashes(seq.block_hashes, seq.token_ids, self.block_size, root_key(seq.lora_id))
         blocks = []
         for key in seq.block_hashes:
             block = self._block_of.get(key)
@@ -92,7 +92,7 @@ class BlockManager:
         if not self.prefix_caching or seq.num_cached_blocks >= full:
             return
         if len(seq.block_hashes) < full:
-            extend_block_hashes(seq.block_hashes, seq.token_ids, self.block_size)
+            extend_block_hashes(seq.block_hashes, seq.token_ids, self.block_size, root_key(seq.lora_id))
         for i in range(seq.num_cached_blocks, full):
             key, block = seq.block_hashes[i], seq.block_table[i]
             if key not in self._block_of and block not in self._key_of:

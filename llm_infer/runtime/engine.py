@@ -29,6 +29,7 @@ from llm_infer.config import EngineConfig
 from llm_infer.errors import UserError, WorkerError
 from llm_infer.runtime.block_manager import BlockManager
 from llm_infer.runtime.detokenizer import IncrementalDetokenizer
+from llm_infer.runtime.lora.registry import NO_LORA, LoRAInfo, LoRARegistry
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.output_processor import OutputProcessor
 from llm_infer.runtime.outputs import CompletionOutput, EngineSnapshot, RequestOutput
@@ -76,7 +77,9 @@ class LLMEngine:
         # The draft model of draft/layers speculation keeps its own cache, which prefix caching would not fill.
         prefix_caching = config.cache.prefix_caching and config.speculative.method not in ("draft", "layers")
         self.block_manager = BlockManager(num_blocks, bs, prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.block_manager)
+        self.loras = LoRARegistry(config.lora, model_config) if config.lora.enabled else None
+        self.scheduler = Scheduler(config.scheduler, self.block_manager,
+                                   config.lora.max_loras if config.lora.enabled else None)
         self.stats = EngineStats()
         self._rng = random.Random(config.seed)
         self._ids = itertools.count()
@@ -109,6 +112,7 @@ class LLMEngine:
         else:
             text, ids = None, [int(t) for t in prompt]
         self._check_prompt(ids, params, return_logits)
+        lora_id = self._lora_id(params)
         constraint = constraint_spec(self._grammar(params), params.thinking_budget, reasoning)
         first_id = next(self._ids)
         while request_id is None and str(first_id) in self._groups:  # a caller chose this id earlier
@@ -125,7 +129,7 @@ class LLMEngine:
                           processed=needs_processing(params), constraint=constraint,
                           logprobs=[] if params.logprobs is not None else None,
                           prompt_logprobs=[None] if params.prompt_logprobs is not None and index == 0 else None,
-                          pooling=pooling)
+                          pooling=pooling, lora_id=lora_id)
             if self.spec is not None:
                 req.spec = self.spec.new_state(req)
             samples.append(req)
@@ -133,6 +137,46 @@ class LLMEngine:
         self._groups[request_id] = samples
         self.scheduler.add(samples[0])
         return request_id
+
+    # -- LoRA adapters (runtime/lora/) -------------------------------------------------------
+
+    def add_lora(self, name: str, path: str) -> LoRAInfo:
+        """Load the PEFT adapter folder `path` under `name`; requests name it in `SamplingParams.lora`.
+        Only its headers are read here; each worker reads its shard when a request first needs it.
+        Raises UserError when adapters are not enabled (`lora.enabled`), the name is taken, or the
+        adapter does not fit the model (the message names the file and tensor)."""
+        return self._lora_registry().add(name, path)
+
+    def remove_lora(self, name: str) -> LoRAInfo:
+        """Forget the adapter `name`: new requests naming it are refused; requests already added
+        finish with it. Raises UserError for an unknown name."""
+        return self._lora_registry().remove(name)
+
+    def list_loras(self) -> list[LoRAInfo]:
+        """The adapters loaded now, in the order they were added ([] when adapters are off)."""
+        return self.loras.list() if self.loras is not None else []
+
+    def _lora_registry(self) -> LoRARegistry:
+        if self.loras is None:
+            raise UserError("LoRA adapters are off: set lora.enabled: true")
+        return self.loras
+
+    def _lora_id(self, params: SamplingParams) -> int:
+        if params.lora is None:
+            return NO_LORA
+        try:
+            return self._lora_registry().resolve(params.lora)
+        except UserError as e:
+            raise SamplingParamsError("lora", str(e)) from None
+
+    def _lora_step(self, scheduled: list[tuple[Request, int]]) -> tuple[list[int], list, list[int]] | None:
+        """The step's adapter slots, slot loads and dropped adapters (None: adapters are off)."""
+        if self.loras is None:
+            return None
+        if self.loras.has_removed:
+            self.loras.collect({s.lora_id for samples in self._groups.values() for s in samples})
+        slots, loads = self.loras.assign([req.lora_id for req, _ in scheduled])
+        return slots, loads, self.loras.take_dropped()
 
     def _grammar(self, params: SamplingParams) -> str | None:
         """The request's grammar, checked against the model's tokenizer (None: unconstrained)."""
@@ -220,7 +264,7 @@ class LLMEngine:
                 return
             plan = build_step_plan(scheduled, self.stats.steps, self.block_manager.take_copies(),
                                    self._finished_ids, self.spec.draft_method if self.spec is not None else None,
-                                   self.eos_token_ids, overlapped=overlap)
+                                   self.eos_token_ids, overlapped=overlap, lora=self._lora_step(scheduled))
             self._finished_ids = []
             self.stats.steps += 1
             self.executor.submit(plan)
@@ -309,6 +353,8 @@ class LLMEngine:
         self._finished_ids = []
         moved = self.scheduler.preempt_all()
         self.block_manager.drop_cache()
+        if self.loras is not None:
+            self.loras.forget_slots()
         for samples in self._groups.values():
             for sample in samples:
                 sample.forget_worker_state()

@@ -60,7 +60,7 @@ class FusedStackForward(ReferenceForward):
     def __call__(self, batch: TokenBatch, intermediate: IntermediateTensors | None = None,
                  fill: Placeholders | None = None) -> torch.Tensor | IntermediateTensors:
         input_ids, positions, meta = build_inputs(batch, self.block_size, self.kernels.attention, self.device, fill)
-        if not FusedDecode.applicable(meta):
+        if not FusedDecode.applicable(meta) or lora_active(self.model):
             return self.model(input_ids, positions, meta, intermediate)
         decoder = self.model.model
         x, residual = decoder.embed(input_ids, intermediate)
@@ -79,9 +79,15 @@ class CudaGraphForward(ReferenceForward):
 
     def logits(self, batch: TokenBatch, intermediate: IntermediateTensors | None, rows: list[int] | None,
                fill: Placeholders | None = None) -> torch.Tensor | IntermediateTensors | None:
-        if intermediate is None and rows is None and self.graphs.handles(batch):
+        if intermediate is None and rows is None and self.graphs.handles(batch) and not lora_active(self.model):
             return self.graphs.run(batch, fill)
         return super().logits(batch, intermediate, rows, fill)
+
+
+def lora_active(model: CausalLM) -> bool:
+    """Whether some token of this step has a LoRA adapter: the fused C++ stack and the captured
+    graphs have no LoRA in them, so such steps take the reference path."""
+    return model.lora_context is not None and model.lora_context.token_slots is not None
 
 
 def choose_forward(model: CausalLM, kernels: Kernels, block_size: int, device: torch.device, world_size: int,

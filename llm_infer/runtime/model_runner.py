@@ -50,6 +50,11 @@ class ModelRunner:
                                                resolved.config.head_dim)
         self.model = build_model(resolved, device, self.kernels, config.quantization.lm_head == "int8", progress,
                                  config.parallel.pipeline_layers)
+        self.lora = None
+        if config.lora.enabled:  # LoRA stacks on this rank's projections (runtime/lora/worker_lora.py)
+            from llm_infer.runtime.lora.worker_lora import WorkerLoRA
+
+            self.lora = WorkerLoRA(self.model, config.lora, self.kernels, self.dtype, device)
         self.sampler = Sampler(lambda: GrammarCompiler.for_model(resolved.model_dir, resolved.config))
         self.kv_cache: KVCache | None = None
         self.reference = ReferenceForward(self.model, self.kernels, self.block_size, device)
@@ -113,6 +118,8 @@ class ModelRunner:
             self.kv_cache.copy_blocks(plan.block_copies)
             if self.drafter is not None and self.drafter.cache is not None:  # the draft's cache shares the tables
                 self.drafter.cache.copy_blocks(plan.block_copies)
+        if self.lora is not None:  # slot loads, and which slot each token reads
+            self.lora.prepare(plan)
         if plan.finished_seq_ids:
             self.sampler.forget(plan.finished_seq_ids)
             if self.drafter is not None:

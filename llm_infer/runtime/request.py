@@ -88,6 +88,7 @@ class Request:
     # Embedding requests (runtime/pooling.py): how to pool, and the sum of the parts pooled so far.
     pooling: PoolingParams | None = None
     pooled: torch.Tensor | None = field(default=None, repr=False)
+    lora_id: int = 0  # its LoRA adapter (runtime/lora/registry.py); 0: the base model
 
     @property
     def token_ids(self) -> list[int]:

@@ -49,6 +49,9 @@ class SamplingParams:
     In a chat request whose model reasons (a reasoning parser is on), the constraint applies
     to the answer after the reasoning; `thinking_budget` caps the reasoning tokens (the end of
     reasoning is forced when they are spent).
+
+    `lora`: the name of a LoRA adapter loaded into the engine (`LLM.add_lora`, `lora_modules`); the
+    request runs with it (None: the base model). Unknown names are refused when the request is added.
     """
 
     max_tokens: int = 16
@@ -70,6 +73,7 @@ class SamplingParams:
     n: int = 1
     structured_outputs: StructuredOutputsParams | None = None
     thinking_budget: int | None = None
+    lora: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -123,6 +127,8 @@ class SamplingParams:
              "structured_outputs must be a StructuredOutputsParams or a dict of its fields"),
             ("thinking_budget", self.thinking_budget is None or _integer(self.thinking_budget)
              and self.thinking_budget >= 0, "thinking_budget must be an integer >= 0"),
+            ("lora", self.lora is None or isinstance(self.lora, str) and bool(self.lora),
+             "lora must be the name of a loaded adapter"),
         ]
         for param, ok, message in checks:
             if not ok:

@@ -16,6 +16,11 @@ tokens (`spec_token_ids`) is given `num_tokens_with_spec - num_computed_tokens`
 tokens like any other, and a request whose drafter will propose at the end of
 the step gets room for those proposals too (`spec.num_draft` lookahead slots).
 
+LoRA adapters: a waiting request is admitted only while the running requests use fewer
+distinct adapters than there are device slots (`max_loras`), or its adapter is among
+theirs; one that does not fit waits (those behind it may go first). Every step then
+fits in the slots, whichever of the running requests it carries.
+
 Under pipeline parallelism several steps (micro-batches of disjoint sequences)
 are in flight at once: sequences in flight are `busy` and are neither
 scheduled nor preempted until their step returns. Under overlapped scheduling
@@ -35,8 +40,9 @@ from llm_infer.runtime.request import Request, RequestStatus
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager, max_loras: int | None = None):
         self.config = config
+        self.max_loras = max_loras
         self.blocks = block_manager
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -81,9 +87,15 @@ class Scheduler:
             taken.add(seq.seq_id)
             budget -= n
         preempted = self.num_preemptions != preemptions_before
+        adapters = {s.lora_id for s in self.running if s.lora_id}
+        held_back: list[Request] = []  # their adapter would need a slot no step has
         while (self.waiting and budget > 0 and not preempted and len(scheduled) < limit
                and len(self.running) < self.config.max_num_seqs):
             seq = self.waiting[0]
+            if (self.max_loras is not None and seq.lora_id and seq.lora_id not in adapters
+                    and len(adapters) >= self.max_loras):
+                held_back.append(self.waiting.popleft())
+                continue
             prefix = self.blocks.cached_prefix(seq)
             n = min(seq.num_tokens - self.blocks.prefix_tokens(seq, prefix), budget)
             if not self.blocks.can_allocate(seq, n + _lookahead(seq, n), prefix):
@@ -95,6 +107,9 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append((seq, n))
             budget -= n
+            if seq.lora_id:
+                adapters.add(seq.lora_id)
+        self.waiting.extendleft(reversed(held_back))
         return scheduled
 
     def _make_room(self, seq: Request, n: int, taken: set[int], busy: set[int] | frozenset[int]) -> bool:

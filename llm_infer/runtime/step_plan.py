@@ -18,6 +18,8 @@ from llm_infer.runtime.structured_output.params import ConstraintSpec
 if TYPE_CHECKING:
     import torch
 
+    from llm_infer.runtime.lora.registry import SlotLoad
+
     from llm_infer.runtime.outputs import TokenLogprob
     from llm_infer.runtime.request import Request
 
@@ -97,6 +99,11 @@ class StepPlan:
     # Embedding requests: per request, what the sampling rank pools of its rows this step
     # (`pooling.step_pooling`: "last", "first", "sum", "" for nothing); None: no embedding request.
     pool: list[str] | None = None
+    # LoRA adapters (runtime/lora/): each request's device slot (-1: none; None: no request has one),
+    # the slots the workers fill before the forward, and adapters whose host copies they may drop.
+    lora_slots: list[int] | None = None
+    lora_loads: list[SlotLoad] = field(default_factory=list)
+    lora_dropped: list[int] = field(default_factory=list)
 
     @property
     def num_seqs(self) -> int:
@@ -167,9 +174,11 @@ class PendingTokens:
 
 def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_copies: list[tuple[int, int]],
                     finished_seq_ids: list[int], draft_method: str | None = None,
-                    eos_token_ids: list[int] = (), overlapped: bool = False) -> StepPlan:
+                    eos_token_ids: list[int] = (), overlapped: bool = False,
+                    lora: tuple[list[int], list[SlotLoad], list[int]] | None = None) -> StepPlan:
     """Turn the scheduler's (request, new token count) decisions into a plan. Tokens beyond a
-    request's pending ones are its speculative proposals (`spec_token_ids`)."""
+    request's pending ones are its speculative proposals (`spec_token_ids`). `lora`: each request's
+    adapter slot, the slot loads and the dropped adapters (`LoRARegistry.assign`)."""
     seq_ids, input_ids, query_lens, seq_lens, tables, sample, logits = [], [], [], [], [], [], []
     spec_lens, num_draft, catch_up, targets, top, pool = [], [], [], [], [], []
     sampling = SamplingBatch()
@@ -204,7 +213,9 @@ def build_step_plan(scheduled: list[tuple[Request, int]], step_id: int, block_co
                     draft=DraftPlan(draft_method, num_draft, catch_up) if any(num_draft) else None,
                     block_copies=block_copies, finished_seq_ids=finished_seq_ids,
                     prompt_targets=targets if any(targets) else None, prompt_top=top if any(targets) else None,
-                    overlapped=overlapped, pool=pool if any(pool) else None)
+                    overlapped=overlapped, pool=pool if any(pool) else None,
+                    lora_slots=lora[0] if lora and any(s >= 0 for s in lora[0]) else None,
+                    lora_loads=lora[1] if lora else [], lora_dropped=lora[2] if lora else [])
 
 
 def _add_sampling_row(sampling: SamplingBatch, seq: Request, eos_token_ids: list[int]) -> None:

@@ -222,6 +222,9 @@ class DecoderModel(nn.Module):
 
 
 class CausalLM(nn.Module):
+    # The step's token -> LoRA slot map shared by the layers' LoRA stacks (None: adapters off).
+    lora_context: Any = None
+
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels = TORCH,
                  method_for: LinearMethodFor | None = None, pipeline_layers: list[int] | None = None,
                  lm_head_int8: bool = False):
