@@ -6,7 +6,6 @@ import asyncio
 import functools
 import hmac
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,8 +17,9 @@ from llm_infer.entrypoints.server.async_engine import AsyncEngine, EngineDeadErr
 from llm_infer.entrypoints.server.embeddings import embeddings_body, parse_embeddings
 from llm_infer.entrypoints.server.errors import ApiError, error_body, install_error_handlers
 from llm_infer.entrypoints.server.logprobs import TokenText
+from llm_infer.entrypoints.server.lora import ServedModels, add_lora_routes, unknown_adapter
 from llm_infer.entrypoints.server.metrics import RequestCounter, ServerMetrics
-from llm_infer.entrypoints.server.protocol import (CONSTRAINT_FIELDS, GenerationRequest, check_model, parse_chat,
+from llm_infer.entrypoints.server.protocol import (CONSTRAINT_FIELDS, GenerationRequest, parse_chat,
                                                    parse_completion)
 from llm_infer.entrypoints.server.responses import Responder
 from llm_infer.entrypoints.server.responses_output import ResponseBuilder
@@ -43,8 +43,7 @@ class ClientGone(Exception):
 def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | None = None,
               max_body_bytes: int = 1 << 20) -> FastAPI:
     llm = async_engine.llm
-    model_names = {served_model_name, str(llm.config.model)}
-    created = int(time.time())
+    models = ServedModels(async_engine, served_model_name)
     metrics = ServerMetrics(lambda: async_engine.snapshot, async_engine.speculative)
     token_text = TokenText(llm.tokenizer)
 
@@ -61,7 +60,8 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     install_error_handlers(app)
     app.add_middleware(RequestCounter, metrics=metrics,
                        endpoints={"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings",
-                                  "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize"})
+                                  "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize",
+                                  "/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
     app.state.async_engine, app.state.metrics = async_engine, metrics
     authorized = [Depends(require_key)]
 
@@ -94,6 +94,8 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
                                          headers={"Cache-Control": "no-cache"})
             await unless_disconnected(request, finals.collect(first, outputs))
         except UserError as e:
+            if getattr(e, "param", None) == "lora":
+                raise unknown_adapter(e) from None
             raise ApiError(400, str(e), param=_param_of(e, body, prompt_field)) from None
         except EngineDeadError as e:
             raise ApiError(503, str(e), type="server_error") from None
@@ -105,9 +107,10 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     async def generate(request: Request, parse: Callable[..., GenerationRequest]) -> Response:
         check_generates()
         body = await read_json(request, max_body_bytes)
-        check_model(body, model_names)
+        adapter = models.resolve(body)
         req = parse(body, llm.tokenizer, async_engine.max_model_len, llm.model_config.vocab_size)
-        responder = Responder(req.chat, served_model_name, token_text, n=req.params.n, top=req.params.logprobs,
+        req.params.lora = adapter
+        responder = Responder(req.chat, models.echoed(adapter), token_text, n=req.params.n, top=req.params.logprobs,
                               echo=req.echo, parser=llm.chat_parser, parse_tools=req.parse_tools)
         reasoning = reasoning_of(req.prompts[0], req.params) if req.chat else None
         streamed = functools.partial(stream, req=req, responder=responder) if req.stream else None
@@ -127,13 +130,14 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     async def responses(request: Request) -> Response:
         check_generates()
         body = await read_json(request, max_body_bytes)
-        check_model(body, model_names)
+        adapter = models.resolve(body)
         job = parse_responses(body, llm.tokenizer, async_engine.max_model_len, llm.model_config.vocab_size,
                               tool_parser=llm.chat_parser.tool_calls is not None)
+        job.params.lora = adapter
         reasoning = reasoning_of(job.prompt.ids, job.params)
         parser = llm.chat_parser
         end = parser.reasoning.end_token_id if parser.reasoning is not None else None
-        builder = ResponseBuilder(job, served_model_name, parser, end)
+        builder = ResponseBuilder(job, models.echoed(adapter), parser, end)
         streamed = functools.partial(stream_response, builder=builder) if job.body.stream else None
         return await answer(request, body, "input", [job.prompt.ids], job.params, lambda outs: builder.whole(outs[0]),
                             streamed=streamed, request_id=builder.id, reasoning=reasoning)
@@ -141,7 +145,9 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     @app.post("/v1/embeddings", dependencies=authorized)
     async def embeddings(request: Request) -> Response:
         body = await read_json(request, max_body_bytes)
-        check_model(body, model_names)
+        if models.resolve(body) is not None:
+            raise ApiError(400, f"'model': embeddings do not run with a LoRA adapter; use the base model "
+                                f"'{served_model_name}'", param="model", code="model_not_supported")
         job = parse_embeddings(body, llm.tokenizer, async_engine.max_model_len, llm.pooling,
                                llm.model_config.hidden_size)
         return await answer(request, body, "input", job.prompts, None,
@@ -150,20 +156,20 @@ def build_app(async_engine: AsyncEngine, served_model_name: str, api_key: str | 
     @app.post("/tokenize", dependencies=authorized)
     async def tokenize_route(request: Request) -> Response:
         body = await read_json(request, max_body_bytes)
-        check_model(body, model_names)
+        models.resolve(body)  # an adapter's tokenizer is the base model's
         return JSONResponse(tokenize(body, llm.tokenizer, async_engine.max_model_len, token_text))
 
     @app.post("/detokenize", dependencies=authorized)
     async def detokenize_route(request: Request) -> Response:
         body = await read_json(request, max_body_bytes)
-        check_model(body, model_names)
+        models.resolve(body)
         return JSONResponse(detokenize(body, llm.tokenizer, llm.model_config.vocab_size))
 
     @app.get("/v1/models", dependencies=authorized)
-    async def models() -> dict[str, Any]:
-        card = {"id": served_model_name, "object": "model", "created": created, "owned_by": "llm-infer",
-                "max_model_len": async_engine.max_model_len}
-        return {"object": "list", "data": [card]}
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": models.cards()}
+
+    add_lora_routes(app, models, authorized, functools.partial(read_json, max_bytes=max_body_bytes))
 
     @app.get("/health")
     async def health() -> Response:

@@ -17,11 +17,12 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from llm_infer.errors import UserError
+from llm_infer.runtime.lora.registry import LoRAInfo
 from llm_infer.runtime.outputs import EngineSnapshot, RequestOutput
 from llm_infer.runtime.pooling import PoolingParams
 from llm_infer.runtime.sampling_params import SamplingParams
@@ -64,6 +65,14 @@ class _Abort:
     request_id: str
 
 
+@dataclass
+class _Call:
+    """Run `fn(engine)` on the engine thread between steps; `done` gets its result or exception."""
+
+    fn: Callable[[Any], Any]
+    done: concurrent.futures.Future
+
+
 class AsyncEngine:
     def __init__(self, llm: Any):
         self.llm = llm
@@ -71,7 +80,9 @@ class AsyncEngine:
         self.max_model_len: int = llm.engine.max_model_len
         self.snapshot = EngineSnapshot()
         self.error: BaseException | None = None
-        self._commands: queue.SimpleQueue[_Add | _Abort] = queue.SimpleQueue()
+        # The loaded LoRA adapters as of the last change, for other threads (the registry is the engine thread's).
+        self.loras: tuple[LoRAInfo, ...] = tuple(llm.engine.list_loras())
+        self._commands: queue.SimpleQueue[_Add | _Abort | _Call] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._lock = threading.Lock()  # orders "enqueue if alive" against "mark dead, drain"
         self._stopping = False
@@ -132,12 +143,27 @@ class AsyncEngine:
         except EngineDeadError:
             pass
 
+    async def add_lora(self, name: str, path: str) -> LoRAInfo:
+        """Load a LoRA adapter between two steps (`LLMEngine.add_lora`: UserError for a taken name or
+        an adapter that does not fit); requests sent after this returns may name it."""
+        return await self._call(lambda engine: engine.add_lora(name, path))
+
+    async def remove_lora(self, name: str) -> LoRAInfo:
+        """Forget a LoRA adapter between two steps; requests already added finish with it (UserError:
+        unknown name)."""
+        return await self._call(lambda engine: engine.remove_lora(name))
+
+    async def _call(self, fn: Callable[[Any], Any]) -> Any:
+        call = _Call(fn, concurrent.futures.Future())
+        self._send(call)
+        return await asyncio.wrap_future(call.done)
+
     def shutdown(self, timeout: float = 30.0) -> None:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
 
-    def _send(self, command: _Add | _Abort) -> None:
+    def _send(self, command: _Add | _Abort | _Call) -> None:
         with self._lock:
             if self.error is not None:
                 raise EngineDeadError(f"the engine stopped: {self.error}")
@@ -178,6 +204,13 @@ class AsyncEngine:
             if isinstance(command, _Abort):
                 engine.abort(command.request_id)
                 self._sinks.pop(command.request_id, None)
+            elif isinstance(command, _Call):
+                if command.done.set_running_or_notify_cancel():
+                    try:
+                        command.done.set_result(command.fn(engine))
+                    except Exception as e:  # noqa: BLE001 (the caller's mistake, reported to the caller)
+                        command.done.set_exception(e)
+                    self.loras = tuple(engine.list_loras())
             elif command.added.set_running_or_notify_cancel():
                 try:
                     engine.add_request(command.prompt, command.params, request_id=command.request_id,
@@ -202,8 +235,9 @@ class AsyncEngine:
                     break
         message = f"the engine stopped: {error}"
         for command in pending:
-            if isinstance(command, _Add) and command.added.set_running_or_notify_cancel():
-                command.added.set_exception(EngineDeadError(message))
+            future = command.added if isinstance(command, _Add) else command.done if isinstance(command, _Call) else None
+            if future is not None and future.set_running_or_notify_cancel():
+                future.set_exception(EngineDeadError(message))
         for sink in self._sinks.values():
             sink.put(EngineDeadError(message))
         self._sinks.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import threading
@@ -22,6 +23,48 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $LLM_INFER_API_KEY, else none)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
+    lora = p.add_argument_group("LoRA adapters (vLLM's flags; each sets a lora.* config key, --set wins)")
+    lora.add_argument("--lora-modules", nargs="+", type=lora_module, default=[], metavar="NAME=PATH",
+                      help="PEFT adapter folders served as model NAME (or JSON {\"name\": ..., \"path\": ...}); "
+                      "implies --enable-lora")
+    lora.add_argument("--enable-lora", action="store_true",
+                      help="serve LoRA adapters (lora.enabled), also those loaded by POST /v1/load_lora_adapter")
+    for flag, key, what in (("--max-lora-rank", "max_rank", "the largest adapter rank accepted"),
+                            ("--max-loras", "max_loras", "adapters one step may run (device slots)"),
+                            ("--max-cpu-loras", "max_cpu_loras", "adapters kept in host memory")):
+        lora.add_argument(flag, type=int, default=None, help=f"{what} (lora.{key})")
+
+
+def lora_module(text: str) -> tuple[str, str]:
+    """One --lora-modules item as (name, path): `name=path`, or vLLM's JSON form `{"name", "path"}`."""
+    if text.lstrip().startswith("{"):
+        try:
+            item = json.loads(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON") from None
+        if not isinstance(item, dict) or set(item) != {"name", "path"}:
+            raise argparse.ArgumentTypeError(f"{text!r}: the JSON form takes exactly the keys name and path")
+        name, path = item["name"], item["path"]
+    else:
+        name, _, path = text.partition("=")
+    if not isinstance(name, str) or not isinstance(path, str) or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH")
+    return name.strip(), path.strip()
+
+
+def lora_settings(args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
+    """The adapters to load at start ({name: folder}) and the lora.* overrides the LoRA flags set,
+    to go before the user's --set items (which win). Raises UserError for a name given twice."""
+    modules: dict[str, str] = {}
+    for name, path in getattr(args, "lora_modules", []):
+        if name in modules:
+            raise UserError(f"--lora-modules: the name {name!r} is given twice")
+        modules[name] = path
+    overrides = ["lora.enabled=true"] if modules or getattr(args, "enable_lora", False) else []
+    for option, key in (("max_lora_rank", "max_rank"), ("max_loras", "max_loras"), ("max_cpu_loras", "max_cpu_loras")):
+        if getattr(args, option, None) is not None:
+            overrides.append(f"lora.{key}={getattr(args, option)}")
+    return modules, overrides
 
 
 def served_model_name(llm: Any) -> str:
@@ -49,9 +92,11 @@ def serve(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
     from llm_infer.entrypoints.server.async_engine import AsyncEngine
 
     api_key = args.api_key or os.environ.get("LLM_INFER_API_KEY") or None
+    modules, lora_overrides = lora_settings(args)
+    args.overrides = [*lora_overrides, *args.overrides]
     sock = bind(args.host, args.port)
     try:
-        llm = make_llm(args)
+        llm = make_llm(args, lora_modules=modules)
         try:
             engine = AsyncEngine(llm)
             try:
@@ -62,8 +107,9 @@ def serve(args: argparse.Namespace, make_llm: Callable[..., Any]) -> int:
                                                        timeout_graceful_shutdown=5))
                 host, port = sock.getsockname()[:2]
                 url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+                adapters = f" with LoRA adapters {', '.join(modules)}" if modules else ""
                 try:
-                    asyncio.run(_serve(server, sock, f"serving {name} at {url}/v1 (Ctrl-C stops)"))
+                    asyncio.run(_serve(server, sock, f"serving {name}{adapters} at {url}/v1 (Ctrl-C stops)"))
                 except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled once it has shut down
                     pass
             finally:
