@@ -172,6 +172,20 @@ def test_load_and_unload_while_requests_run_lose_no_request(live, http, engine, 
 # -- errors ---------------------------------------------------------------------------------------
 
 
+def test_an_adapter_unloaded_after_the_route_resolved_it_is_a_404(http, engine, adapters):
+    load = {"lora_name": "e", "lora_path": str(adapters["c"])}
+    assert http.post("/v1/load_lora_adapter", json=load).status_code == 200
+    stale = engine.loras
+    assert http.post("/v1/unload_lora_adapter", json={"lora_name": "e"}).status_code == 200
+    engine.loras = stale  # as if the route read the list just before the unload: the engine refuses it
+    try:
+        error = assert_error(http.post("/v1/completions", json={"model": "e", "prompt": [5, 6]}), 404, "model",
+                             "no LoRA adapter named 'e'")
+        assert error["code"] == "model_not_found"
+    finally:
+        engine.loras = tuple(engine.llm.engine.list_loras())  # the engine is idle: nothing else writes it
+
+
 def test_unknown_model_is_404_naming_the_adapters(http, client):
     error = assert_error(http.post("/v1/completions", json={"model": "nope", "prompt": [5]}), 404, "model",
                          "'nope'", "'a'", "'b'", MODEL)
