@@ -6,8 +6,8 @@ SamplingParams; the supported, ignored and refused fields; chat messages and too
 JSON and stream chunks, with token scores shaped by `logprobs.py`), sent as SSE by `streams.py`.
 The Responses API: `responses_protocol.py` (items -> the chat prompt) and `responses_output.py`
 (the response object and its events); embeddings: `embeddings.py`; /tokenize and /detokenize:
-`tokenize.py`. `metrics.py` serves /metrics, `errors.py` turns every failure into an OpenAI
-error body, `serve.py` is the CLI.
+`tokenize.py`; LoRA adapters as models and their load/unload routes: `lora.py`. `metrics.py`
+serves /metrics, `errors.py` turns every failure into an OpenAI error body, `serve.py` is the CLI.
 """
 
 from __future__ import annotations
