@@ -32,3 +32,23 @@ def engine_greedy(llm: LLM, prompt: list[int], steps: int, lora: str | None = No
             if o.request_id == rid and o.finished:
                 out = o
     return out.token_ids, out.logits
+
+
+def assert_logits_and_tokens_match(ours: tuple[list[int], torch.Tensor], want: tuple[list[int], torch.Tensor]) -> None:
+    """`engine_greedy`'s (tokens, logits) against the oracle's: fp32 logits within 1e-4 x max|logit|,
+    identical greedy tokens (the oracle's logits must not be flat)."""
+    assert want[1].std() > 0.1
+    err = float((ours[1] - want[1]).abs().max())
+    assert err <= 1e-4 * float(want[1].abs().max()), f"logits differ by {err}"
+    assert ours[0] == want[0]
+
+
+def assert_layout_matches_tp1(config: dict, parallel: dict, prompts: list[list[int]], steps: int = 32) -> None:
+    """An engine built from `config` with `parallel` gives one rank's logits of prompts[0] (within
+    1e-4) and greedy tokens of every prompt."""
+    greedy = SamplingParams(max_tokens=steps, temperature=0, ignore_eos=True)
+    with LLM(config, progress=False) as llm:
+        want_logits, want = llm.logits(prompts[0]), [o.token_ids for o in llm.generate(prompts, greedy)]
+    with LLM({**config, "parallel": parallel}, progress=False) as llm:
+        torch.testing.assert_close(llm.logits(prompts[0]), want_logits, atol=1e-4, rtol=0)
+        assert [o.token_ids for o in llm.generate(prompts, greedy)] == want

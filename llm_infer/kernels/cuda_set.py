@@ -12,6 +12,10 @@ Two kinds of step, two choices per op, decided here and nowhere else:
   off): the CUDA extension (RMSNorm, KV write, attention), cuBLAS and torch, launched at about
   10 us each. AWQ stays on Triton up to `AWQ_DENSE_ROWS` rows (the extension's int4 kernels are
   slower); beyond, the weight is dequantized in one launch and cuBLAS multiplies.
+- Block-wise FP8 checkpoints, in both kinds of step: W8A8 through `torch._scaled_mm` (FP8 tensor
+  cores, activations quantised per token and group of 128 at run time) where a load-time probe
+  finds it correct on this GPU (sm_90: `fp8_torch.probe_w8a8`), else dequantised at load to the
+  model dtype (cuBLAS/Triton as any dense layer).
 
 Measured on an H200 (benchmarks/results/gpu_check-h200-2026-12-04*.json, graph-timed): the GEMV at
 one row is 1.0-1.29x cuBLAS on the 1.5B shapes and fused with SwiGLU 1.24x the unfused pair, but
@@ -30,7 +34,7 @@ from typing import Any, Iterator
 
 import torch
 
-from llm_infer.kernels import awq_torch, torch_ref
+from llm_infer.kernels import awq_torch, fp8_torch, torch_ref
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 from llm_infer.kernels.dispatch import Kernels
 
@@ -102,7 +106,8 @@ def extension_kernels(ext: Any, cuda_attention: bool = True) -> Kernels:
     return Kernels(name="cuda", linear=torch_ref.linear, rms_norm=rms_norm, add_rms_norm=add_rms_norm,
                    rotary_=torch_ref.rotary_, silu_and_mul=torch_ref.silu_and_mul,
                    attention=CudaAttentionBackend(ext) if cuda_attention else TorchAttentionBackend(),
-                   awq_prepare=awq_torch.prepare_ref, awq_linear=awq_linear, int8_linear=torch_ref.int8_linear)
+                   awq_prepare=awq_torch.prepare_ref, awq_linear=awq_linear, int8_linear=torch_ref.int8_linear,
+                   fp8_prepare=fp8_torch.prepare_w8a8)
 
 
 def triton_kernels(ext: Any, triton: dict[str, Any], cuda_attention: bool) -> Kernels:
@@ -148,4 +153,4 @@ def triton_kernels(ext: Any, triton: dict[str, Any], cuda_attention: bool) -> Ke
     return Kernels(name="cuda", linear=linear, gated_linear=gated_linear, rms_norm=rms_norm,
                    add_rms_norm=add_rms_norm, rotary_=torch_ref.rotary_, silu_and_mul=silu_and_mul,
                    attention=attention, awq_prepare=triton["awq_pack"].repack_for_triton, awq_linear=awq_linear,
-                   int8_linear=torch_ref.int8_linear)
+                   int8_linear=torch_ref.int8_linear, fp8_prepare=fp8_torch.prepare_w8a8)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from llm_infer.errors import UserError
-from llm_infer.kernels import awq_torch, lora_torch, moe_torch, torch_ref
+from llm_infer.kernels import awq_torch, fp8_torch, lora_torch, moe_torch, torch_ref
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 
 
@@ -44,6 +44,10 @@ class Kernels:
     int8_linear: Callable[..., torch.Tensor]  # (x, int8 W, fp32 row scales) -> x @ (scales * W).T
     # (x, gate_up [E, 2I, H], down [E, H, I], fp32 weights [T, k], ids [T, k], first expert) -> [T, H]
     moe: Callable[..., torch.Tensor] = moe_torch.fused_moe
+    # (fp8 weight [N, K], row block scales [N, K/bk], bn, bk, dtype) -> FP8Weights: dequantised at load
+    # (CPU: no kernel of ours beat bf16, see README "GPTQ and FP8") or W8A8 operands (CUDA sm_90).
+    fp8_prepare: Callable[..., fp8_torch.FP8Weights] = fp8_torch.prepare_dense
+    fp8_linear: Callable[..., torch.Tensor] = fp8_torch.fp8_linear  # (x, FP8Weights, bias) -> x @ W.T + bias
     # (x [M, 2I] = [gate | up], weight [N, I], bias) -> linear(silu(gate) * up): the down projection with
     # the SwiGLU gate fused into its input where the set has such a kernel (None: silu_and_mul, then linear).
     gated_linear: Callable[..., torch.Tensor] | None = None

@@ -6,7 +6,7 @@ A "loaded weight" is either a torch.Tensor or a safetensors slice
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -70,6 +70,14 @@ def check_dtype(loaded: Any, allowed: tuple[str, ...]) -> None:
     name = dtype_name(loaded)
     if name not in allowed:
         raise WeightShapeError(f"dtype {name}, expected {' or '.join(allowed)}")
+
+
+def with_dtype_check(loader: Callable[..., None], allowed: tuple[str, ...]) -> Callable[..., None]:
+    """A `weight_loader` that checks the tensor's dtype first (`check_dtype`), then calls `loader`."""
+    def load(param: torch.Tensor, loaded: Any, shard_id: Any = None) -> None:
+        check_dtype(loaded, allowed)
+        loader(param, loaded, shard_id)
+    return load
 
 
 def set_weight_attrs(param: torch.Tensor, attrs: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from llm_infer.kernels import gptq_torch
 from llm_infer.kernels.dispatch import Kernels
 from llm_infer.parallel.linear import LinearMethod
 from llm_infer.parallel.state import get_parallel_state
-from llm_infer.parallel.weight_utils import WeightShapeError, check_dtype, set_weight_attrs
+from llm_infer.parallel.weight_utils import WeightShapeError, set_weight_attrs, with_dtype_check
 from llm_infer.runtime.quant.config import QuantConfig
 
 FLOATS = ("F16", "BF16", "F32")
@@ -78,15 +78,6 @@ class GPTQConfig(QuantConfig):
         return GPTQLinearMethod(self, kernels, prefix)
 
 
-def _checked(loader: Callable[..., None], allowed: tuple[str, ...]) -> Callable[..., None]:
-    """`loader` after a dtype check (a wrong dtype is a WeightShapeError the loader reports with
-    the tensor's name)."""
-    def load(param: nn.Parameter, loaded: Any, shard_id: Any = None) -> None:
-        check_dtype(loaded, allowed)
-        loader(param, loaded, shard_id)
-    return load
-
-
 class GPTQLinearMethod:
     """One GPTQ layer. Parameters as the checkpoint packs them (per shard): `qweight` int32
     `[K/p, N]`, `scales` float32 `[G, N]`, `qzeros` int32 `[G, N/p]` (asymmetric only), `g_idx`
@@ -122,13 +113,13 @@ class GPTQLinearMethod:
             params.append(("qzeros", (groups, n // p), torch.int32, {**group_dims, "output_dim": 1}, INTS))
         for name, shape, dt, dims, allowed in params:
             param = nn.Parameter(torch.empty(shape, dtype=dt), requires_grad=False)
-            set_weight_attrs(param, {**dims, "weight_loader": _checked(layer.weight_loader, allowed)})
+            set_weight_attrs(param, {**dims, "weight_loader": with_dtype_check(layer.weight_loader, allowed)})
             layer.register_parameter(name, param)
         # Read whenever the checkpoint has it (desc_act false checkpoints usually store the trivial
         # k // group, which costs nothing; any other order is honoured, not ignored); required with desc_act.
         g_idx = nn.Parameter(torch.empty(k, dtype=torch.int32), requires_grad=False)
         set_weight_attrs(g_idx, {"input_dim": 0, "optional": not cfg.desc_act,
-                                 "weight_loader": _checked(self._g_idx_loader(layer), INTS)})
+                                 "weight_loader": with_dtype_check(self._g_idx_loader(layer), INTS)})
         layer.register_parameter("g_idx", g_idx)
 
     @staticmethod
