@@ -1,4 +1,5 @@
-"""`llm-infer quantize`: make an AWQ int4 checkpoint (AutoAWQ-compatible folder) from a dense one.
+"""`llm-infer quantize`: make an AWQ int4 (AutoAWQ-compatible), GPTQ int4/int8 (AutoGPTQ-compatible)
+or block-wise FP8 (Qwen3-*-FP8 layout) checkpoint from a dense one.
 
 Calibration text comes from `--calib FILE`, or is written by the model itself:
 it answers a fixed, varied list of prompts (sampled, seeded), which the project
@@ -36,7 +37,7 @@ CALIBRATION_PROMPTS = [
 
 
 def calibration_text(args: argparse.Namespace, model: str) -> str:
-    if args.method == "rtn" and not args.calib:  # round-to-nearest looks at no activations
+    if args.method in ("rtn", "fp8") and not args.calib:  # round-to-nearest looks at no activations
         return "\n".join(CALIBRATION_PROMPTS)
     if args.calib:
         path = Path(args.calib)
@@ -78,21 +79,26 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if out.exists():
         raise UserError(f"output folder {out} already exists; choose a new one")
     config = ModelConfig.from_dir(model_dir)
+    if args.bits != 4 and args.method != "gptq":
+        raise UserError(f"--bits {args.bits} is for --method gptq (AWQ is int4, FP8 8-bit floats)")
     if args.group_size is None:  # AutoAWQ's 128 where it fits, else the largest size that does
         fits = fitting_group_sizes(config)
         args.group_size = 128 if 128 in fits else max((g for g in fits if g < 128), default=128)
-    check_group_size(config, args.group_size)
+    if args.method != "fp8":
+        check_group_size(config, args.group_size)
     text = calibration_text(args, str(model_dir))
-    seq_len = args.seq_len if args.method == "awq" else 16
+    seq_len = args.seq_len if args.method in ("awq", "gptq") else 16
     tokens = calibration_tokens(text, Tokenizer(model_dir), args.samples, seq_len)
-    options = QuantizeOptions(group_size=args.group_size, method=args.method, clip=not args.no_clip)
+    options = QuantizeOptions(group_size=args.group_size, method=args.method, clip=not args.no_clip, bits=args.bits)
     quantize_model(model_dir, out, tokens, options)
-    print(f"wrote {args.method.upper()} int4 (group {args.group_size}) checkpoint to {out}")
+    what = ("FP8 e4m3 (128 x 128 blocks)" if args.method == "fp8"
+            else f"{args.method.upper()} int{args.bits} (group {args.group_size})")
+    print(f"wrote {what} checkpoint to {out}")
     return 0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("quantize", help="quantize a model to AWQ int4 (AutoAWQ-compatible output)")
+    p = sub.add_parser("quantize", help="quantize a model to AWQ int4, GPTQ int4/int8 or block-wise FP8")
     p.add_argument("--model", required=True, help="Hugging Face folder, or 'default'")
     p.add_argument("--out", required=True, help="new folder for the quantized checkpoint")
     p.add_argument("--calib", help="calibration text file (default: text the model writes itself)")
@@ -101,7 +107,10 @@ def add_parser(sub) -> None:
                         "else the largest of 64, 32 that does; SmolLM2: 64)")
     p.add_argument("--samples", type=int, default=64, help="calibration samples")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sample")
-    p.add_argument("--method", choices=["awq", "rtn"], default="awq",
-                   help="awq (scale and clipping search) or rtn (plain round-to-nearest, the baseline)")
+    p.add_argument("--method", choices=["awq", "rtn", "gptq", "fp8"], default="awq",
+                   help="awq (scale and clipping search) or rtn (plain round-to-nearest, the baseline), both "
+                        "written as AWQ int4; gptq (the GPTQ algorithm, written as AutoGPTQ); fp8 (block-wise "
+                        "e4m3, 128 x 128 blocks, round-to-nearest)")
+    p.add_argument("--bits", type=int, choices=[4, 8], default=4, help="GPTQ's bits (--method gptq)")
     p.add_argument("--no-clip", action="store_true", help="skip the clipping search")
     p.set_defaults(func=cmd_quantize)

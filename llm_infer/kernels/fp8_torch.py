@@ -35,6 +35,19 @@ def dequantize(weight: torch.Tensor, row_scales: torch.Tensor, block_k: int) -> 
     return weight.float() * row_scales.repeat_interleave(block_k, 1)[:, :k]
 
 
+def quantize_weight(w: torch.Tensor, block_n: int = 128, block_k: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """w `[N, K]` -> (float8_e4m3fn `[N, K]`, float32 weight_scale_inv `[ceil(N/bn), ceil(K/bk)]`): each
+    block scaled so that its largest |w| becomes 448, rounded to nearest e4m3 (`llm-infer quantize`)."""
+    n, k = w.shape
+    bn, bk = -(-n // block_n), -(-k // block_k)
+    padded = torch.zeros(bn * block_n, bk * block_k)
+    padded[:n, :k] = w.float()
+    blocks = padded.view(bn, block_n, bk, block_k)
+    scale_inv = (blocks.abs().amax(dim=(1, 3)) / FP8_MAX).clamp(min=1e-12)
+    q = (blocks / scale_inv[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q.view(bn * block_n, bk * block_k)[:n, :k].contiguous(), scale_inv
+
+
 def quantize_activation(x: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """x `[M, K]` (K a multiple of `group`) -> (float8_e4m3fn `[M, K]`, float32 scales `[M, K/group]`)
     with x ~ x_fp8 * scale per (row, group): scale = max|x_group| / 448 (1 for an all-zero group),

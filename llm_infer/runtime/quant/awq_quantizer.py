@@ -1,4 +1,6 @@
-"""Quantize a dense checkpoint to AWQ int4, layer by layer, and write an AutoAWQ-compatible folder.
+"""Quantize a dense checkpoint layer by layer and write it as AutoAWQ (int4), AutoGPTQ (int4/int8,
+`method="gptq"`: the GPTQ algorithm, `gptq_search.py`) or block-wise FP8 (`method="fp8"`: e4m3 with
+a scale per 128 x 128 block, round to nearest, as Qwen's FP8 checkpoints) would.
 
 For each decoder layer: run it on the calibration tokens (original weights) while
 recording the inputs of its four linear groups (q/k/v, o, gate/up, down); search
@@ -39,6 +41,7 @@ from llm_infer.errors import UserError
 from llm_infer.kernels.attention_metadata import AttentionMetadata, query_start_loc
 from llm_infer.kernels.awq_torch import pack_awq
 from llm_infer.kernels.dispatch import TORCH
+from llm_infer.kernels.fp8_torch import quantize_weight
 from llm_infer.kernels.moe_torch import route
 from llm_infer.kernels.torch_ref import silu_and_mul
 from llm_infer.runtime.kv_cache import KVCache
@@ -47,7 +50,9 @@ from llm_infer.runtime.models.loader import load_weights
 from llm_infer.runtime.models.model_config import ModelConfig
 from llm_infer.runtime.models.moe_block import SparseMoeBlock
 from llm_infer.runtime.quant.awq_search import quantize_groups, search_clipping, search_scales
+from llm_infer.runtime.quant.gptq_search import DAMP, gptq_quantize, gptq_tensors, inverse_hessian
 
+FP8_BLOCK = 128  # weight_block_size of the FP8 checkpoints written (as Qwen's)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
                    "special_tokens_map.json")
 
@@ -55,8 +60,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 @dataclass
 class QuantizeOptions:
     group_size: int = 128
-    method: str = "awq"  # or "rtn"
+    method: str = "awq"  # or "rtn" (both AWQ's format), "gptq" (GPTQ's algorithm and format), "fp8"
     clip: bool = True
+    bits: int = 4  # gptq: 4 or 8
     grid: int = 20
     search_tokens: int = 2048  # calibration tokens used by the scale search
     clip_tokens: int = 256
@@ -113,7 +119,8 @@ def quantize_model(model_dir: Path, out_dir: Path, token_ids: torch.Tensor, opti
         raise UserError(f"output folder {out_dir} already exists; choose a new one")
     if cfg.quantization is not None:
         raise UserError(f"{model_dir} is already quantized ({cfg.quantization.get('quant_method')})")
-    check_group_size(cfg, options.group_size)
+    if options.method != "fp8":
+        check_group_size(cfg, options.group_size)
     with torch.device("cpu"):
         model = CausalLM(cfg, torch.float32, TORCH)
     load_weights(model, model_dir, progress=progress)
@@ -130,11 +137,31 @@ def quantize_model(model_dir: Path, out_dir: Path, token_ids: torch.Tensor, opti
             x, residual = inputs.pop("_out")
             if options.method == "awq":
                 _apply_scales(layer, cfg, inputs, pick, options)
+            elif options.method == "gptq" and isinstance(layer.mlp, SparseMoeBlock):
+                inputs.update(_expert_inputs(layer.mlp, inputs["gate_up"]))
             tensors.update(_quantize_layer(layer, cfg, inputs, pick, options, f"model.layers.{i}"))
     for name, param in model.named_parameters():
         if ".layers." not in name:
-            tensors[name] = param.detach().to(torch.float16).contiguous()
-    _write(model_dir, out_dir, tensors, options.group_size)
+            tensors[name] = param.detach().to(_dense_dtype(options)).contiguous()
+    _write(model_dir, out_dir, tensors, options)
+
+
+def _dense_dtype(opt: QuantizeOptions) -> torch.dtype:
+    """The dtype of the tensors left unquantized: bf16 beside FP8 (as Qwen's FP8 checkpoints), else fp16."""
+    return torch.bfloat16 if opt.method == "fp8" else torch.float16
+
+
+def quantization_config(opt: QuantizeOptions) -> dict:
+    """config.json's `quantization_config` of what `quantize_model` writes."""
+    if opt.method == "fp8":
+        return {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                "weight_block_size": [FP8_BLOCK, FP8_BLOCK], "modules_to_not_convert": None}
+    if opt.method == "gptq":
+        return {"quant_method": "gptq", "bits": opt.bits, "group_size": opt.group_size, "sym": False,
+                "desc_act": False, "damp_percent": DAMP, "true_sequential": False, "static_groups": False,
+                "checkpoint_format": "gptq"}
+    return {"quant_method": "awq", "bits": 4, "group_size": opt.group_size, "zero_point": True, "version": "gemm",
+            "modules_to_not_convert": None}
 
 
 def _record_inputs(layer, run) -> dict[str, torch.Tensor]:
@@ -277,9 +304,21 @@ def _quantize_layer(layer, cfg: ModelConfig, inputs: dict, pick: torch.Tensor, o
     else:
         parts += _mlp_parts("mlp", mlp.gate_up_proj.weight, mlp.down_proj.weight, cfg.intermediate_size,
                             "gate_up", "down")
-    out = {f"{prefix}.{name}": w.to(torch.float16).contiguous() for name, w in dense.items()}
+    dtype = _dense_dtype(opt)
+    out = {f"{prefix}.{name}": w.to(dtype).contiguous() for name, w in dense.items()}
+    hessians: dict[str, tuple] = {}  # per input: q/k/v and gate/up share theirs
     for name, weight, rows, key, clip in parts:
         w = weight[rows]
+        if opt.method == "fp8":
+            q8, scale_inv = quantize_weight(w, FP8_BLOCK, FP8_BLOCK)
+            out.update({f"{prefix}.{name}.weight": q8, f"{prefix}.{name}.weight_scale_inv": scale_inv})
+            continue
+        if opt.method == "gptq":
+            if key not in hessians:
+                hessians[key] = inverse_hessian(inputs[key])
+            out.update(gptq_tensors(f"{prefix}.{name}", *gptq_quantize(w, hessians[key], opt.bits, opt.group_size),
+                                    opt.bits))
+            continue
         if opt.method == "awq" and opt.clip and clip:
             x = inputs[key]
             w = search_clipping(w, x[pick[: opt.clip_tokens] % x.shape[0]], opt.group_size)
@@ -289,16 +328,16 @@ def _quantize_layer(layer, cfg: ModelConfig, inputs: dict, pick: torch.Tensor, o
         out[f"{prefix}.{name}.scales"] = scales.t().contiguous().to(torch.float16)
     if attn.qkv_proj.bias is not None:
         for name, rows in (("q_proj", slice(0, q)), ("k_proj", slice(q, q + kv)), ("v_proj", slice(q + kv, None))):
-            out[f"{prefix}.self_attn.{name}.bias"] = attn.qkv_proj.bias[rows].to(torch.float16).contiguous()
+            out[f"{prefix}.self_attn.{name}.bias"] = attn.qkv_proj.bias[rows].to(dtype).contiguous()
     for norm in ("input_layernorm", "post_attention_layernorm"):
-        out[f"{prefix}.{norm}.weight"] = getattr(layer, norm).weight.to(torch.float16).contiguous()
+        out[f"{prefix}.{norm}.weight"] = getattr(layer, norm).weight.to(dtype).contiguous()
     if cfg.qk_norm:
-        out[f"{prefix}.self_attn.q_norm.weight"] = attn.q_norm.weight.to(torch.float16).contiguous()
-        out[f"{prefix}.self_attn.k_norm.weight"] = attn.k_norm.weight.to(torch.float16).contiguous()
+        out[f"{prefix}.self_attn.q_norm.weight"] = attn.q_norm.weight.to(dtype).contiguous()
+        out[f"{prefix}.self_attn.k_norm.weight"] = attn.k_norm.weight.to(dtype).contiguous()
     return out
 
 
-def _write(model_dir: Path, out_dir: Path, tensors: dict[str, torch.Tensor], group: int) -> None:
+def _write(model_dir: Path, out_dir: Path, tensors: dict[str, torch.Tensor], opt: QuantizeOptions) -> None:
     """Into a temporary folder beside `out_dir`, renamed at the end: never a half-written model."""
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -307,9 +346,8 @@ def _write(model_dir: Path, out_dir: Path, tensors: dict[str, torch.Tensor], gro
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text())
-        config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True,
-                                         "version": "gemm", "modules_to_not_convert": None}
-        config["torch_dtype"] = "float16"
+        config["quantization_config"] = quantization_config(opt)
+        config["torch_dtype"] = str(_dense_dtype(opt)).removeprefix("torch.")
         config.pop("dtype", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
