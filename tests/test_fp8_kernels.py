@@ -60,6 +60,15 @@ def test_cuda_preparation_falls_back_to_the_dequantised_weight_off_a_gpu():
     torch.testing.assert_close(fp8_torch.fp8_linear(x, w, None), F.linear(x, w.dense), atol=0, rtol=0)
 
 
+def test_env_says_how_gptq_and_fp8_run_on_cpu():
+    from llm_infer.entrypoints.env_report import cpu_ops
+    from tests.conftest import cpu_extension_or_skip
+
+    ops = cpu_ops(cpu_extension_or_skip())
+    assert ops["FP8 block-wise checkpoints"].startswith("dequantized at load to the model dtype")
+    assert ops["GPTQ checkpoints"].startswith("int4 converted at load to AWQ's int4")
+
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -29,6 +29,11 @@ _CUDA_OPS = {"linear": "Triton GEMV at 1 row, cuBLAS otherwise | cuBLAS",
              "silu_and_mul": "fused into the down projection's GEMV at 1 row, torch otherwise | torch",
              "attention": "Triton GQA decode | CUDA (flash-decoding, flash-style prefill)",
              "awq_linear (int4)": "Triton GEMV (<= 16 rows) / GEMM (<= 64) / dequantize + cuBLAS",
+             "GPTQ checkpoints": "int4 converted at load to AWQ's int4 (the awq_linear row); int8 dequantized "
+                                 "at load (the linear row)",
+             "FP8 block-wise checkpoints": "W8A8 torch._scaled_mm (FP8 tensor cores, activations per token "
+                                           "and 128 inputs) where a load-time probe passes (sm_90), else "
+                                           "dequantized at load (the linear row)",
              "int8 LM head": "torch"}
 
 
@@ -46,6 +51,12 @@ def cpu_ops(ext: Any) -> dict[str, str]:
             "attention": path("attention", "C++ for short queries (torch SDPA for prefill)"),
             "awq_linear (int4)": path("awq_gemv", f"C++ W4A8 GEMV up to {rows['awq_linear']} rows, "
                                                   "dequantize + oneDNN beyond"),
+            "GPTQ checkpoints": path("awq_gemv", "int4 converted at load to AWQ's int4 (the awq_linear row); "
+                                                 "int8 dequantized at load (the linear row)"),
+            # measured (README "GPTQ and FP8"): keeping fp8 and converting per call, or torch's fp8
+            # matmul, were slower than the bf16 GEMV on the weight dequantized once
+            "FP8 block-wise checkpoints": path("gemv", "dequantized at load to the model dtype (the linear row; "
+                                                       "no fp8 CPU kernel beat it)"),
             "int8 LM head": path("int8_gemv", f"C++ up to {rows['int8_linear']} rows"),
             "moe": path("moe", "C++"), "decode layer stack": "fused C++ (dense and AWQ, one rank)"}
 

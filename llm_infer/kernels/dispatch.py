@@ -139,8 +139,8 @@ def _cpu_kernels(ext: Any, deterministic: bool = False) -> Kernels:
                                                                       residual),
                        rotary_=ext.rotary_, silu_and_mul=ext.silu_and_mul,
                        attention=CpuAttentionBackend(ext, fixed_chunk=DETERMINISTIC_CHUNK),
-                       awq_prepare=_not_deterministic("AWQ int4 checkpoints"),
-                       awq_linear=_not_deterministic("AWQ int4 checkpoints"),
+                       awq_prepare=_not_deterministic("AWQ and GPTQ int4 checkpoints"),
+                       awq_linear=_not_deterministic("AWQ and GPTQ int4 checkpoints"),
                        int8_linear=_not_deterministic("an int8 LM head"), moe=_not_deterministic("mixture-of-experts models"))
 
     def add_rms_norm(x, residual, weight, eps):
