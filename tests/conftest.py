@@ -104,17 +104,27 @@ def served_engine(config: dict) -> Iterator:
         llm.close()
 
 
-def cpu_extension_or_skip():
-    """The C++ CPU kernels; a skip only where no compiler exists, a failure where the build broke."""
+def _no_cpu_build(variant: str) -> None:
+    """The C++ CPU kernels of `variant` did not load: a skip where this CPU lacks AVX2 + FMA (torch's
+    path runs; test_kernel_dispatch checks that) or no compiler exists, a failure where the build broke."""
     import shutil
 
-    from llm_infer.kernels.cpu_extension import load_cpu_extension
+    from llm_infer.kernels.cpu_extension import host_variants
+
+    if not host_variants():
+        pytest.skip("this CPU lacks AVX2 + FMA: no C++ build runs here", allow_module_level=True)
+    if shutil.which(os.environ.get("CXX", "c++")):
+        raise RuntimeError(f"the C++ CPU kernels ({variant}) failed to build although a compiler is installed")
+    pytest.skip("no C++ compiler: the CPU kernels cannot be built here", allow_module_level=True)
+
+
+def cpu_extension_or_skip():
+    """The C++ CPU kernels of the selected variant (`_no_cpu_build` says when it skips)."""
+    from llm_infer.kernels.cpu_extension import load_cpu_extension, selected_variant
 
     ext = load_cpu_extension()
     if ext is None:
-        if shutil.which(os.environ.get("CXX", "c++")):
-            raise RuntimeError("the C++ CPU kernels failed to build although a compiler is installed")
-        pytest.skip("no C++ compiler: the CPU kernels cannot be built here", allow_module_level=True)
+        _no_cpu_build(selected_variant())
     return ext
 
 
@@ -128,17 +138,13 @@ def cpu_variants() -> list[str]:
 
 @pytest.fixture(scope="module", params=cpu_variants())
 def cpu_ext(request):
-    """The C++ CPU kernels of one build variant (each test runs once per variant this CPU runs);
-    a skip only where no compiler exists, a failure where the build broke."""
-    import shutil
-
+    """The C++ CPU kernels of one build variant (each test runs once per variant this CPU runs;
+    `_no_cpu_build` says when it skips)."""
     from llm_infer.kernels.cpu_extension import load_cpu_extension
 
     ext = load_cpu_extension(request.param)
     if ext is None:
-        if shutil.which(os.environ.get("CXX", "c++")):
-            raise RuntimeError(f"the C++ CPU kernels ({request.param}) failed to build although a compiler is installed")
-        pytest.skip("no C++ compiler: the CPU kernels cannot be built here")
+        _no_cpu_build(request.param)
     return ext
 
 
