@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import torch
 
-from llm_infer.kernels import awq_torch, fp8_torch, torch_ref
+from llm_infer.kernels import awq_torch, fp8_torch, lora_torch, torch_ref
 from llm_infer.kernels.attention_torch import TorchAttentionBackend
 from llm_infer.kernels.dispatch import Kernels
 
@@ -67,12 +67,12 @@ def triton_modules() -> dict[str, Any] | None:
         return None
     try:
         from llm_infer.kernels.triton import (activation, awq_dequant, awq_linear, awq_pack, decode_attention, gemv,
-                                              rms_norm, rope_kv)
+                                              lora, rms_norm, rope_kv)
     except ImportError as e:
         warnings.warn(f"llm-infer: Triton kernels unavailable ({e}); using the CUDA extension and torch")
         return None
     return {"activation": activation, "awq_dequant": awq_dequant, "awq_linear": awq_linear, "awq_pack": awq_pack,
-            "decode_attention": decode_attention, "gemv": gemv, "rms_norm": rms_norm, "rope_kv": rope_kv}
+            "decode_attention": decode_attention, "gemv": gemv, "lora": lora, "rms_norm": rms_norm, "rope_kv": rope_kv}
 
 
 def cuda_kernels(ext: Any, cuda_attention: bool = True) -> Kernels:
@@ -153,4 +153,15 @@ def triton_kernels(ext: Any, triton: dict[str, Any], cuda_attention: bool) -> Ke
     return Kernels(name="cuda", linear=linear, gated_linear=gated_linear, rms_norm=rms_norm,
                    add_rms_norm=add_rms_norm, rotary_=torch_ref.rotary_, silu_and_mul=silu_and_mul,
                    attention=attention, awq_prepare=triton["awq_pack"].repack_for_triton, awq_linear=awq_linear,
-                   int8_linear=torch_ref.int8_linear, fp8_prepare=fp8_torch.prepare_w8a8)
+                   int8_linear=torch_ref.int8_linear, fp8_prepare=fp8_torch.prepare_w8a8,
+                   lora_add=_lora_add(triton["lora"].lora_add))
+
+
+def _lora_add(triton_lora_add: Any) -> Any:
+    """The Triton LoRA kernel for power-of-two slot ranks (`lora.max_rank`), the torch reference otherwise."""
+    def lora_add(y, x, a, b, slots, offsets):
+        rank = b.shape[1]
+        if rank & (rank - 1) or len(offsets) > 4:
+            return lora_torch.lora_add(y, x, a, b, slots, offsets)
+        return triton_lora_add(y, x, a, b, slots, offsets)
+    return lora_add

@@ -51,7 +51,7 @@ class Kernels:
     # (x [M, 2I] = [gate | up], weight [N, I], bias) -> linear(silu(gate) * up): the down projection with
     # the SwiGLU gate fused into its input where the set has such a kernel (None: silu_and_mul, then linear).
     gated_linear: Callable[..., torch.Tensor] | None = None
-    # (y [T, N], x [T, K], a [S, n*R, K], b [S, N, R], slots [T] int64, offsets) -> None: y += each token's
+    # (y [T, N], x [T, K], a [S, n*R, K], b [S, R, N], slots [T] int64, offsets) -> None: y += each token's
     # LoRA product, in place (lora_torch.py; the CUDA set's is Triton, capturable in a CUDA graph).
     lora_add: Callable[..., None] = lora_torch.lora_add
 
@@ -131,6 +131,7 @@ def _not_deterministic(what: str) -> Callable[..., Any]:
 
 
 def _cpu_kernels(ext: Any, deterministic: bool = False) -> Kernels:
+    from llm_infer.kernels import lora_cpu
     from llm_infer.kernels.attention_cpu import CpuAttentionBackend
 
     if deterministic:
@@ -141,7 +142,8 @@ def _cpu_kernels(ext: Any, deterministic: bool = False) -> Kernels:
                        attention=CpuAttentionBackend(ext, fixed_chunk=DETERMINISTIC_CHUNK),
                        awq_prepare=_not_deterministic("AWQ and GPTQ int4 checkpoints"),
                        awq_linear=_not_deterministic("AWQ and GPTQ int4 checkpoints"),
-                       int8_linear=_not_deterministic("an int8 LM head"), moe=_not_deterministic("mixture-of-experts models"))
+                       int8_linear=_not_deterministic("an int8 LM head"), moe=_not_deterministic("mixture-of-experts models"),
+                       lora_add=lora_cpu.lora_add)  # each token's product alone, in a fixed order: batch-invariant
 
     def add_rms_norm(x, residual, weight, eps):
         return ext.add_rms_norm_(x, residual, weight, eps), residual
@@ -168,4 +170,5 @@ def _cpu_kernels(ext: Any, deterministic: bool = False) -> Kernels:
                    awq_prepare=pick("awq_gemv", awq_torch.repack_for_cpu, awq_torch.prepare_ref),
                    awq_linear=pick("awq_gemv", awq_linear, awq_torch.awq_linear_ref),
                    int8_linear=pick("int8_gemv", ext.int8_linear, torch_ref.int8_linear),
-                   moe=pick("moe", ext.fused_moe, moe_torch.fused_moe))
+                   moe=pick("moe", ext.fused_moe, moe_torch.fused_moe),
+                   lora_add=lora_cpu.lora_add)  # built on first use, its own module (kernels/lora_cpu.py)

@@ -48,12 +48,12 @@ class LoRAStack:
         self.offsets = tuple([p[0] for p in self.places] + [out_size])
         self._input_part = layer.input_part if self.row_parallel else None
         self.a = torch.zeros(slots, len(self.parts) * max_rank, in_size, dtype=dtype)
-        self.b = torch.zeros(slots, out_size, max_rank, dtype=dtype)
+        self.b = torch.zeros(slots, max_rank, out_size, dtype=dtype)
 
     def shard(self, weights: dict[Any, tuple[Any, Any, float]]) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's slot contents on the host, in the layer's dtype: `weights` maps a part to
         (A `[r, in]`, B `[out, r]` as tensors or lazy safetensors slices, scale); parts without
-        an adapter stay zero. Returns (a `[n_sub*R, in/rank]`, b `[out/rank, R]`)."""
+        an adapter stay zero. Returns (a `[n_sub*R, in/rank]`, b `[R, out/rank]`, B transposed)."""
         a = torch.zeros(self.a.shape[1:], dtype=self.a.dtype)
         b = torch.zeros(self.b.shape[1:], dtype=self.b.dtype)
         for i, part in enumerate(self.parts):
@@ -71,7 +71,7 @@ class LoRAStack:
             if not self.row_parallel:
                 lora_b = _shard(lora_b, 0, index, size, count)
             lora_b = materialize(lora_b).float() * scale
-            b[offset : offset + size, :rank] = lora_b.to(b.dtype)
+            b[:rank, offset : offset + size] = lora_b.T.to(b.dtype)
         return a, b
 
     def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor) -> None:
