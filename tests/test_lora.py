@@ -76,18 +76,41 @@ def test_a_batch_of_three_adapters_and_the_base_equals_each_alone(tiny_models, t
     assert len({tuple(t.outputs[0].token_ids) for t in together[:3]}) == 3
 
 
-def test_tensor_parallel_adapters_equal_one_rank(tiny_models, tmp_path):
-    base = tiny_models["qwen2"]  # 4 heads, 2 KV heads: TP=2 splits both
+@pytest.mark.slow
+@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2)])
+def test_parallel_adapters_equal_one_rank(tiny_models, tmp_path, tp, pp):
+    """TP=2: q/k/v heads, KV heads and gate/up split (B rows with them), o/down split along their
+    input (A columns with them); PP=2: each stage loads its layers' part of the adapter."""
+    base = tiny_models["qwen2"]  # 4 heads, 2 KV heads
     adapter = write_adapter(tmp_path / "a", base, seed=3)
     results = []
-    for tp in (1, 2):
+    for parallel in ({}, {"tensor": tp, "pipeline": pp}):
         cfg = lora_config(base, max_loras=2)
-        cfg["parallel"] = {"tensor": tp}
+        cfg["parallel"] = parallel
         with LLM(cfg, progress=False, lora_modules={"a": adapter}) as llm:
             results.append(greedy_with_logits(llm, PROMPT, 4, "a"))
     (t1, l1), (t2, l2) = results
     assert t1 == t2
     assert (l1 - l2).abs().max().item() <= 1e-4 * l1.abs().max().item()
+
+
+def test_slots_are_refilled_least_recently_used_first(tiny_models, tmp_path):
+    from llm_infer.config import LoRAConfig
+    from llm_infer.runtime.lora.registry import NO_LORA, NO_SLOT, LoRARegistry
+    from llm_infer.runtime.models.model_config import ModelConfig
+
+    base = tiny_models["qwen2"]
+    registry = LoRARegistry(LoRAConfig(enabled=True, max_loras=2), ModelConfig.from_dir(base))
+    a, b, c = (registry.add(n, write_adapter(tmp_path / n, base, seed=i)).id for i, n in enumerate("abc"))
+    slots, loads = registry.assign([a, NO_LORA, b, a])
+    assert slots == [0, NO_SLOT, 1, 0] and [(s.slot, s.lora_id) for s in loads] == [(0, a), (1, b)]
+    assert registry.assign([b, a]) == ([1, 0], [])  # resident: nothing to load; a used last
+    slots, loads = registry.assign([c])
+    assert slots == [1] and [(s.slot, s.lora_id) for s in loads] == [(1, c)]  # b was the least recent
+    slots, loads = registry.assign([b, c])  # a goes, though older uses of c came later
+    assert slots == [0, 1] and [(s.slot, s.lora_id) for s in loads] == [(0, b)]
+    with pytest.raises(RuntimeError, match="more than lora.max_loras=2"):
+        registry.assign([a, b, c])
 
 
 def test_the_prefix_cache_is_never_shared_across_adapters(tiny_models, tmp_path):

@@ -8,6 +8,9 @@
 - `CudaGraphForward` (our CUDA kernels, one process): steps of one new token per sequence
   replay a captured CUDA graph of the forward pass and the LM head (`cuda_graphs.py`).
 
+A step with LoRA adapter tokens (`lora_active`) runs by reference whatever was chosen: neither
+the fused stack nor the captured graphs carry adapters.
+
 `choose_forward` is the one place that picks; the model runner calls whatever it returned.
 """
 

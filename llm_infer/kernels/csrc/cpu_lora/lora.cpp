@@ -4,7 +4,8 @@
 // Shapes: y [T, N], x [T, K], a [S, n*R, K], b [S, R, N] (B transposed), slots [T] int64 (-1: none),
 // offsets: n + 1 output boundaries of the sub-projections (q/k/v, gate/up). fp32 or bf16, fp32 sums.
 //
-// Two passes, each one OpenMP loop: (1) shrink, u[t, j] = a[s_t, j, :] . x[t, :] (T * n*R dot
+// Two passes in one OpenMP region (a region costs more than either pass at decode sizes when the
+// machine is busy): (1) shrink, u[t, j] = a[s_t, j, :] . x[t, :] (T * n*R dot
 // products streaming a's rows); (2) expand, y[t, n0:n1] += sum_r u[t, i*R + r] * b[s_t, r, n0:n1]
 // over chunks of outputs: contiguous multiply-adds, no horizontal sums. Zero-padded ranks give
 // u == 0 exactly and their rows of b are skipped, so an adapter of rank r reads r rows, not R.
@@ -41,7 +42,10 @@ void lora_add_impl(T* y, const T* x, const T* a, const T* b, const int64_t* slot
   const int64_t n_sub = static_cast<int64_t>(off.size()) - 1;
   const int64_t nr = n_sub * rank;
   std::vector<float> u(static_cast<size_t>(tokens * nr), 0.f);
-#pragma omp parallel for collapse(2) schedule(static)
+  const int64_t chunks = (n_out + kChunk - 1) / kChunk;
+#pragma omp parallel
+  {
+#pragma omp for collapse(2) schedule(static)
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t j = 0; j < nr; ++j) {
       const int64_t s = slots[t];
@@ -54,8 +58,8 @@ void lora_add_impl(T* y, const T* x, const T* a, const T* b, const int64_t* slot
       u[t * nr + j] = acc;
     }
   }
-  const int64_t chunks = (n_out + kChunk - 1) / kChunk;
-#pragma omp parallel for collapse(2) schedule(static)
+  // the implicit barrier of the loop above: every u is written before any is read
+#pragma omp for collapse(2) schedule(static)
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t s = slots[t];
@@ -75,6 +79,7 @@ void lora_add_impl(T* y, const T* x, const T* a, const T* b, const int64_t* slot
       T* yrow = y + t * y_stride;
       for (int64_t n = n0; n < n1; ++n) store(yrow + n, load(yrow[n]) + acc[n - n0]);
     }
+  }
   }
 }
 
