@@ -5,6 +5,8 @@ same model with the weights dequantized, and keep its greedy tokens."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,24 +28,32 @@ OURS = {"qwen2_moe": dict(mlp_only_layers=[1], shared_expert_intermediate_size=6
         "qwen3_moe": dict(norm_topk_prob=True)}
 
 
+# Ours are quantized by `llm-infer quantize` (AWQ search over every expert): slow tier.
+NAMES = ["autoawq", *(pytest.param(arch, marks=pytest.mark.slow) for arch in OURS)]
+
+
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """name -> (AWQ checkpoint, the same with every int4 layer dequantized to fp32)."""
+def checkpoints(tmp_path_factory) -> Callable[[str], tuple[Path, Path]]:
+    """name -> (AWQ checkpoint, the same with every int4 layer dequantized to fp32), made on first use."""
     root = tmp_path_factory.mktemp("awq-moe")
     (root / "calib.txt").write_text(CALIB)
-    out = {"autoawq": (AUTOAWQ_MOE, dequantized_checkpoint(AUTOAWQ_MOE, root / "autoawq-dense"))}
-    for arch, extra in OURS.items():
-        src = make_checkpoint(root / arch, arch, seed=3, **SHAPE, **extra)
-        code, stderr = quantize(src, root / f"{arch}-awq", calib=root / "calib.txt")
+
+    @functools.cache
+    def get(name: str) -> tuple[Path, Path]:
+        if name == "autoawq":
+            return AUTOAWQ_MOE, dequantized_checkpoint(AUTOAWQ_MOE, root / "autoawq-dense")
+        src = make_checkpoint(root / name, name, seed=3, **SHAPE, **OURS[name])
+        code, stderr = quantize(src, root / f"{name}-awq", calib=root / "calib.txt")
         assert code == 0, stderr
-        out[arch] = (root / f"{arch}-awq", dequantized_checkpoint(root / f"{arch}-awq", root / f"{arch}-dense"))
-    return out
+        return root / f"{name}-awq", dequantized_checkpoint(root / f"{name}-awq", root / f"{name}-dense")
+
+    return get
 
 
 @pytest.mark.parametrize("kernels", ["torch", "auto"])
-@pytest.mark.parametrize("name", ["autoawq", *OURS])
+@pytest.mark.parametrize("name", NAMES)
 def test_awq_moe_matches_its_dequantized_weights(checkpoints, name, kernels):
-    awq, dense = checkpoints[name]
+    awq, dense = checkpoints(name)
     with torch.no_grad():
         ref = reference_model(dense)(torch.tensor([PROMPT])).logits[0]
     with LLM(config(awq, kernels=kernels), progress=False) as llm:
@@ -56,26 +66,27 @@ def test_awq_moe_matches_its_dequantized_weights(checkpoints, name, kernels):
     torch.testing.assert_close(ours, ref, atol=1e-3, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["autoawq", *OURS])
+@pytest.mark.parametrize("name", NAMES)
 def test_awq_moe_greedy_tokens_match_the_dequantized_model(checkpoints, name):
-    awq, dense = checkpoints[name]
+    awq, dense = checkpoints(name)
     with LLM(config(dense), progress=False) as llm:
         want = llm.generate([PROMPT], GREEDY)[0].token_ids
     with LLM(config(awq), progress=False) as llm:
         assert llm.generate([PROMPT], GREEDY)[0].token_ids == want
 
 
+@pytest.mark.slow  # quantizes both of ours
 def test_our_moe_checkpoint_is_laid_out_per_expert_as_autoawq_writes_it(checkpoints):
     def layout(path: Path) -> dict[str, tuple]:
         with safe_open(str(path / "model.safetensors"), "pt") as f:
             return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()
                     if k.startswith("model.layers.0.mlp.")}
 
-    ours, autoawq = layout(checkpoints["qwen3_moe"][0]), layout(AUTOAWQ_MOE)
+    ours, autoawq = layout(checkpoints("qwen3_moe")[0]), layout(AUTOAWQ_MOE)
     assert ours == autoawq  # same shapes: hidden 64, 8 experts of 64, group 64
     assert ours["model.layers.0.mlp.experts.7.down_proj.qweight"] == ("I32", (64, 8))
     assert ours["model.layers.0.mlp.gate.weight"] == ("F16", (8, 64))
-    qwen2 = layout(checkpoints["qwen2_moe"][0])
+    qwen2 = layout(checkpoints("qwen2_moe")[0])
     assert {"model.layers.0.mlp.shared_expert.down_proj.qweight", "model.layers.0.mlp.shared_expert_gate.weight"
             } <= set(qwen2)
 

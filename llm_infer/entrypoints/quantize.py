@@ -79,6 +79,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if out.exists():
         raise UserError(f"output folder {out} already exists; choose a new one")
     config = ModelConfig.from_dir(model_dir)
+    if config.quantization is not None:  # before the calibration text, which the model may have to write
+        raise UserError(f"{model_dir} is already quantized ({config.quantization.get('quant_method')})")
     if args.bits != 4 and args.method != "gptq":
         raise UserError(f"--bits {args.bits} is for --method gptq (AWQ is int4, FP8 8-bit floats)")
     if args.group_size is None:  # AutoAWQ's 128 where it fits, else the largest size that does
