@@ -65,6 +65,7 @@ def test_every_schema_output_validates_sampled_and_batched(llm):
     assert len({o.text for o in outputs}) > len(SCHEMAS) // 2  # sampled, not one canned answer
 
 
+@pytest.mark.slow  # every schema again (the fast tier keeps the sampled, batched run)
 def test_every_schema_output_validates_with_n_penalties_preemption_and_chunking(tiny_models):
     tight = tiny_engine_config(tiny_models["qwen2"], cache={"block_size": 4, "num_blocks": 120},
                                scheduler={"max_num_batched_tokens": 13, "max_model_len": 256})
@@ -74,6 +75,7 @@ def test_every_schema_output_validates_with_n_penalties_preemption_and_chunking(
     assert_all_valid(outputs)
 
 
+@pytest.mark.slow  # every schema again (the fast tier keeps the sampled, batched run)
 def test_every_schema_output_validates_with_ngram_speculation(tiny_models):
     with LLM(tiny_engine_config(tiny_models["qwen2"], speculative={"method": "ngram", "ngram_min": 1}),
              progress=False) as llm:

@@ -345,6 +345,7 @@ def compile_tiles(capability: int, dtype: str) -> list[str]:
     return failures
 
 
+@pytest.mark.slow  # Triton's compiler and ptxas, 10-40 s
 @pytest.mark.skipif(CUDA, reason="on a GPU every test above compiles and runs the kernels")
 @pytest.mark.parametrize("capability,dtype", [(90, "bf16"), (80, "fp16")])
 def test_the_committed_tiles_compile_for_hopper_and_ampere(capability, dtype):
@@ -365,6 +366,7 @@ def test_benchmark_plan_without_cuda():
     assert plan["candidates"] > len(plan["shape_classes"])
 
 
+@pytest.mark.slow  # every kernel of the section through the interpreter, ~30 s
 @pytest.mark.skipif(CUDA, reason="the GPU run measures the section itself")
 def test_benchmark_section_runs_end_to_end_on_a_tiny_shape(monkeypatch):
     """run() with a fake timer on CPU (fp16: no bf16 tl.dot in the interpreter): every code path
