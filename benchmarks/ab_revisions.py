@@ -32,6 +32,10 @@ CONFIGS = {  # name -> (config, bench arguments)
                                                                      "--batch", "16", "--repeat", "3"]),
     "default bf16 b32": ({"model": "default", "dtype": "bfloat16"}, ["--prompt-len", "128", "--gen-len", "64",
                                                                      "--batch", "32", "--repeat", "3"]),
+    # int4 weights (the RTN copy `llm-infer quantize --method rtn --group-size 64` writes there) + int8 head
+    "default int4 int8 head": ({"model": str(CACHE / "smollm2-rtn-g64"), "dtype": "bfloat16",
+                                "quantization": {"lm_head": "int8"}},
+                               ["--prompt-len", "128", "--gen-len", "64", "--batch", "8", "--repeat", "3"]),
     "tiny TP=2": ({"dtype": "float32", "parallel": {"tensor": 2}}, ["--prompt-len", "32", "--gen-len", "128",
                                                                      "--batch", "4", "--repeat", "3"]),
     "tiny PP=2": ({"dtype": "float32", "parallel": {"pipeline": 2}}, ["--prompt-len", "32", "--gen-len", "128",
@@ -85,6 +89,10 @@ def main() -> None:
     p.add_argument("--only", nargs="+", choices=list(CONFIGS), default=None, help="these configurations only")
     args = p.parse_args()
     configs = {name: CONFIGS[name] for name in args.only or CONFIGS}
+    for name, (config, _) in configs.items():
+        if config.get("model", "default") != "default" and not Path(config["model"]).is_dir():
+            raise SystemExit(f"{name}: {config['model']} is missing (llm-infer quantize --model default --out "
+                             f"{config['model']} --group-size 64 --method rtn)")
     trees = {"base": worktree(args.base, "base"), "head": worktree(args.head, "head") if args.head else ROOT}
     tiny = str(tiny_model())
     samples: dict[str, dict[str, list[dict]]] = {name: {"base": [], "head": []} for name in configs}

@@ -21,6 +21,18 @@ CHAT = [{"role": "user", "content": "Explain KV caching in two sentences."}]
 TORCH_AS_ON_AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
+def rerun_as_on_avx2(threads: int, flag: str = "--torch-capped") -> None:
+    """A benchmark of the AVX2 build (`--isa avx2`) on a CPU with AVX-512: run this script again, in
+    a process that has TORCH_AS_ON_AVX2 from the start, with `flag` added; exits with its status.
+    Returns (nothing to do) on a CPU without AVX-512 or in the process it started."""
+    from llm_infer.kernels.cpu_extension import cpu_features
+
+    if flag in sys.argv or "avx512f" not in cpu_features():
+        return
+    env = dict(os.environ, **TORCH_AS_ON_AVX2, LLM_INFER_CPU_ISA="avx2", OMP_NUM_THREADS=str(threads))
+    sys.exit(subprocess.run([sys.executable, *sys.argv, flag], env=env).returncode)
+
+
 def spawn(script: str, args: list[str], threads: int | None = None, timeout: int = 3600) -> dict | None:
     """Run `script args` in a new process and return the JSON it prints after `RESULT `."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")

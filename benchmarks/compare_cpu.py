@@ -5,7 +5,11 @@ thread count, one invocation. Each system runs in its own subprocess so its peak
 RSS is its own and a crash in one does not take the others down. Reports the
 median of --repeat runs: TTFT, prefill tok/s, batch-1 decode tok/s.
 
-    python benchmarks/compare_cpu.py --threads 2 --dtypes bfloat16,float32
+    python benchmarks/compare_cpu.py --threads 2 --dtypes bfloat16,float32 [--isa native|avx2]
+
+`--isa avx2` runs our AVX2 build (`LLM_INFER_CPU_ISA=avx2`); on a CPU with AVX-512 every system's
+torch is then capped to what an AVX2-only CPU runs (`common.TORCH_AS_ON_AVX2`), unless
+`--torch-uncapped`. Writes benchmarks/results/compare_cpu[_avx2].json.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from benchmarks.common import RESULTS, bar_chart, chat_prompt_ids, emit, spawn, summarize, time_engine, time_llama_cpp  # noqa: E402
+from benchmarks.common import (RESULTS, TORCH_AS_ON_AVX2, bar_chart, chat_prompt_ids, emit, spawn,  # noqa: E402
+                               summarize, time_engine, time_llama_cpp)
 
 
 def run_transformers(dtype: str, threads: int, gen_len: int, repeat: int) -> dict:
@@ -48,6 +54,23 @@ def run_transformers(dtype: str, threads: int, gen_len: int, repeat: int) -> dic
     return summarize(ttfts, totals, ids.shape[1], gen_len)
 
 
+def isa_paths(build: str) -> dict[str, str] | None:
+    from llm_infer.kernels.cpu_extension import load_cpu_extension
+
+    ext = load_cpu_extension(build)
+    return ext.isa_paths() if ext is not None else None
+
+
+def median_row(label: str, runs: list[dict]) -> dict:
+    """One system's rounds: the median of each number, the last round's text, every round's decode."""
+    row = {"label": label, **runs[-1]}
+    for key, value in runs[-1].items():
+        if isinstance(value, float):
+            row[key] = statistics.median(run[key] for run in runs)
+    row["decode_tok_s_rounds"] = [run["decode_tok_s"] for run in runs]
+    return row
+
+
 def worker(args: argparse.Namespace) -> None:
     if args.worker == "engine":
         emit(time_engine({"model": "default", "dtype": args.dtype, "threads": args.threads}, args.gen_len, args.repeat))
@@ -64,47 +87,70 @@ def main() -> None:
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gen-len", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--out", default=str(RESULTS / "compare_cpu.json"))
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per system and round")
+    p.add_argument("--rounds", type=int, default=1, help="each system once per round, order alternating")
+    p.add_argument("--isa", choices=["native", "avx2"], default="native", help="our kernels' build")
+    p.add_argument("--torch-uncapped", action="store_true", help="--isa avx2: torch as this CPU runs it")
+    p.add_argument("--out", default=None)
     p.add_argument("--worker", choices=["engine", "transformers", "llama_cpp"], help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
     p.add_argument("--n-batch", type=int, default=512, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    from llm_infer.kernels.cpu_extension import cpu_features
+
+    os.environ["LLM_INFER_CPU_ISA"] = args.isa  # the workers inherit the environment
+    capped = args.isa == "avx2" and not args.torch_uncapped and "avx512f" in cpu_features()
+    if capped:
+        os.environ.update(TORCH_AS_ON_AVX2)
+    args.out = args.out or str(RESULTS / f"compare_cpu{'' if args.isa == 'native' else '_' + args.isa}.json")
 
     def run(system: str, dtype: str = "bfloat16", n_batch: int = 512) -> dict | None:
         return spawn(__file__, ["--worker", system, "--dtype", dtype, "--threads", str(args.threads), "--gen-len",
                                 str(args.gen_len), "--repeat", str(args.repeat), "--n-batch", str(n_batch)],
                      args.threads)
 
-    rows: list[dict] = []
     jobs = [(s, d) for d in args.dtypes.split(",") for s in ("engine", "transformers")]
-    for system, dtype in tqdm(jobs + [("llama_cpp", "q4_1")], desc="systems"):
-        if system == "llama_cpp":
-            try:
-                import llama_cpp  # noqa: F401
-            except ImportError:
-                continue
-            # batched prompt evaluation crashes on some CPUs: fall back to token by token
-            result = run(system, n_batch=512) or run(system, n_batch=1)
-            label = f"llama.cpp Q4_1 (n_batch={result['n_batch']})" if result else ""
-        else:
-            result = run(system, dtype)
-            label = f"{'llm-infer' if system == 'engine' else 'transformers'} {dtype}"
-        if result is not None:
-            rows.append({"label": label, "system": system, "dtype": dtype, **result})
+    try:
+        import llama_cpp  # noqa: F401
+
+        jobs.append(("llama_cpp", "q4_1"))
+    except ImportError:
+        pass
+    n_batch = 512
+    by_label: dict[str, list[dict]] = {}
+    for r in tqdm(range(args.rounds), desc="rounds"):
+        for system, dtype in jobs if r % 2 == 0 else jobs[::-1]:  # alternate the order between rounds
+            if system == "llama_cpp":
+                result = run(system, n_batch=n_batch)
+                if result is None and n_batch != 1:
+                    n_batch = 1  # batched prompt evaluation crashes on some CPUs: token by token
+                    result = run(system, n_batch=1)
+                label = f"llama.cpp Q4_1 (n_batch={result['n_batch']})" if result else ""
+            else:
+                result = run(system, dtype)
+                label = f"{'llm-infer' if system == 'engine' else 'transformers'} {dtype}"
+            if result is not None:
+                by_label.setdefault(label, []).append({"system": system, "dtype": dtype, **result})
+    rows = [median_row(label, runs) for label, runs in by_label.items()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-              "threads": args.threads, "gen_len": args.gen_len, "repeat": args.repeat, "statistic": "median",
+              "build": args.isa, "isa_paths": isa_paths(args.isa), "torch_capped_to": "AVX2" if capped else "this CPU",
+              "threads": args.threads, "gen_len": args.gen_len, "repeat": args.repeat, "rounds": args.rounds,
+              "statistic": "median over rounds of each round's median of --repeat runs",
               "rows": rows}
     for d in args.dtypes.split(","):
         ours = next((r for r in rows if r["system"] == "engine" and r["dtype"] == d), None)
         theirs = next((r for r in rows if r["system"] == "transformers" and r["dtype"] == d), None)
-        if ours and theirs:
-            report[f"decode_speedup_vs_transformers_{d}"] = ours["decode_tok_s"] / theirs["decode_tok_s"]
+        llama = next((r for r in rows if r["system"] == "llama_cpp"), None)
+        for name, other in (("transformers", theirs), ("llama_cpp", llama)):
+            if ours and other:
+                report[f"decode_speedup_vs_{name}_{d}"] = ours["decode_tok_s"] / other["decode_tok_s"]
+                report[f"decode_speedup_vs_{name}_{d}_per_round"] = [
+                    a / b for a, b in zip(ours["decode_tok_s_rounds"], other["decode_tok_s_rounds"])]
     import json
 
     out.write_text(json.dumps(report, indent=2))

@@ -36,6 +36,16 @@ def prefill_rate(llm, prompts: list[list[int]]) -> float:
     return sum(len(p) for p in prompts) / (time.perf_counter() - start)
 
 
+KINDS = ["prefill batch 1", "prefill batch 8", "decode batch 1", "decode batch 16"]
+
+
+def measure_kinds(llm, prompts: list[list[int]], gen_len: int) -> dict[str, float]:
+    """One sample of each of KINDS (tok/s): prefill of 1 and 8 prompts, decode of 1 and 16 (16 prompts)."""
+    return {"prefill batch 1": prefill_rate(llm, prompts[:1]), "prefill batch 8": prefill_rate(llm, prompts[:8]),
+            "decode batch 1": decode_rate(llm, prompts[:1], {}, gen_len),
+            "decode batch 16": decode_rate(llm, prompts, {}, gen_len)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default")
@@ -54,15 +64,12 @@ def main() -> None:
     prompts = bench_prompts(engines["default"].tokenizer, args.prompt_len, 16)
     for llm in engines.values():
         llm.generate(prompts[:2], None)  # warm-up
-    kinds = ["prefill batch 1", "prefill batch 8", "decode batch 1", "decode batch 16"]
+    kinds = KINDS
     samples = {name: {k: [] for k in kinds} for name in MODES}
     for _ in range(args.rounds):
         for name, llm in engines.items():
-            s = samples[name]
-            s["prefill batch 1"].append(prefill_rate(llm, prompts[:1]))
-            s["prefill batch 8"].append(prefill_rate(llm, prompts[:8]))
-            s["decode batch 1"].append(decode_rate(llm, prompts[:1], {}, args.gen_len))
-            s["decode batch 16"].append(decode_rate(llm, prompts, {}, args.gen_len))
+            for k, v in measure_kinds(llm, prompts, args.gen_len).items():
+                samples[name][k].append(v)
     for llm in engines.values():
         llm.close()
     med = {name: {k: statistics.median(v) for k, v in by_kind.items()} for name, by_kind in samples.items()}

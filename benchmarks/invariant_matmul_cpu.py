@@ -13,7 +13,8 @@ MKL_ENABLE_INSTRUCTIONS=AVX2, ATEN_CPU_CAPABILITY=avx2: without AVX-512 torch's 
 not oneDNN's but ATen's own), unless `--torch-uncapped`. For each dtype, row count and shape both
 run alternately in one process (medians of up to --repeat runs each, fewer for the slowest
 cells); the ratio ours / torch per shape (below 1: ours is faster), and the most rows up to which
-ours is never slower. Above 128 rows (--big-rows) only the default model's layers, not its head. Writes benchmarks/results/invariant_matmul_cpu[_avx2].json.
+ours is never slower. Above 128 rows (--big-rows) only the default model's layers, not its head.
+Writes benchmarks/results/invariant_matmul_cpu[_avx2].json.
 """
 
 from __future__ import annotations
@@ -23,26 +24,19 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, TORCH_AS_ON_AVX2  # noqa: E402
+from benchmarks.common import RESULTS, rerun_as_on_avx2  # noqa: E402
 
 # (N, K) of each matmul: qkv (merged), o, gate_up (merged), down, LM head.
 SHAPES = {"default": [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)],
           "0.5B": [(1152, 896), (896, 896), (9728, 896), (896, 4864)]}
 ROWS = (1, 2, 3, 4, 6, 8, 9, 12, 16, 24, 32, 48, 64, 96, 128)
 BIG_ROWS = (256, 512, 2048)  # prefill steps (max_num_batched_tokens 2048): the default model's layers only
-
-
-def cpu_has_avx512() -> bool:
-    from llm_infer.kernels.cpu_extension import cpu_features
-
-    return "avx512f" in cpu_features()
 
 
 def measure(ext, dtype, m: int, n: int, k: int, repeat: int, budget_s: float) -> tuple[float, float]:
@@ -74,11 +68,12 @@ def run(args: argparse.Namespace) -> None:
     big_rows = [int(r) for r in args.big_rows.split(",") if r]
     models = args.models.split(",")
     report: dict = {"isa_path": ext.isa_paths()["gemv"], "build": args.isa, "threads": args.threads,
-                    "torch": torch.__version__, "torch_capped_to": args.torch_capped or "this CPU",
+                    "torch": torch.__version__, "torch_capped_to": "AVX2" if args.torch_capped else "this CPU",
                     "cpu": platform.processor() or platform.machine(), "statistic": f"median of <= {args.repeat}",
-                    "row_limits_in_build": ext.row_limits(), "us": {}, "ours_over_torch": {}, "ours_never_slower_up_to": {}}
+                    "row_limits_in_build": ext.row_limits(), "us": {}, "ours_over_torch": {},
+                    "ours_never_slower_up_to": {}}
     print(f"build {args.isa} ({report['isa_path']}), {args.threads} threads, torch {torch.__version__} "
-          f"capped to {report['torch_capped_to']}; ours / torch per shape (N x K), medians")
+          f"held to {report['torch_capped_to']}; ours / torch per shape (N x K), medians")
     for dtype in (torch.bfloat16, torch.float32):
         name = str(dtype).removeprefix("torch.")
         us = report["us"][name] = {}
@@ -119,12 +114,10 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=3.0, help="seconds per cell after 5 runs of each")
     p.add_argument("--torch-uncapped", action="store_true", help="--isa avx2: torch as this CPU runs it")
     p.add_argument("--out", default=None)
-    p.add_argument("--torch-capped", default=None, help=argparse.SUPPRESS)  # set by the re-run below
+    p.add_argument("--torch-capped", action="store_true", help=argparse.SUPPRESS)  # set by the re-run
     args = p.parse_args()
-    if args.isa == "avx2" and not args.torch_uncapped and args.torch_capped is None and cpu_has_avx512():
-        # torch reads these when it loads: run again in a process that has them from the start.
-        env = dict(os.environ, **TORCH_AS_ON_AVX2, LLM_INFER_CPU_ISA="avx2", OMP_NUM_THREADS=str(args.threads))
-        sys.exit(subprocess.run([sys.executable, __file__, *sys.argv[1:], "--torch-capped", "AVX2"], env=env).returncode)
+    if args.isa == "avx2" and not args.torch_uncapped:
+        rerun_as_on_avx2(args.threads)  # torch reads its caps when it loads
     run(args)
 
 
