@@ -50,9 +50,11 @@ PROMPTS = ["Explain KV caching in two sentences.", "Write a haiku about rivers."
            "Suggest a name for a bakery."]
 
 
-def models() -> dict[str, str]:
+def models(only: list[str] | None) -> dict[str, str]:
     out = {"bf16": "default"}
     for label, (folder, args) in MODELS.items():
+        if only and label not in only:
+            continue
         path = CACHE / folder
         if not (path / "config.json").is_file():
             print(f"quantizing the default model ({label}, once)...", file=sys.stderr)
@@ -165,6 +167,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gen-len", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--systems", nargs="*", choices=list(MODELS), help="formats to run beside bf16 (default: all)")
     p.add_argument("--out", default=str(RESULTS / "quant_formats_cpu.json"))
     p.add_argument("--worker", choices=["engine", "ppl", "micro"], help=argparse.SUPPRESS)
     p.add_argument("--model", default="default", help=argparse.SUPPRESS)
@@ -178,7 +181,7 @@ def main() -> None:
 
     from llm_infer.kernels.cpu_extension import cpu_features, selected_variant
 
-    systems = models()
+    systems = models(args.systems)
     runs: dict[str, list[dict]] = {label: [] for label in systems}
     for r in range(args.rounds):  # interleaved: machine noise hits every system alike
         for label, model in systems.items():

@@ -43,6 +43,7 @@ def test_moe_experts_are_quantized_layers_matching_transformers(tmp_path, fmt):
         assert_logits_and_tokens_match(engine_greedy(llm, PROMPT, 24), want)
 
 
+@pytest.mark.slow  # speculative engines
 @pytest.mark.parametrize("fmt", ["gptq-int4-act", "fp8"])
 def test_a_quantized_draft_model_proposes_what_its_target_would_choose(dense_qwen2, tmp_path, fmt):
     path, _ = WRITERS[fmt](dense_qwen2, tmp_path / fmt)

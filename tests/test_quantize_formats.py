@@ -68,6 +68,7 @@ def written(model, tmp_path_factory) -> dict[str, Path]:
     return {name: root / name for name in runs}
 
 
+@pytest.mark.slow  # four `llm-infer quantize` runs (module fixture)
 def test_layouts(written):
     gptq = json.loads((written["gptq4"] / "config.json").read_text())["quantization_config"]
     assert gptq == {"quant_method": "gptq", "bits": 4, "group_size": 64, "sym": False, "desc_act": False,
@@ -87,6 +88,7 @@ def test_layouts(written):
     assert t["model.embed_tokens.weight"].dtype == torch.bfloat16
 
 
+@pytest.mark.slow  # four `llm-infer quantize` runs (module fixture)
 @pytest.mark.parametrize("name", ["gptq4", "gptq8", "fp8"])
 def test_written_checkpoint_runs_as_transformers_on_its_dequantized_weights(written, tmp_path, name):
     want = hf_cached_greedy(reference_model(dense_copy(written[name], tmp_path / "dense")), PROMPT, 24)
@@ -94,6 +96,7 @@ def test_written_checkpoint_runs_as_transformers_on_its_dequantized_weights(writ
         assert_logits_and_tokens_match(engine_greedy(llm, PROMPT, 24), want)
 
 
+@pytest.mark.slow  # four `llm-infer quantize` runs (module fixture)
 def test_gptq_is_closer_to_the_original_than_round_to_nearest(model, written):
     with LLM(tiny_engine_config(model), progress=False) as llm:
         ref = llm.logits(PROMPT)
@@ -127,6 +130,7 @@ def test_gptq_lowers_a_layers_output_error_on_its_calibration_inputs(bits, group
     assert err["gptq"] < 0.5 * err["rtn"], err
 
 
+@pytest.mark.slow  # four `llm-infer quantize` runs (module fixture)
 def test_fp8_weights_are_the_originals_rounded_per_block(model, written):
     orig, ours = load_file(model / "model.safetensors"), load_file(written["fp8"] / "model.safetensors")
     p = "model.layers.1.self_attn.q_proj"
