@@ -49,6 +49,7 @@ class LoRAStack:
         self._input_part = layer.input_part if self.row_parallel else None
         self.a = torch.zeros(slots, len(self.parts) * max_rank, in_size, dtype=dtype)
         self.b = torch.zeros(slots, max_rank, out_size, dtype=dtype)
+        self.filled: set[int] = set()  # slots holding an adapter of this projection (the others are zero)
 
     def shard(self, weights: dict[Any, tuple[Any, Any, float]]) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's slot contents on the host, in the layer's dtype: `weights` maps a part to
@@ -78,16 +79,19 @@ class LoRAStack:
         """Fill device slot `slot` with a host shard from `shard`."""
         self.a[slot].copy_(a, non_blocking=True)
         self.b[slot].copy_(b, non_blocking=True)
+        self.filled.add(slot)
 
     def clear_slot(self, slot: int) -> None:
-        self.a[slot].zero_()
-        self.b[slot].zero_()
+        if slot in self.filled:
+            self.a[slot].zero_()
+            self.b[slot].zero_()
+            self.filled.discard(slot)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, gated: bool = False) -> torch.Tensor:
         """y `[T, out/rank]` (the layer's output, or its partial sum) plus each token's adapter
         product of x `[T, in/rank]` (`gated`: x is [gate | up], the input silu(gate) * up)."""
         slots = self.context.token_slots
-        if slots is None:
+        if slots is None or not self.filled:  # no adapter in any slot adapts this projection
             return y
         self.lora_add(y, self.silu_and_mul(x) if gated else x, self.a, self.b, slots, self.offsets)
         return y
