@@ -1,4 +1,4 @@
-"""Block-wise FP8 checkpoints (Qwen3-*-FP8 layout: e4m3 weights, float32 `weight_scale_inv` per
+"""Block-wise FP8 checkpoints (Qwen3-*-FP8 layout: e4m3 weights, a `weight_scale_inv` (F32, BF16 or F16) per
 128 x 128 block; written by tests/quantized_checkpoints.py from tiny random Qwen2 and Qwen3 models)
 against transformers running the same model with every weight dequantized: fp32 logits within
 1e-4 x max|logit| and 32 identical greedy tokens; blocks cut by the matrix edge, modules_to_not_convert,
@@ -83,8 +83,8 @@ W = "model.layers.1.mlp.gate_proj"
 MALFORMED = {
     "weight dtype": (lambda t: t.update({f"{W}.weight": t[f"{W}.weight"].bfloat16()}),
                      rf"tensor {W}.weight does not fit the model: dtype BF16, expected F8_E4M3"),
-    "scale dtype": (lambda t: t.update({f"{W}.weight_scale_inv": t[f"{W}.weight_scale_inv"].bfloat16()}),
-                    rf"tensor {W}.weight_scale_inv does not fit the model: dtype BF16, expected F32"),
+    "scale dtype": (lambda t: t.update({f"{W}.weight_scale_inv": t[f"{W}.weight_scale_inv"].to(torch.int32)}),
+                    rf"tensor {W}.weight_scale_inv does not fit the model: dtype I32, expected F32 or BF16 or F16"),
     "scale rows": (lambda t: t.update({f"{W}.weight_scale_inv": t[f"{W}.weight_scale_inv"][:1]}),
                    rf"tensor {W}.weight_scale_inv does not fit the model: expected 3 row blocks of 128 for 320 "
                    r"weight rows, checkpoint has shape \[1, 2\]"),
@@ -97,17 +97,43 @@ MALFORMED = {
 }
 
 
+def _copy_with(path: Path, dst: Path, edit) -> Path:
+    dst.mkdir()
+    for f in path.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(path / "model.safetensors")
+    edit(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, dst / "model.safetensors")
+    return dst
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scales_stored_in_half_precision_load_as_their_float32_values(checkpoints, tmp_path, dtype):
+    """Qwen's published FP8 checkpoints store weight_scale_inv in BF16 or F16: the same values stored
+    as F32 give the same logits."""
+    path, _ = checkpoints["qwen3", False]
+
+    def rounded(to: torch.dtype):
+        def edit(t: dict) -> None:
+            for k in [k for k in t if k.endswith("weight_scale_inv")]:
+                t[k] = t[k].to(dtype).to(to)
+        return edit
+    half = _copy_with(path, tmp_path / "half", rounded(dtype))
+    full = _copy_with(path, tmp_path / "full", rounded(torch.float32))
+    assert load_file(half / "model.safetensors")[f"{W}.weight_scale_inv"].dtype == dtype
+    outs = []
+    for folder in (half, full):
+        with LLM(tiny_engine_config(folder), progress=False) as llm:
+            outs.append(engine_greedy(llm, PROMPT, 8))
+    assert outs[0][0] == outs[1][0]
+    assert torch.equal(outs[0][1], outs[1][1])
+
+
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_fp8_checkpoint_is_a_one_line_error_naming_the_tensor(checkpoints, tmp_path, case):
     edit, message = MALFORMED[case]
     path, _ = checkpoints["qwen3", False]
-    broken = Path(tmp_path / "broken")
-    broken.mkdir()
-    for f in path.iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
-    tensors = load_file(path / "model.safetensors")
-    edit(tensors)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, broken / "model.safetensors")
+    broken = _copy_with(path, tmp_path / "broken", edit)
     with pytest.raises(UserError, match=message) as e:
         LLM(tiny_engine_config(broken), progress=False)
     assert "\n" not in str(e.value)

@@ -37,6 +37,10 @@ from llm_infer.parallel.weight_utils import (
 )
 from llm_infer.runtime.quant.config import QuantConfig
 
+# Qwen's own FP8 checkpoints store weight_scale_inv in BF16 (Qwen3-1.7B/32B-FP8) or F16 (some
+# 2507 releases), others in F32: every one is widened to float32 at load.
+SCALE_DTYPES = ("F32", "BF16", "F16")
+
 
 @dataclass(frozen=True)
 class FP8Config(QuantConfig):
@@ -92,7 +96,7 @@ class FP8LinearMethod:
         layer.register_parameter("weight", weight)
         scale = nn.Parameter(torch.empty(n, -(-k // bk), dtype=torch.float32), requires_grad=False)
         set_weight_attrs(scale, {"input_dim": 1, "output_dim": 0,
-                                 "weight_loader": with_dtype_check(self._scale_loader(layer), ("F32",))})
+                                 "weight_loader": with_dtype_check(self._scale_loader(layer), SCALE_DTYPES)})
         layer.register_parameter("weight_scale_inv", scale)
 
     @staticmethod
