@@ -142,6 +142,8 @@ class LoRAConfig:
                                  "one step may run")
     max_cpu_loras: StrictInt | None = Field(None, ge=1, description="adapters kept loaded in host memory per "
                                             "worker (least recently used reloaded from disk); null: max_loras")
+    runtime_updates: StrictBool = Field(False, description="open POST /v1/load_lora_adapter and "
+                                        "/v1/unload_lora_adapter (they read any folder the server can read)")
 
 
 @dataclass(config=_SECTION)

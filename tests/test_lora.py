@@ -220,6 +220,12 @@ def _break(adapter: Path, how: str) -> str:
     elif how == "no config":
         (adapter / "adapter_config.json").unlink()
         return "adapter_config.json"
+    elif how == "bad pattern":
+        config["rank_pattern"] = {"q_proj[": 2}
+        expect = "pattern key 'q_proj[' is not a regular expression"
+    elif how == "boolean rank":
+        config["r"] = True
+        expect = "r must be an integer >= 1"
     save_file(tensors, str(file))
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     return expect
@@ -227,7 +233,7 @@ def _break(adapter: Path, how: str) -> str:
 
 @pytest.mark.parametrize("how", ["rank above max_rank", "wrong shape", "missing B", "lm_head", "unknown module",
                                  "embed target", "dora", "rank disagrees with config", "not safetensors",
-                                 "no config"])
+                                 "no config", "bad pattern", "boolean rank"])
 def test_malformed_adapters_are_refused_in_one_line(tiny_models, tmp_path, how):
     base = tiny_models["qwen2"]
     adapter = write_adapter(tmp_path / "a", base, r=4 if how != "rank above max_rank" else 8)
@@ -239,6 +245,13 @@ def test_malformed_adapters_are_refused_in_one_line(tiny_models, tmp_path, how):
         assert llm.generate([PROMPT], [SamplingParams(max_tokens=2)])[0].outputs[0].token_ids  # still serves
     message = str(err.value)
     assert "\n" not in message and expect in message and str(adapter) in message
+
+
+def test_a_path_the_os_refuses_is_a_one_line_error(tiny_models, tmp_path):
+    with LLM(lora_config(tiny_models["qwen2"]), progress=False) as llm:
+        with pytest.raises(UserError, match="File name too long") as err:
+            llm.add_lora("long", tmp_path / ("x" * 300))
+    assert "\n" not in str(err.value)
 
 
 def test_refusals(tiny_models, tmp_path):

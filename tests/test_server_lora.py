@@ -49,7 +49,7 @@ def adapters(tiny_models, tmp_path_factory) -> dict:
 
 def config(tiny_models) -> dict:
     # Two device slots: a step mixing three adapters holds one back (the scheduler's job, not the server's).
-    return tiny_engine_config(tiny_models["qwen2"], lora={"enabled": True, "max_loras": 2},
+    return tiny_engine_config(tiny_models["qwen2"], lora={"enabled": True, "max_loras": 2, "runtime_updates": True},
                               scheduler={"max_num_seqs": 32}, cache={"num_blocks": 512})
 
 
@@ -240,6 +240,16 @@ def test_tokenize_accepts_an_adapter_name(http):
     assert http.post("/tokenize", json={"model": "a", "prompt": "Hello"}).json() == base
 
 
+def test_run_time_updates_are_opt_in(tiny_models, adapters):
+    """The routes read any folder the server can read: closed unless lora.runtime_updates."""
+    with served_engine(tiny_engine_config(tiny_models["qwen2"], lora={"enabled": True})) as engine, \
+            TestClient(build_app(engine, MODEL), raise_server_exceptions=False) as c:
+        body = {"lora_name": "a", "lora_path": str(adapters["a"])}
+        assert_error(c.post("/v1/load_lora_adapter", json=body), 400, None, "--allow-runtime-lora-updating")
+        assert_error(c.post("/v1/unload_lora_adapter", json={"lora_name": "a"}), 400, None, "lora.runtime_updates")
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == [MODEL]
+
+
 def test_a_server_without_lora_refuses_adapter_routes(tiny_models):
     with served_engine(tiny_engine_config(tiny_models["qwen2"])) as engine, \
             TestClient(build_app(engine, MODEL), raise_server_exceptions=False) as c:
@@ -262,6 +272,9 @@ def test_lora_module_forms():
                               max_loras=None, max_cpu_loras=8)
     assert lora_settings(args) == ({"x": "/p", "y": "/q"},
                                    ["lora.enabled=true", "lora.max_rank=32", "lora.max_cpu_loras=8"])
+    sizes_only = argparse.Namespace(lora_modules=[], enable_lora=False, max_lora_rank=None, max_loras=3,
+                                    max_cpu_loras=None, allow_runtime_lora_updating=True)
+    assert lora_settings(sizes_only) == ({}, ["lora.enabled=true", "lora.runtime_updates=true", "lora.max_loras=3"])
     with pytest.raises(UserError, match="given twice"):
         lora_settings(argparse.Namespace(lora_modules=[("x", "/p"), ("x", "/q")]))
 

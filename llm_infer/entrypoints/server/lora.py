@@ -24,6 +24,8 @@ from llm_infer.entrypoints.server.protocol import check_model
 
 LORA_OFF = ("LoRA adapters are off on this server: start it with --enable-lora or --lora-modules "
             "(config: lora.enabled: true)")
+RUNTIME_UPDATES_OFF = ("loading and unloading adapters at run time is off on this server: start it with "
+                       "--allow-runtime-lora-updating (config: lora.runtime_updates: true)")
 
 
 class LoadLoRAAdapter(BaseModel):
@@ -97,6 +99,8 @@ def add_lora_routes(app: FastAPI, models: ServedModels, authorized: list[Any],
         body = await read_body(request)
         if not engine.llm.config.lora.enabled:
             raise ApiError(400, LORA_OFF)
+        if not engine.llm.config.lora.runtime_updates:
+            raise ApiError(400, RUNTIME_UPDATES_OFF)
         try:
             return model.model_validate(body)
         except ValidationError as e:

@@ -27,8 +27,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     lora.add_argument("--lora-modules", nargs="+", type=lora_module, default=[], metavar="NAME=PATH",
                       help="PEFT adapter folders served as model NAME (or JSON {\"name\": ..., \"path\": ...}); "
                       "implies --enable-lora")
-    lora.add_argument("--enable-lora", action="store_true",
-                      help="serve LoRA adapters (lora.enabled), also those loaded by POST /v1/load_lora_adapter")
+    lora.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters (lora.enabled)")
+    lora.add_argument("--allow-runtime-lora-updating", action="store_true",
+                      help="open POST /v1/load_lora_adapter and /v1/unload_lora_adapter (lora.runtime_updates; "
+                      "implies --enable-lora): they read any folder the server can read")
     for flag, key, what in (("--max-lora-rank", "max_rank", "the largest adapter rank accepted"),
                             ("--max-loras", "max_loras", "adapters one step may run (device slots)"),
                             ("--max-cpu-loras", "max_cpu_loras", "adapters kept in host memory")):
@@ -60,11 +62,14 @@ def lora_settings(args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
         if name in modules:
             raise UserError(f"--lora-modules: the name {name!r} is given twice")
         modules[name] = path
-    overrides = ["lora.enabled=true"] if modules or getattr(args, "enable_lora", False) else []
-    for option, key in (("max_lora_rank", "max_rank"), ("max_loras", "max_loras"), ("max_cpu_loras", "max_cpu_loras")):
-        if getattr(args, option, None) is not None:
-            overrides.append(f"lora.{key}={getattr(args, option)}")
-    return modules, overrides
+    sizes = [f"lora.{key}={getattr(args, option)}" for option, key in
+             (("max_lora_rank", "max_rank"), ("max_loras", "max_loras"), ("max_cpu_loras", "max_cpu_loras"))
+             if getattr(args, option, None) is not None]
+    runtime = getattr(args, "allow_runtime_lora_updating", False)
+    # Any LoRA flag turns adapters on: a size given for adapters that stay off would change nothing.
+    enabled = bool(modules or sizes or runtime or getattr(args, "enable_lora", False))
+    overrides = (["lora.enabled=true"] if enabled else []) + (["lora.runtime_updates=true"] if runtime else [])
+    return modules, overrides + sizes
 
 
 def served_model_name(llm: Any) -> str:

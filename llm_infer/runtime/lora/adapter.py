@@ -73,10 +73,13 @@ def _fail(where: Path, message: str) -> UserError:
     return UserError(f"LoRA adapter {where}: {message}")
 
 
-def _pattern_value(patterns: dict[str, Any], module_name: str, default: Any) -> Any:
+def _pattern_value(patterns: dict[str, Any], module_name: str, default: Any, where: Path) -> Any:
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?{key}$", module_name):
-            return value
+        try:
+            if re.match(rf"(.*\.)?{key}$", module_name):
+                return value
+        except re.error as e:
+            raise _fail(where, f"pattern key {key!r} is not a regular expression ({e})") from None
     return default
 
 
@@ -94,8 +97,10 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise _fail(file, "must be a JSON object")
     checks = [
         (config.get("peft_type", "LORA") == "LORA", f"peft_type {config.get('peft_type')!r} is not LORA"),
-        (isinstance(config.get("r"), int) and config["r"] >= 1, "r must be an integer >= 1"),
-        (isinstance(config.get("lora_alpha", 8), (int, float)), "lora_alpha must be a number"),
+        (isinstance(config.get("r"), int) and not isinstance(config["r"], bool) and config["r"] >= 1,
+         "r must be an integer >= 1"),
+        (isinstance(config.get("lora_alpha", 8), (int, float)) and not isinstance(config.get("lora_alpha"), bool),
+         "lora_alpha must be a number"),
         (not config.get("use_dora"), "use_dora (DoRA) is not supported"),
         (config.get("bias", "none") == "none", f"bias {config.get('bias')!r}: trained biases are not supported"),
         (not config.get("modules_to_save"), "modules_to_save is not supported (only LoRA weights are loaded)"),
@@ -116,8 +121,16 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def read_adapter(path: str | Path, model: ModelConfig, max_rank: int) -> LoRAAdapter:
     """Check the adapter at `path` against the base model `model` and `lora.max_rank`: its config,
-    every tensor's name, shape and dtype (headers only). Raises UserError naming the file and tensor."""
-    path = Path(path).expanduser()
+    every tensor's name, shape and dtype (headers only). Raises UserError naming the file and tensor.
+    The adapter's path is made absolute here: workers (other processes, other machines under Ray)
+    reopen it."""
+    try:
+        return _read_adapter(Path(path).expanduser().resolve(), model, max_rank)
+    except OSError as e:  # a name too long, a permission denied, a file vanishing while read
+        raise UserError(f"LoRA adapter {path}: {e.strerror or e}") from None
+
+
+def _read_adapter(path: Path, model: ModelConfig, max_rank: int) -> LoRAAdapter:
     config = _read_config(path)
     file = path / WEIGHTS_FILE
     if not file.is_file():
@@ -165,13 +178,14 @@ def read_adapter(path: str | Path, model: ModelConfig, max_rank: int) -> LoRAAda
                 raise _fail(file, f"tensor {module.prefix}.lora_{which}.weight has shape {list(found[which])}, "
                             f"expected {expected[which]}")
         module_name = module.prefix.removeprefix("base_model.model.")
-        declared = _pattern_value(config.get("rank_pattern") or {}, module_name, config["r"])
+        declared = _pattern_value(config.get("rank_pattern") or {}, module_name, config["r"], path / CONFIG_FILE)
         if rank != declared:
             raise _fail(file, f"tensor {module.prefix}.lora_A.weight has rank {rank}, the config says {declared}")
         if rank > max_rank:
             raise _fail(file, f"tensor {module.prefix}.lora_A.weight has rank {rank}, above lora.max_rank "
                         f"({max_rank})")
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, module_name, config.get("lora_alpha", 8))
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, module_name, config.get("lora_alpha", 8),
+                               path / CONFIG_FILE)
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
             raise _fail(path / CONFIG_FILE, f"alpha of {module_name} must be a number")
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
