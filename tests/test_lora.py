@@ -271,3 +271,28 @@ def test_refusals(tiny_models, tmp_path):
         LLM(lora_config(base, max_loras=1) | {"speculative": {"method": "draft", "draft_model": str(base)}})
     with pytest.raises(ConfigError, match=r"lora.max_cpu_loras \(1\) must be at least lora.max_loras \(2\)"):
         LLM(lora_config(base, max_loras=2, max_cpu_loras=1))
+
+
+def test_a_request_waiting_for_a_slot_is_not_overtaken_by_adapter_requests():
+    """max_loras=1, adapter 1 running: a request for adapter 2 waits, and a later request for adapter
+    1 waits behind it (else adapter 1 could hold the slot forever); a base request still goes."""
+    from llm_infer.config import SchedulerConfig
+    from llm_infer.runtime.block_manager import BlockManager
+    from llm_infer.runtime.request import Request
+    from llm_infer.runtime.scheduler import Scheduler
+
+    scheduler = Scheduler(SchedulerConfig(max_num_seqs=8), BlockManager(64, 4), max_loras=1)
+
+    def request(i: int, lora_id: int) -> Request:
+        req = Request(i, str(i), [1, 2, 3], SamplingParams(), seed=0)
+        req.lora_id = lora_id
+        scheduler.add(req)
+        return req
+    first = request(0, 1)
+    assert [s.seq_id for s, _ in scheduler.schedule()] == [0]
+    request(1, 2), request(2, 1), request(3, 0)
+    assert {s.seq_id for s, _ in scheduler.schedule()} == {0, 3}
+    assert [s.seq_id for s in scheduler.waiting] == [1, 2]
+    scheduler.finish(first)
+    admitted = [s.seq_id for s, _ in scheduler.schedule() if s.seq_id in (1, 2)]
+    assert admitted == [1]

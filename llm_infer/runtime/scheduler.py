@@ -18,8 +18,9 @@ the step gets room for those proposals too (`spec.num_draft` lookahead slots).
 
 LoRA adapters: a waiting request is admitted only while the running requests use fewer
 distinct adapters than there are device slots (`max_loras`), or its adapter is among
-theirs; one that does not fit waits (those behind it may go first). Every step then
-fits in the slots, whichever of the running requests it carries.
+theirs; one that does not fit waits, and so do the adapter requests behind it (requests
+without an adapter may go first), so the running adapters drain and it cannot starve. Every
+step then fits in the slots, whichever of the running requests it carries.
 
 Under pipeline parallelism several steps (micro-batches of disjoint sequences)
 are in flight at once: sequences in flight are `busy` and are neither
@@ -92,8 +93,11 @@ class Scheduler:
         while (self.waiting and budget > 0 and not preempted and len(scheduled) < limit
                and len(self.running) < self.config.max_num_seqs):
             seq = self.waiting[0]
-            if (self.max_loras is not None and seq.lora_id and seq.lora_id not in adapters
-                    and len(adapters) >= self.max_loras):
+            # Once one adapter request waits for a slot, no later adapter request goes ahead of it
+            # (not even one for a running adapter, which would keep that slot busy forever); requests
+            # without an adapter still may.
+            if (self.max_loras is not None and seq.lora_id
+                    and (held_back or (seq.lora_id not in adapters and len(adapters) >= self.max_loras))):
                 held_back.append(self.waiting.popleft())
                 continue
             prefix = self.blocks.cached_prefix(seq)
