@@ -63,3 +63,11 @@ def test_triton_lora_kernel_matches_its_reference(spec, dtype):
 
     # bf16 in the interpreter truncates instead of rounding: one ulp, 2^-7
     check(lora_add, dtype, spec, 2, 1e-5 if dtype == torch.float32 else 2.0**-7)
+
+
+def test_a_cpu_that_cannot_run_the_variant_gets_the_torch_reference(monkeypatch):
+    """Code built with the variant's -march flags would stop on an illegal instruction there."""
+    from llm_infer.kernels import cpu_extension, lora_cpu
+
+    monkeypatch.setattr(cpu_extension, "cpu_features", lambda: set())
+    assert lora_cpu.load_lora_extension.__wrapped__("avx2") is None

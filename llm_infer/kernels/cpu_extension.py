@@ -115,6 +115,31 @@ def _unavailable(reason: str) -> None:
     warnings.warn(f"llm-infer: {reason}; the CPU kernels fall back to the torch reference (slower decode)")
 
 
+def missing_features(variant: str) -> set[str]:
+    """The CPU features `variant`'s code needs that this CPU lacks (empty: it can run it)."""
+    return _NEEDS[variant] - cpu_features()
+
+
+def build_locked(name: str, sources: list[Path], variant: str, build_dir: Path, notice: str | None = None) -> ModuleType:
+    """Compile (once) and import the extension `name` from `sources` with `variant`'s flags in
+    `build_dir`, under a lock that concurrent processes share; `notice` is printed to stderr
+    before a build that has no library yet. Raises whatever the build raises."""
+    from torch.utils.cpp_extension import load
+
+    ensure_ninja_on_path()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # Our own lock, released by the OS if its holder dies: torch's lock file is not, and one
+    # left by an interrupted build would make every later run wait forever.
+    with open(build_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)
+        if notice and not any(build_dir.glob("*.so")):
+            print(notice, file=sys.stderr, flush=True)
+        return load(name=name, sources=[str(s) for s in sources],
+                    extra_cflags=["-O3", *VARIANTS[variant], "-fopenmp", "-fno-math-errno"],
+                    extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=False)
+
+
 def load_cpu_extension(variant: str | None = None) -> ModuleType | None:
     """The compiled module of `variant` (None: `selected_variant()`), or None (after a warning,
     reason in `unavailable_reason`) when it cannot be built or this CPU cannot run it."""
@@ -127,7 +152,7 @@ def _load(variant: str) -> ModuleType | None:
     if os.environ.get("LLM_INFER_NO_CPU_EXT"):
         unavailable_reason = "disabled by LLM_INFER_NO_CPU_EXT"
         return None
-    missing = _NEEDS[variant] - cpu_features()
+    missing = missing_features(variant)
     if missing:
         _unavailable(f"this CPU lacks {', '.join(sorted(missing))} (the C++ kernels need AVX2 and FMA: without them "
                      "they would be slower than torch's)")
@@ -135,28 +160,11 @@ def _load(variant: str) -> ModuleType | None:
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         _unavailable("no C++ compiler found")
         return None
-    ensure_ninja_on_path()
     build_dir = build_path(variant)
     key = build_dir.name.removeprefix("cpu-").replace("-", "_")
-    build_dir.mkdir(parents=True, exist_ok=True)
     try:
-        from torch.utils.cpp_extension import load
-
-        # Our own lock, released by the OS if its holder dies: torch's lock file is not, and one
-        # left by an interrupted build would make every later run wait forever.
-        with open(build_dir / ".build.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            (build_dir / "lock").unlink(missing_ok=True)
-            if not any(build_dir.glob("*.so")):
-                print("llm-infer: compiling CPU kernels once (40-80 s on 2 cores)...", file=sys.stderr, flush=True)
-            return load(
-                name=f"llm_infer_cpu_{key}",
-                sources=[str(CSRC / s) for s in SOURCES],
-                extra_cflags=["-O3", *VARIANTS[variant], "-fopenmp", "-fno-math-errno"],
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(build_dir),
-                verbose=False,
-            )
+        return build_locked(f"llm_infer_cpu_{key}", [CSRC / s for s in SOURCES], variant, build_dir,
+                            "llm-infer: compiling CPU kernels once (40-80 s on 2 cores)...")
     except Exception as e:  # a broken toolchain must not stop inference
         text = str(e) + "\n" + str(getattr(e, "__cause__", "") or "")
         lines = text.splitlines()

@@ -3,12 +3,12 @@
 A module of its own (not in the main CPU extension) so that engines without adapters never build
 it: the first step with adapter tokens compiles it once (a few seconds), with the flags and into
 the cache of the variant `cpu_extension` selects. Where it cannot be built, or for dtypes other
-than float32/bfloat16, the torch reference (`lora_torch.lora_add`) runs instead.
+than float32/bfloat16, or on a CPU that cannot run the variant, the torch reference
+(`lora_torch.lora_add`) runs instead.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import sys
@@ -19,7 +19,7 @@ from types import ModuleType
 import torch
 
 from llm_infer.kernels import lora_torch
-from llm_infer.kernels.cpu_extension import VARIANTS, cache_home, ensure_ninja_on_path, selected_variant
+from llm_infer.kernels.cpu_extension import VARIANTS, build_locked, cache_home, missing_features, selected_variant
 
 SOURCE = Path(__file__).parent / "csrc" / "cpu_lora" / "lora.cpp"
 
@@ -28,20 +28,13 @@ SOURCE = Path(__file__).parent / "csrc" / "cpu_lora" / "lora.cpp"
 def load_lora_extension(variant: str | None = None) -> ModuleType | None:
     """The compiled kernel for `variant` (None: `selected_variant()`), or None after a warning."""
     variant = variant or selected_variant()
+    if missing_features(variant):  # code built for this variant would not run here
+        return None
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(VARIANTS[variant]).encode()
                          + torch.__version__.encode() + sys.version.encode()).hexdigest()[:16]
-    build_dir = cache_home() / "build" / f"cpu-lora-{variant}-{key}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    ensure_ninja_on_path()
     try:
-        from torch.utils.cpp_extension import load
-
-        with open(build_dir / ".build.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            (build_dir / "lock").unlink(missing_ok=True)
-            return load(name=f"llm_infer_lora_cpu_{key}", sources=[str(SOURCE)],
-                        extra_cflags=["-O3", *VARIANTS[variant], "-fopenmp", "-fno-math-errno"],
-                        extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=False)
+        return build_locked(f"llm_infer_lora_cpu_{key}", [SOURCE], variant,
+                            cache_home() / "build" / f"cpu-lora-{variant}-{key}")
     except Exception as e:  # a broken toolchain must not stop inference
         warnings.warn(f"llm-infer: the CPU LoRA kernel failed to build ({str(e).splitlines()[0][:200]}); "
                       "LoRA runs on the torch reference")
